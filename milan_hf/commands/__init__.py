@@ -1,0 +1,1 @@
+"""Subcommands of the ``milan-hf`` command line."""
