@@ -1,0 +1,155 @@
+"""Saving, loading, exporting and publishing exemplar sets.
+
+An output directory holds ``exemplars/`` (``Dataset.save_to_disk``) and ``milan_exemplars.json``
+(the extraction metadata: model, layers, k, quantile, preprocessing geometry, probe source,
+skipped images). It is written to a temporary sibling and renamed into place only when
+complete, so an interrupted run never leaves a directory that :func:`load_exemplars` accepts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import schema
+from .exemplars import METADATA_KEY, exemplar_metadata, materialize_images
+
+METADATA_FILE = "milan_exemplars.json"
+DATASET_DIR = "exemplars"
+
+
+def save_exemplars(
+    exemplars: datasets.Dataset, output_dir: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write ``exemplars`` to ``output_dir`` atomically (temporary sibling, then rename)."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output_dir} already exists and is not empty; pass overwrite")
+    partial = output_dir.parent / f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    _remove_stale_partials(output_dir)
+    try:
+        partial.mkdir(parents=True)
+        exemplars.save_to_disk(str(partial / DATASET_DIR))
+        (partial / METADATA_FILE).write_text(json.dumps(exemplar_metadata(exemplars), indent=2))
+        replace_directory(partial, output_dir)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    return output_dir
+
+
+def replace_directory(source: Path, target: Path) -> None:
+    """Move the complete ``source`` directory to ``target``, replacing what was there."""
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, target)
+
+
+def _remove_stale_partials(output_dir: Path) -> None:
+    if output_dir.parent.is_dir():
+        for stale in output_dir.parent.glob(f".{output_dir.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_exemplars(directory: str | Path) -> datasets.Dataset:
+    """Read an exemplar set written by :func:`save_exemplars` / ``milan-hf exemplars``."""
+    directory = Path(directory)
+    metadata_file = directory / METADATA_FILE
+    if not metadata_file.is_file() or not (directory / DATASET_DIR).is_dir():
+        raise FileNotFoundError(
+            f"{directory} is not a complete exemplar set (no {METADATA_FILE} or {DATASET_DIR}/); "
+            "was the extraction interrupted? Run it again."
+        )
+    dataset = datasets.load_from_disk(str(directory / DATASET_DIR))
+    metadata = json.loads(metadata_file.read_text())
+    dataset.info.description = json.dumps({METADATA_KEY: metadata})
+    return dataset
+
+
+def export_original_layout(
+    exemplars: datasets.Dataset, output_dir: str | Path, *, with_images: bool = False
+) -> Path:
+    """Write the original MILAN on-disk layout: per layer ``masks.npy`` uint8
+    (units, k, 1, H, W), ``ids.csv``, ``activations.csv`` and optionally ``images.npy`` uint8
+    (units, k, 3, H, W). Units are written in index order, one row per unit."""
+    output_dir = Path(output_dir)
+    if with_images and schema.IMAGES not in exemplars.column_names:
+        exemplars = materialize_images(exemplars)
+    partial = output_dir.parent / f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    partial.mkdir(parents=True)
+    try:
+        layers = list(dict.fromkeys(exemplars[schema.LAYER]))
+        for layer in layers:
+            rows = exemplars.filter(
+                lambda layer_name, wanted=layer: layer_name == wanted,
+                input_columns=[schema.LAYER],
+            )
+            rows = rows.sort(schema.UNIT)
+            _write_layer(rows, partial / layer, with_images)
+        replace_directory(partial, output_dir)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    return output_dir
+
+
+def _write_layer(rows: datasets.Dataset, folder: Path, with_images: bool) -> None:
+    folder.mkdir(parents=True)
+    first = np.asarray(rows[0][schema.MASKS], dtype=np.uint8)
+    k, height, width = first.shape
+    masks = np.lib.format.open_memmap(
+        folder / "masks.npy", mode="w+", dtype=np.uint8, shape=(len(rows), k, 1, height, width)
+    )
+    images = None
+    if with_images:
+        images = np.lib.format.open_memmap(
+            folder / "images.npy",
+            mode="w+",
+            dtype=np.uint8,
+            shape=(len(rows), k, 3, height, width),
+        )
+    with (
+        open(folder / "ids.csv", "w", newline="") as ids_file,
+        open(folder / "activations.csv", "w", newline="") as activations_file,
+    ):
+        ids_writer, activations_writer = csv.writer(ids_file), csv.writer(activations_file)
+        for position, row in enumerate(tqdm(rows, desc=f"export {folder.name}", leave=False)):
+            masks[position, :, 0] = np.asarray(row[schema.MASKS], dtype=np.uint8)
+            ids_writer.writerow(row[schema.IDS])
+            activations_writer.writerow([f"{value:.6g}" for value in row[schema.ACTIVATIONS]])
+            if images is not None:
+                for slot, image in enumerate(row[schema.IMAGES]):
+                    images[position, slot] = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+    masks.flush()
+    if images is not None:
+        images.flush()
+
+
+def push_exemplars_to_hub(
+    exemplars: datasets.Dataset,
+    repo_id: str,
+    *,
+    materialize: bool = True,
+    private: bool = False,
+    token: str | None = None,
+) -> Any:
+    """Push an exemplar set to the Hub as a dataset, with images materialised by default (the
+    ids alone are useless without the probe set)."""
+    if materialize and schema.IMAGES not in exemplars.column_names:
+        exemplars = materialize_images(exemplars)
+    metadata = exemplar_metadata(exemplars)
+    exemplars.info.description = json.dumps({METADATA_KEY: metadata})
+    return exemplars.push_to_hub(repo_id, private=private, token=token)

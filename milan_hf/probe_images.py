@@ -1,0 +1,222 @@
+"""Probe images: where they come from, and reading them robustly.
+
+A probe set is a ``datasets.Dataset`` with an image column. It can be given directly, or named
+by a path or hub id:
+
+- a directory written by ``Dataset.save_to_disk`` (``load_from_disk``);
+- a ``.parquet`` file or a directory of parquet files;
+- a plain folder of image files (searched recursively, in sorted path order);
+- a hub dataset id (when online).
+
+The probe set's *source* is recorded with every exemplar set, so exemplar images can be
+materialised again later from the stored ``ids`` alone.
+
+Unreadable images are skipped and counted, never fatal: a corrupt file in a folder of 50,000
+must not throw away an hour of extraction. Their names are reported at the end of the run and
+recorded in the output's metadata. A skipped image can never be an exemplar.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+@dataclass
+class ProbeImages:
+    """A probe dataset, its image column, and a record of where it came from."""
+
+    dataset: datasets.Dataset
+    image_column: str
+    source: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def open_image(self, index: int) -> Image.Image:
+        """The RGB image of row ``index``; raises ``OSError`` naming the file if unreadable."""
+        return _decode(self.dataset[int(index)][self.image_column], index)
+
+    def image_name(self, index: int) -> str:
+        value = self.dataset[int(index)][self.image_column]
+        if isinstance(value, dict) and value.get("path"):
+            return str(value["path"])
+        return f"row {index}"
+
+
+def load_probe_images(
+    images: str | Path | datasets.Dataset | datasets.DatasetDict | ProbeImages,
+    *,
+    split: str | None = None,
+    image_column: str | None = None,
+) -> ProbeImages:
+    """Resolve a probe set given as a dataset, a path or a hub id (see module docs)."""
+    if isinstance(images, ProbeImages):
+        return images
+    if isinstance(images, (datasets.Dataset, datasets.DatasetDict)):
+        dataset = _pick_split(images, split, where="the given dataset")
+        source: dict[str, Any] = {"kind": "in-memory"}
+    else:
+        dataset, source = _from_path_or_id(str(images), split)
+    column = _image_column(dataset, image_column)
+    # Decode ourselves, so that one unreadable image is a skipped row, not a crash.
+    dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    if len(dataset) == 0:
+        raise ValueError(f"the probe set {source.get('path', source)} has no images")
+    source["image_column"] = column
+    source["num_images"] = len(dataset)
+    return ProbeImages(dataset=dataset, image_column=column, source=source)
+
+
+def probe_images_from_source(source: dict[str, Any]) -> ProbeImages:
+    """Re-open a probe set from the ``source`` record stored with an exemplar set."""
+    kind = source.get("kind")
+    if kind == "in-memory":
+        raise ValueError(
+            "these exemplars were extracted from an in-memory dataset: pass the probe images "
+            "explicitly (probe_images=...) to materialise them"
+        )
+    location = source["path"] if kind != "hub" else source["id"]
+    probe = load_probe_images(
+        location, split=source.get("split"), image_column=source.get("image_column")
+    )
+    expected = source.get("num_images")
+    if expected is not None and len(probe) != expected:
+        raise ValueError(
+            f"the probe set at {location} now has {len(probe)} images but the exemplars were "
+            f"extracted from {expected}: ids would point at the wrong images"
+        )
+    return probe
+
+
+class ProbeTensorDataset(torch.utils.data.Dataset):
+    """Torch view of (a subset of) a probe set: (pixels, id, ok, error) per row."""
+
+    def __init__(
+        self,
+        probe: ProbeImages,
+        transform: Callable[[Image.Image], torch.Tensor],
+        indices: list[int] | None = None,
+        input_size: tuple[int, int] = (224, 224),
+    ):
+        self.dataset = probe.dataset
+        self.column = probe.image_column
+        self.transform = transform
+        self.indices = list(range(len(probe))) if indices is None else list(indices)
+        self.input_size = input_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, bool, str]:
+        index = self.indices[position]
+        try:
+            pixels = self.transform(_decode(self.dataset[index][self.column], index))
+            return pixels, index, True, ""
+        except Exception as error:  # a corrupt or non-image file: skip and count it
+            return torch.zeros(3, *self.input_size), index, False, f"{error}"
+
+
+def _decode(value: Any, index: int) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, dict):
+        path = value.get("path")
+        try:
+            if value.get("bytes") is not None:
+                image = Image.open(io.BytesIO(value["bytes"]))
+            elif path:
+                image = Image.open(path)
+            else:
+                raise OSError("no bytes and no path")
+            image.load()
+            return image.convert("RGB")
+        except Exception as error:
+            raise OSError(f"cannot read image {path or f'at row {index}'}: {error}") from error
+    if isinstance(value, str):
+        return _decode({"path": value, "bytes": None}, index)
+    raise OSError(f"row {index} holds no image (got {type(value).__name__})")
+
+
+def _pick_split(
+    data: datasets.Dataset | datasets.DatasetDict, split: str | None, where: str
+) -> datasets.Dataset:
+    if isinstance(data, datasets.Dataset):
+        return data
+    if split is not None:
+        if split not in data:
+            raise ValueError(f"split {split!r} not in {where}; available: {list(data)}")
+        return data[split]
+    if len(data) == 1:
+        return next(iter(data.values()))
+    for default in ("validation", "test", "train"):
+        if default in data:
+            return data[default]
+    raise ValueError(f"{where} has several splits {list(data)}: choose one with split=")
+
+
+def _image_column(dataset: datasets.Dataset, requested: str | None) -> str:
+    if requested is not None:
+        if requested not in dataset.column_names:
+            raise ValueError(
+                f"image column {requested!r} not found; columns: {dataset.column_names}"
+            )
+        return requested
+    image_columns = [
+        name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)
+    ]
+    if image_columns:
+        return "image" if "image" in image_columns else image_columns[0]
+    if "image" in dataset.column_names:
+        return "image"
+    raise ValueError(
+        f"no image column in the probe set (columns: {dataset.column_names}); "
+        "name it with image_column="
+    )
+
+
+def _from_path_or_id(location: str, split: str | None) -> tuple[datasets.Dataset, dict]:
+    path = Path(location).expanduser()
+    if path.exists():
+        path = path.resolve()
+        if path.is_file() and path.suffix == ".parquet":
+            data = datasets.load_dataset("parquet", data_files=str(path), split="train")
+            return data, {"kind": "parquet", "path": str(path)}
+        if path.is_dir():
+            if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+                data = _pick_split(datasets.load_from_disk(str(path)), split, where=str(path))
+                return data, {"kind": "disk", "path": str(path), "split": split}
+            parquet_files = sorted(str(p) for p in path.rglob("*.parquet"))
+            if parquet_files:
+                data = datasets.load_dataset("parquet", data_files=parquet_files, split="train")
+                return data, {"kind": "parquet", "path": str(path)}
+            files = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not files:
+                raise ValueError(f"no image files ({sorted(IMAGE_EXTENSIONS)}) under {path}")
+            data = datasets.Dataset.from_dict(
+                {"image": [str(p) for p in files]},
+                features=datasets.Features({"image": datasets.Image(decode=False)}),
+            )
+            return data, {"kind": "folder", "path": str(path)}
+        raise ValueError(f"{path} is neither an image folder, a dataset directory nor parquet")
+    if "/" in location and not location.startswith((".", "/")):
+        try:
+            data = datasets.load_dataset(location, split=split or "train")
+        except Exception as error:
+            raise FileNotFoundError(
+                f"{location!r} is not a local path and could not be loaded from the Hub "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        return data, {"kind": "hub", "id": location, "split": split or "train"}
+    raise FileNotFoundError(f"probe images not found: {location}")
