@@ -1,0 +1,582 @@
+"""Score generated unit descriptions: reference metrics, concept accuracy, tables, model cards.
+
+Two kinds of evaluation:
+
+* :func:`score_descriptions` compares each unit's generated description with the unit's
+  reference (human or automatic) descriptions using the metrics of :mod:`milan_hf.metrics`
+  (BERTScore F1 is MILAN's headline number).
+* :func:`concept_accuracy` checks, for units whose meaning is known (the probe world's planted
+  and IoU-labelled units), whether the description names the unit's concept.
+
+Both join predictions and ground truth on ``(layer, unit)``. Their summaries feed
+:func:`results_table` (markdown), :func:`save_evaluation` (markdown + JSON + per-unit dataset)
+and :func:`add_eval_results_to_card` / :func:`push_eval_results` (Hub model-index metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import evaluate
+from huggingface_hub import EvalResult, HfApi, ModelCard
+from huggingface_hub.errors import EntryNotFoundError
+from rouge_score.tokenizers import DefaultTokenizer
+
+from milan_hf import schema
+from milan_hf.metrics import load_metric
+
+#: Column of the generated description in a predictions dataset.
+DESCRIPTION = "description"
+#: Columns of the per-unit scores dataset besides the metric columns.
+REFERENCES = "references"
+METHOD = "method"
+
+DEFAULT_METRICS = ("bertscore", "bleu", "rouge", "embedding_cosine")
+
+#: Summary key -> (table header, number format). Also the order of the table's columns.
+TABLE_COLUMNS: dict[str, tuple[str, str]] = {
+    "bertscore_f1": ("BERTScore F1", ".3f"),
+    "bleu": ("BLEU", ".1f"),
+    "rougeL": ("ROUGE-L", ".3f"),
+    "cosine_max": ("Cosine (max)", ".3f"),
+    "cosine_mean": ("Cosine (mean)", ".3f"),
+    "accuracy": ("Accuracy", ".3f"),
+    "num_units": ("Units", "d"),
+}
+
+#: Summary key -> (model-index metric type, pretty name) for model cards.
+CARD_METRICS: dict[str, tuple[str, str]] = {
+    "bertscore_f1": ("bertscore", "BERTScore F1"),
+    "bleu": ("bleu", "BLEU"),
+    "rougeL": ("rouge", "ROUGE-L"),
+    "cosine_max": ("cosine_similarity", "Embedding cosine (max)"),
+    "accuracy": ("accuracy", "Concept accuracy"),
+}
+
+
+# ---- joining predictions with ground truth ---------------------------------------------------
+
+
+def _require_columns(dataset: datasets.Dataset, columns: Sequence[str], what: str) -> None:
+    missing = [column for column in columns if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"The {what} dataset lacks column(s) {missing}; it has {dataset.column_names}."
+        )
+
+
+def _rows_by_unit(dataset: datasets.Dataset, what: str) -> dict[tuple[str, int], dict[str, Any]]:
+    rows = {}
+    for row in dataset:
+        key = (row[schema.LAYER], int(row[schema.UNIT]))
+        if key in rows:
+            raise ValueError(f"The {what} dataset has unit {key} more than once.")
+        rows[key] = row
+    return rows
+
+
+def _describe_keys(keys: list[tuple[str, int]], limit: int = 5) -> str:
+    shown = ", ".join(f"{layer}/{unit}" for layer, unit in keys[:limit])
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"{len(keys)} unit(s): {shown}{more}"
+
+
+def join_on_units(
+    predictions: datasets.Dataset,
+    truth: datasets.Dataset,
+    truth_columns: Sequence[str],
+    truth_name: str = "references",
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Pair each prediction row with the ground-truth row of the same ``(layer, unit)``.
+
+    Pairs come in the predictions' order. Raises ``ValueError`` when a column is missing, a
+    unit appears twice on one side, or a unit is on one side only (naming those units).
+    """
+    _require_columns(predictions, [schema.LAYER, schema.UNIT, DESCRIPTION], "predictions")
+    _require_columns(truth, [schema.LAYER, schema.UNIT, *truth_columns], truth_name)
+    # Only the needed columns: an exemplar set's masks would be decoded for nothing.
+    predicted = _rows_by_unit(
+        predictions.select_columns([schema.LAYER, schema.UNIT, DESCRIPTION]), "predictions"
+    )
+    expected = _rows_by_unit(
+        truth.select_columns(list(dict.fromkeys([schema.LAYER, schema.UNIT, *truth_columns]))),
+        truth_name,
+    )
+    without_truth = [key for key in predicted if key not in expected]
+    without_prediction = [key for key in expected if key not in predicted]
+    if without_truth or without_prediction:
+        problems = []
+        if without_truth:
+            problems.append(f"no {truth_name} for {_describe_keys(without_truth)}")
+        if without_prediction:
+            problems.append(f"no prediction for {_describe_keys(without_prediction)}")
+        raise ValueError("Predictions and " + truth_name + " differ: " + "; ".join(problems))
+    if not predicted:
+        raise ValueError("No units to evaluate: the predictions dataset is empty.")
+    return [(row, expected[key]) for key, row in predicted.items()]
+
+
+# ---- reference metrics ----------------------------------------------------------------------
+
+
+def score_descriptions(
+    predictions: datasets.Dataset,
+    references: datasets.Dataset,
+    metrics: Sequence[str | evaluate.EvaluationModule] = DEFAULT_METRICS,
+    metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[datasets.Dataset, dict[str, Any]]:
+    """Score each unit's generated description against the unit's reference descriptions.
+
+    Args:
+        predictions: columns ``layer``, ``unit``, ``description`` (one row per unit).
+        references: columns ``layer``, ``unit``, ``descriptions`` (list of strings per unit),
+            e.g. an exemplar set with descriptions.
+        metrics: metric names from :data:`milan_hf.metrics.METRICS` or metric instances (pass
+            instances to reuse them across calls).
+        metric_kwargs: per metric name, extra ``compute`` arguments, e.g.
+            ``{"bertscore": PAPER_BERTSCORE_SETTINGS}``.
+
+    Returns:
+        ``(per_unit, summary)``: a dataset with ``layer``, ``unit``, ``description``,
+        ``references`` and one column per per-unit score (``bertscore_f1``, ``sentence_bleu``,
+        ``rougeL``, ``cosine_max``…), in the predictions' order; and a dict with ``num_units``,
+        the mean of every per-unit score, and the corpus-level values (``bleu`` is corpus BLEU).
+    """
+    pairs = join_on_units(predictions, references, [schema.DESCRIPTIONS])
+    for prediction, reference in pairs:
+        if not reference[schema.DESCRIPTIONS]:
+            key = (prediction[schema.LAYER], prediction[schema.UNIT])
+            raise ValueError(f"Unit {key[0]}/{key[1]} has no reference descriptions.")
+    texts = [prediction[DESCRIPTION] for prediction, _ in pairs]
+    unit_references = [list(reference[schema.DESCRIPTIONS]) for _, reference in pairs]
+
+    per_unit_scores: dict[str, list[float]] = {}
+    summary: dict[str, Any] = {"num_units": len(pairs)}
+    for metric in metrics:
+        name = metric if isinstance(metric, str) else metric.name
+        module = load_metric(metric) if isinstance(metric, str) else metric
+        kwargs = dict((metric_kwargs or {}).get(name, {}))
+        result = module.compute(predictions=texts, references=unit_references, **kwargs)
+        per_prediction_keys = getattr(module, "per_prediction_keys", None) or [
+            key
+            for key, value in result.items()
+            if isinstance(value, list) and len(value) == len(texts)
+        ]
+        for key, value in result.items():
+            if key in per_unit_scores or key in summary:
+                raise ValueError(f"Two metrics both report {key!r}; score them separately.")
+            if key in per_prediction_keys:
+                per_unit_scores[key] = [float(score) for score in value]
+                summary[key] = sum(per_unit_scores[key]) / len(texts)
+            else:
+                summary[key] = value
+
+    per_unit = datasets.Dataset.from_dict(
+        {
+            schema.LAYER: [prediction[schema.LAYER] for prediction, _ in pairs],
+            schema.UNIT: [int(prediction[schema.UNIT]) for prediction, _ in pairs],
+            DESCRIPTION: texts,
+            REFERENCES: unit_references,
+            **per_unit_scores,
+        },
+        features=datasets.Features(
+            {
+                schema.LAYER: datasets.Value("string"),
+                schema.UNIT: datasets.Value("int64"),
+                DESCRIPTION: datasets.Value("string"),
+                REFERENCES: datasets.List(datasets.Value("string")),
+                **{key: datasets.Value("float64") for key in per_unit_scores},
+            }
+        ),
+    )
+    return per_unit, summary
+
+
+# ---- concept accuracy -----------------------------------------------------------------------
+
+#: Canonical word -> words that mean the same in a unit description. Keys and variants are
+#: single words; matching stems them, so plurals and "-ed" forms need no entry of their own.
+DEFAULT_CONCEPT_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "gray": ("grey",),
+    "color": ("colour",),
+    "circle": ("circular", "round", "disc", "disk"),
+    "rectangle": ("rectangular",),
+    "triangle": ("triangular",),
+    "stripe": ("striped", "stripy", "line"),
+    "dot": ("dotted", "spot", "spotted"),
+    "checkerboard": ("checkered", "chequered", "checker"),
+    "text": ("letter", "lettering", "word", "writing", "written", "character"),
+    "top": ("upper",),
+    "bottom": ("lower",),
+}
+
+#: Words of a concept that a description need not repeat ("top of image" ~ "top image").
+CONCEPT_FUNCTION_WORDS = frozenset({"a", "an", "the", "of", "in", "on", "at", "with", "and"})
+
+# ROUGE's tokenizer: lowercase, split on anything but [a-z0-9], Porter-stem words of > 3 letters.
+_STEMMING_TOKENIZER = DefaultTokenizer(use_stemmer=True)
+
+
+def _synonym_table(synonyms: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    table = {}
+    for canonical, variants in synonyms.items():
+        canonical_stems = _STEMMING_TOKENIZER.tokenize(canonical)
+        if len(canonical_stems) != 1:
+            raise ValueError(f"Synonym keys must be single words, got {canonical!r}.")
+        for variant in [canonical, *variants]:
+            variant_stems = _STEMMING_TOKENIZER.tokenize(variant)
+            if len(variant_stems) != 1:
+                raise ValueError(f"Synonyms must be single words, got {variant!r}.")
+            table[variant_stems[0]] = canonical_stems[0]
+    return table
+
+
+def _concept_words(text: str, table: Mapping[str, str]) -> list[str]:
+    return [table.get(stem, stem) for stem in _STEMMING_TOKENIZER.tokenize(text)]
+
+
+def description_names_concept(
+    description: str,
+    concept: str,
+    synonyms: Mapping[str, Sequence[str]] | None = None,
+) -> bool:
+    """Whether ``description`` names ``concept`` (the rule of :func:`concept_accuracy`).
+
+    Both are lowercased and split into words; each word is Porter-stemmed (so "stripes",
+    "striped" and "stripe" agree, as do "circles" and "circle") and mapped to its canonical
+    synonym (``DEFAULT_CONCEPT_SYNONYMS`` unless ``synonyms`` is given; ``{}`` disables it).
+    The description is right when it contains every word of the concept except the function
+    words in ``CONCEPT_FUNCTION_WORDS``, in any order: "red circle" is named by "circles that
+    are red". Negation is not understood ("not red" names "red").
+    """
+    table = _synonym_table(DEFAULT_CONCEPT_SYNONYMS if synonyms is None else synonyms)
+    return _names_concept(set(_concept_words(description, table)), concept, table)
+
+
+def _names_concept(description_words: set[str], concept: str, table: Mapping[str, str]) -> bool:
+    required = [
+        word for word in _concept_words(concept, table) if word not in CONCEPT_FUNCTION_WORDS
+    ]
+    if not required:
+        raise ValueError(f"Concept {concept!r} has no content word to look for.")
+    return all(word in description_words for word in required)
+
+
+def concept_accuracy(
+    predictions: datasets.Dataset,
+    ground_truth: datasets.Dataset,
+    synonyms: Mapping[str, Sequence[str]] | None = None,
+    concept_column: str = "concept",
+    family_column: str | None = "family",
+) -> tuple[datasets.Dataset, dict[str, Any]]:
+    """Accuracy of descriptions on units of known meaning, overall and per concept family.
+
+    Args:
+        predictions: columns ``layer``, ``unit``, ``description``.
+        ground_truth: columns ``layer``, ``unit``, ``concept_column`` (a concept string such as
+            "red", "vertical stripes", "red circle", or a list of acceptable concepts) and,
+            optionally, ``family_column`` (e.g. "color", "shape", "texture", "position").
+        synonyms: canonical word -> variants; default ``DEFAULT_CONCEPT_SYNONYMS``.
+
+    A description is correct when it names the unit's concept (any of them, for a list) by the
+    rule of :func:`description_names_concept`.
+
+    Returns:
+        ``(per_unit, summary)``: a dataset with ``layer``, ``unit``, ``description``,
+        ``concept``, ``family`` and ``correct``; and ``{"accuracy", "num_units", "num_correct",
+        "by_family": {family: {...}}, "by_concept": {concept: {...}}}`` (families "all" when the
+        ground truth has no family column).
+    """
+    has_family = family_column is not None and family_column in ground_truth.column_names
+    truth_columns = [concept_column, family_column] if has_family else [concept_column]
+    pairs = join_on_units(predictions, ground_truth, truth_columns, "ground-truth concepts")
+    table = _synonym_table(DEFAULT_CONCEPT_SYNONYMS if synonyms is None else synonyms)
+    layers, units, texts, concepts, families, correct = [], [], [], [], [], []
+    for prediction, truth in pairs:
+        unit_concepts = truth[concept_column]
+        unit_concepts = [unit_concepts] if isinstance(unit_concepts, str) else list(unit_concepts)
+        if not unit_concepts:
+            raise ValueError(f"Unit {truth[schema.LAYER]}/{truth[schema.UNIT]} has no concept.")
+        description_words = set(_concept_words(prediction[DESCRIPTION], table))
+        layers.append(prediction[schema.LAYER])
+        units.append(int(prediction[schema.UNIT]))
+        texts.append(prediction[DESCRIPTION])
+        concepts.append(" | ".join(unit_concepts))
+        families.append(str(truth[family_column]) if has_family else "all")
+        correct.append(any(_names_concept(description_words, c, table) for c in unit_concepts))
+
+    def tally(selected: list[bool]) -> dict[str, Any]:
+        return {
+            "accuracy": sum(selected) / len(selected),
+            "num_units": len(selected),
+            "num_correct": sum(selected),
+        }
+
+    def grouped(keys: list[str]) -> dict[str, dict[str, Any]]:
+        return {
+            key: tally([ok for other, ok in zip(keys, correct) if other == key])
+            for key in sorted(set(keys))
+        }
+
+    summary = {**tally(correct), "by_family": grouped(families), "by_concept": grouped(concepts)}
+    per_unit = datasets.Dataset.from_dict(
+        {
+            schema.LAYER: layers,
+            schema.UNIT: units,
+            DESCRIPTION: texts,
+            "concept": concepts,
+            "family": families,
+            "correct": correct,
+        },
+        features=datasets.Features(
+            {
+                schema.LAYER: datasets.Value("string"),
+                schema.UNIT: datasets.Value("int64"),
+                DESCRIPTION: datasets.Value("string"),
+                "concept": datasets.Value("string"),
+                "family": datasets.Value("string"),
+                "correct": datasets.Value("bool"),
+            }
+        ),
+    )
+    return per_unit, summary
+
+
+# ---- tables and files -----------------------------------------------------------------------
+
+
+def results_table(
+    rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str] | None = None
+) -> str:
+    """Markdown table with one row per method (e.g. "p(d|E) greedy", "PMI λ=0.2").
+
+    Args:
+        rows: method name -> summary (as returned by :func:`score_descriptions` or
+            :func:`concept_accuracy`, or both merged).
+        columns: summary keys to show; default every key of ``TABLE_COLUMNS`` that some row
+            has. Missing values show as "–".
+    """
+    if not rows:
+        raise ValueError("results_table needs at least one method row, got none.")
+    if columns is None:
+        columns = [key for key in TABLE_COLUMNS if any(key in row for row in rows.values())]
+    headers = ["Method", *(TABLE_COLUMNS.get(key, (key, ""))[0] for key in columns)]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|",
+    ]
+    for method, row in rows.items():
+        cells = [method.replace("|", "\\|")]
+        for key in columns:
+            value = row.get(key)
+            number_format = TABLE_COLUMNS.get(key, (key, ".3f"))[1]
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                cells.append("–")
+            elif isinstance(value, (int, float)):
+                cells.append(format(value, number_format))
+            else:
+                cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _json_ready(value: Any) -> Any:
+    # JSON has no NaN/inf; a metric that could not be computed is written as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    return value
+
+
+def write_results_json(
+    path: str | os.PathLike,
+    rows: Mapping[str, Mapping[str, Any]],
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``{"metadata": ..., "results": {method: summary}}`` to ``path`` atomically."""
+    path = Path(path)
+    document = _json_ready({"metadata": dict(metadata or {}), "results": rows})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write next to the target then rename, so a crash never leaves half a file.
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as handle:
+        json.dump(document, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+    os.replace(handle.name, path)
+    return path
+
+
+def save_evaluation(
+    output_dir: str | os.PathLike,
+    rows: Mapping[str, Mapping[str, Any]],
+    per_unit: Mapping[str, datasets.Dataset] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``results.md``, ``results.json`` and ``per_unit/`` (a ``datasets`` dataset).
+
+    ``per_unit`` maps method name -> per-unit dataset (from :func:`score_descriptions`); they
+    are concatenated with a ``method`` column. Everything is written to a temporary sibling
+    folder first and renamed into place, so an interrupted run leaves no partial result.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise FileExistsError(f"{output_dir} exists; pass overwrite=True to replace it.")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
+    try:
+        title = (metadata or {}).get("title")
+        table = results_table(rows)
+        (staging / "results.md").write_text(f"# {title}\n\n{table}" if title else table)
+        write_results_json(staging / "results.json", rows, metadata)
+        if per_unit:
+            tables = [
+                dataset.add_column(METHOD, [method] * len(dataset))
+                for method, dataset in per_unit.items()
+            ]
+            datasets.concatenate_datasets(tables).save_to_disk(str(staging / "per_unit"))
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+# ---- model cards ----------------------------------------------------------------------------
+
+
+def eval_results_from_rows(
+    rows: Mapping[str, Mapping[str, Any]],
+    dataset_name: str,
+    dataset_type: str | None = None,
+    dataset_split: str | None = None,
+    dataset_config: str | None = None,
+    task_type: str = "image-to-text",
+    metrics: Sequence[str] | None = None,
+) -> list[EvalResult]:
+    """One ``EvalResult`` per (method, metric); the method goes in the metric's name and config.
+
+    ``metrics`` are summary keys of ``CARD_METRICS`` (default: every one present).
+    """
+    results = []
+    for method, row in rows.items():
+        for key in metrics or CARD_METRICS:
+            if key not in CARD_METRICS:
+                raise ValueError(
+                    f"No model-card metric for {key!r}; choose from {list(CARD_METRICS)}."
+                )
+            value = row.get(key)
+            if value is None or (isinstance(value, float) and not math.isfinite(value)):
+                continue
+            metric_type, pretty_name = CARD_METRICS[key]
+            results.append(
+                EvalResult(
+                    task_type=task_type,
+                    task_name="Neuron description",
+                    dataset_type=dataset_type or dataset_name,
+                    dataset_name=dataset_name,
+                    dataset_config=dataset_config,
+                    dataset_split=dataset_split,
+                    metric_type=metric_type,
+                    metric_value=round(float(value), 4),
+                    metric_name=f"{pretty_name} ({method})",
+                    metric_config=method,
+                )
+            )
+    if not results:
+        raise ValueError(f"No card metric ({list(CARD_METRICS)}) in the results of {list(rows)}.")
+    return results
+
+
+def add_eval_results_to_card(
+    card: ModelCard | str | os.PathLike,
+    rows: Mapping[str, Mapping[str, Any]],
+    dataset_name: str,
+    dataset_type: str | None = None,
+    dataset_split: str | None = None,
+    dataset_config: str | None = None,
+    model_name: str | None = None,
+    task_type: str = "image-to-text",
+) -> ModelCard:
+    """Add evaluation results to a model card's ``model-index`` metadata.
+
+    ``card`` is a ``ModelCard`` (updated in place) or the path of a local README.md (loaded;
+    save it back with ``card.save(path)``). A result already on the card for the same method,
+    metric and dataset is replaced, not duplicated. ``model_name`` (required by the
+    model-index format) defaults to the card's own.
+    """
+    if not isinstance(card, ModelCard):
+        if not Path(card).is_file():
+            raise FileNotFoundError(f"Model card {str(card)!r} is not a file.")
+        card = ModelCard.load(Path(card))
+    new_results = eval_results_from_rows(
+        rows, dataset_name, dataset_type, dataset_split, dataset_config, task_type
+    )
+    model_name = model_name or card.data.model_name
+    if model_name is None:
+        raise ValueError("The card has no model_name; pass model_name= for its model-index.")
+    kept = [
+        old
+        for old in card.data.eval_results or []
+        if not any(old.is_equal_except_value(new) for new in new_results)
+    ]
+    card.data.model_name = model_name
+    card.data.eval_results = kept + new_results
+    return card
+
+
+def push_eval_results(
+    repo_id: str,
+    rows: Mapping[str, Mapping[str, Any]],
+    dataset_name: str,
+    dataset_type: str | None = None,
+    dataset_split: str | None = None,
+    dataset_config: str | None = None,
+    model_name: str | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+):
+    """Add evaluation results to the model card of Hub repo ``repo_id`` and upload it.
+
+    Starts from the repo's README.md (or a minimal card when it has none). Returns the
+    ``CommitInfo`` of the upload.
+    """
+    api = HfApi(token=token)
+    try:
+        card = ModelCard.load(api.hf_hub_download(repo_id, "README.md", revision=revision))
+    except EntryNotFoundError:
+        card = ModelCard(f"---\nlibrary_name: milan-hf\n---\n\n# {repo_id}\n")
+    card = add_eval_results_to_card(
+        card,
+        rows,
+        dataset_name,
+        dataset_type,
+        dataset_split,
+        dataset_config,
+        model_name=model_name or card.data.model_name or repo_id.split("/")[-1],
+    )
+    return api.upload_file(
+        path_or_fileobj=str(card).encode("utf-8"),
+        path_in_repo="README.md",
+        repo_id=repo_id,
+        repo_type="model",
+        revision=revision,
+        create_pr=create_pr,
+        commit_message=commit_message or f"Add evaluation results on {dataset_name}",
+    )
