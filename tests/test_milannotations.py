@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import shutil
 from pathlib import Path
 
 import datasets
+import huggingface_hub
 import numpy as np
 import pytest
-from milannotations_fixture import (
-    IMAGENET_CLASSES,
-    IMAGES_PER_CLASS,
-    MASK_SIZE,
-    UNITS_PER_SET,
-    K,
-    description,
-    imagenet_colour,
-    write_fake_imagenet,
-    write_milannotations,
-    write_milannotations_zips,
-    write_set,
-)
 
 from milan_hf import schema
 from milan_hf.milannotations import (
@@ -35,17 +24,22 @@ from milan_hf.milannotations import (
     release_url,
 )
 
+try:  # tests/ is a package in some checkouts and a plain folder in others
+    from tests import milannotations_fixture as fixture
+except ImportError:
+    import milannotations_fixture as fixture
+
 IMAGENET_SOURCED = ("alexnet/imagenet", "resnet152/imagenet", "dino_vits8/imagenet")
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> Path:
-    return write_milannotations(tmp_path_factory.mktemp("release"))
+    return fixture.write_milannotations(tmp_path_factory.mktemp("release"))
 
 
 @pytest.fixture(scope="module")
 def imagenet(tmp_path_factory) -> Path:
-    return write_fake_imagenet(tmp_path_factory.mktemp("imagenet") / "val")
+    return fixture.write_fake_imagenet(tmp_path_factory.mktemp("imagenet") / "val")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,9 @@ def cache(tmp_path_factory) -> Path:
 
 
 def expected_features(with_images: bool) -> datasets.Features:
-    features = schema.exemplar_features(MASK_SIZE, with_images=with_images, with_descriptions=True)
+    features = schema.exemplar_features(
+        fixture.MASK_SIZE, with_images=with_images, with_descriptions=True
+    )
     features[SOURCE] = datasets.Value("string")
     return features
 
@@ -64,13 +60,15 @@ def test_every_config_loads_with_right_counts_and_schema(config, release, cache)
     splits = load_milannotations(config.name, data_dir=release, cache_dir=cache)
 
     if config.held_out:
-        assert splits["train"].num_rows == UNITS_PER_SET * (len(config.sets) - len(config.held_out))
-        assert splits["test"].num_rows == UNITS_PER_SET * len(config.held_out)
+        assert splits["train"].num_rows == fixture.UNITS_PER_SET * (
+            len(config.sets) - len(config.held_out)
+        )
+        assert splits["test"].num_rows == fixture.UNITS_PER_SET * len(config.held_out)
         assert set(splits["test"][SOURCE]) == set(config.held_out)
         assert set(splits["train"][SOURCE]) == set(config.sets) - set(config.held_out)
     else:
         # Within-network: int(0.1 * 12) = 1 unit of every set held out.
-        assert splits["train"].num_rows == (UNITS_PER_SET - 1) * len(config.sets)
+        assert splits["train"].num_rows == (fixture.UNITS_PER_SET - 1) * len(config.sets)
         assert splits["test"].num_rows == len(config.sets)
         assert set(splits["test"][SOURCE]) == set(config.sets)
     with_images = any(s not in IMAGENET_SOURCED for s in config.sets)
@@ -101,8 +99,8 @@ def test_config_tables_follow_the_original():
 def test_rows_match_the_files_and_images_are_aligned(release, imagenet, cache):
     rows = load_milannotations("all", data_dir=release, imagenet_dir=imagenet, cache_dir=cache)
     rows = datasets.concatenate_datasets([rows["train"], rows["test"]])
-    assert rows.num_rows == UNITS_PER_SET * len(MILANNOTATIONS_SETS)
-    n_imagenet = len(IMAGENET_CLASSES) * IMAGES_PER_CLASS
+    assert rows.num_rows == fixture.UNITS_PER_SET * len(MILANNOTATIONS_SETS)
+    n_imagenet = len(fixture.IMAGENET_CLASSES) * fixture.IMAGES_PER_CLASS
 
     for row in rows:
         layer_dir = release / row[SOURCE] / row[schema.LAYER]
@@ -120,21 +118,24 @@ def test_rows_match_the_files_and_images_are_aligned(release, imagenet, cache):
             activations = np.loadtxt(layer_dir / "activations.csv", delimiter=",", ndmin=2)
             np.testing.assert_allclose(row[schema.ACTIVATIONS], activations[file_row], rtol=1e-6)
         else:
-            assert len(row[schema.ACTIVATIONS]) == K
+            assert len(row[schema.ACTIVATIONS]) == fixture.K
             assert all(math.isnan(a) for a in row[schema.ACTIVATIONS])
         assert math.isnan(row[schema.THRESHOLD]) and row[schema.DEAD] is False
         assert row[schema.DESCRIPTIONS] == [
-            description(row[SOURCE], row[schema.LAYER], row[schema.UNIT], i) for i in range(3)
+            fixture.description(row[SOURCE], row[schema.LAYER], row[schema.UNIT], i)
+            for i in range(3)
         ]
 
         images = [np.array(image) for image in row[schema.IMAGES]]
-        assert [image.shape for image in images] == [(MASK_SIZE, MASK_SIZE, 3)] * K
+        assert [image.shape for image in images] == [
+            (fixture.MASK_SIZE, fixture.MASK_SIZE, 3)
+        ] * fixture.K
         if row[SOURCE] in IMAGENET_SOURCED:
             # ImageFolder order; Resize+CenterCrop keeps only the centre colour (a squash
             # would pull in the black side bands).
             for image, image_id in zip(images, row[schema.IDS]):
                 assert 0 <= image_id < n_imagenet
-                assert np.abs(image.astype(int) - imagenet_colour(image_id)).max() <= 8
+                assert np.abs(image.astype(int) - fixture.imagenet_colour(image_id)).max() <= 8
         else:
             stored = np.load(layer_dir / "images.npy")[file_row].transpose(0, 2, 3, 1)
             np.testing.assert_array_equal(np.stack(images), stored)
@@ -163,7 +164,7 @@ def test_within_network_split_is_seeded_per_set(release, cache):
     }
     assert held == in_group
     train = {(r[schema.LAYER], r[schema.UNIT]) for r in alone["train"]}
-    assert not held & train and len(held | train) == UNITS_PER_SET
+    assert not held & train and len(held | train) == fixture.UNITS_PER_SET
 
     by_seed = [
         tuple(
@@ -181,7 +182,7 @@ def test_within_network_split_is_seeded_per_set(release, cache):
 
 
 def test_published_zips_load_like_folders(release, tmp_path, cache):
-    zips = write_milannotations_zips(tmp_path / "zips", ("alexnet/imagenet",))
+    zips = fixture.write_milannotations_zips(tmp_path / "zips", ("alexnet/imagenet",))
     assert (zips / "alexnet-imagenet.zip").is_file()
     from_zip = load_milannotations("alexnet/imagenet", data_dir=zips, split="all", cache_dir=cache)
     from_folder = load_milannotations(
@@ -195,22 +196,22 @@ def test_published_zips_load_like_folders(release, tmp_path, cache):
 def test_discovered_sets_split_by_network_name(tmp_path, cache):
     corpus = tmp_path / "probe"
     for seed, name in enumerate(("tinycnn_a/probeworld", "tinycnn_b/probeworld")):
-        write_set(corpus, name, seed, mask_size=12)
+        fixture.write_set(corpus, name, seed, mask_size=12)
 
     everything = load_milannotations("all", data_dir=corpus, split="all", cache_dir=cache)
-    assert everything.num_rows == 2 * UNITS_PER_SET
+    assert everything.num_rows == 2 * fixture.UNITS_PER_SET
     assert everything.features[schema.MASKS].feature.shape == (12, 12)
     assert schema.IMAGES in everything.features
 
     across = load_milannotations("all", data_dir=corpus, held_out=["tinycnn_b"], cache_dir=cache)
     assert set(across["train"][SOURCE]) == {"tinycnn_a/probeworld"}
     assert set(across["test"][SOURCE]) == {"tinycnn_b/probeworld"}
-    assert across["test"].num_rows == UNITS_PER_SET
+    assert across["test"].num_rows == fixture.UNITS_PER_SET
 
     one = load_milannotations("not-tinycnn_a", data_dir=corpus, split="all", cache_dir=cache)
     assert set(one[SOURCE]) == {"tinycnn_b/probeworld"}
     by_network = load_milannotations("tinycnn_a", data_dir=corpus, cache_dir=cache)
-    assert by_network["train"].num_rows == UNITS_PER_SET - 1
+    assert by_network["train"].num_rows == fixture.UNITS_PER_SET - 1
 
     with pytest.raises(ValueError, match="some but not all"):
         load_milannotations("all", data_dir=corpus, held_out=["probeworld"], cache_dir=cache)
@@ -259,7 +260,7 @@ def test_parquet_round_trip_keeps_types(release, imagenet, cache, tmp_path):
 
 @pytest.fixture
 def one_set(tmp_path) -> Path:
-    return write_milannotations(tmp_path / "data", ("alexnet/imagenet",))
+    return fixture.write_milannotations(tmp_path / "data", ("alexnet/imagenet",))
 
 
 def test_missing_annotations_csv_names_the_file(one_set, cache):
@@ -297,8 +298,93 @@ def test_missing_set_in_data_dir_names_the_expected_paths(one_set, cache):
 def test_imagenet_id_out_of_range_names_the_ids_file(one_set, tmp_path, cache):
     small = tmp_path / "val"
     small.mkdir()
-    shutil.copytree(write_fake_imagenet(tmp_path / "full") / IMAGENET_CLASSES[0], small / "n0")
+    shutil.copytree(
+        fixture.write_fake_imagenet(tmp_path / "full") / fixture.IMAGENET_CLASSES[0], small / "n0"
+    )
     with pytest.raises(ValueError, match=r"ids\.csv: image id \d+ is outside the 4 images"):
         load_milannotations(
             "alexnet/imagenet", data_dir=one_set, imagenet_dir=small, cache_dir=cache
         )
+
+
+# ---------------------------------------------------------------------------- push
+
+
+def load_push_script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "push_milannotations.py"
+    spec = importlib.util.spec_from_file_location("push_milannotations", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_push_uploads_parquet_configs_and_card(release, cache, tmp_path, monkeypatch):
+    sent: dict = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        sent["create_repo"] = {"repo_id": repo_id, **kwargs}
+
+    def upload_folder(self, **kwargs):
+        sent["upload_folder"] = kwargs
+        shutil.copytree(kwargs["folder_path"], tmp_path / "uploaded")
+        return "https://huggingface.co/datasets/org/milannotations/commit/0"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    push = load_push_script()
+    args = ["org/milannotations", "--data-dir", str(release), "--cache-dir", str(cache)]
+    assert push.main(args) == 0
+
+    assert sent["create_repo"]["repo_id"] == "org/milannotations"
+    assert sent["create_repo"]["repo_type"] == "dataset"
+    assert sent["upload_folder"]["repo_id"] == "org/milannotations"
+    assert sent["upload_folder"]["repo_type"] == "dataset"
+    uploaded = tmp_path / "uploaded"
+    expected_files = {"README.md"} | {
+        f"data/{s.replace('/', '-')}/{split}-00000-of-00001.parquet"
+        for s in MILANNOTATIONS_SETS
+        for split in ("train", "test")
+    }
+    assert {p.relative_to(uploaded).as_posix() for p in uploaded.rglob("*.*")} == expected_files
+
+    card = huggingface_hub.DatasetCard.load(uploaded / "README.md")
+    configs = {c["config_name"]: c for c in card.data.configs}
+    expected_configs = (
+        {s.replace("/", "-") for s in MILANNOTATIONS_SETS}
+        | set(MILANNOTATIONS_GROUPINGS)
+        | set(GENERALIZATION_SPLITS)
+    )
+    assert set(configs) == expected_configs
+    assert configs["base"].get("default") is True
+    assert "Natural Language Descriptions of Deep Visual Features" in card.text
+    assert "| `alexnet-imagenet` | `alexnet-imagenet` | `alexnet-imagenet` |" in card.text
+    assert card.data.license == "other"
+
+    # A config resolves, through its data_files, to the right rows with the loader's schema.
+    def data_files(config: str) -> dict[str, list[str]]:
+        files = {}
+        for entry in configs[config]["data_files"]:
+            patterns = [entry["path"]] if isinstance(entry["path"], str) else entry["path"]
+            files[entry["split"]] = [str(p) for pat in patterns for p in uploaded.glob(pat)]
+        return files
+
+    for config, train_rows, test_rows in (
+        ("across-task-cls-to-gen", 4 * fixture.UNITS_PER_SET, 2 * fixture.UNITS_PER_SET),
+        ("cls", 4 * (fixture.UNITS_PER_SET - 1), 4),
+    ):
+        rows = datasets.load_dataset(
+            "parquet", data_files=data_files(config), cache_dir=str(tmp_path / "pq")
+        )
+        assert (rows["train"].num_rows, rows["test"].num_rows) == (train_rows, test_rows)
+        assert rows["train"].features == expected_features(with_images=True)
+    gen = datasets.load_dataset(
+        "parquet", data_files=data_files("gen"), split="test", cache_dir=str(tmp_path / "pq")
+    )
+    assert all(images is not None for images in gen[schema.IMAGES])
+
+
+def test_export_refuses_to_overwrite(release, cache, tmp_path):
+    push = load_push_script()
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FileExistsError, match="out"):
+        push.export_milannotations("org/x", tmp_path / "out", data_dir=str(release))
