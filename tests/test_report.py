@@ -210,6 +210,31 @@ def test_score_columns_come_from_a_descriptions_dataset(tmp_path):
     assert index["units"][0]["w"] == 2 * 96 + STRIP_GAP
 
 
+def test_human_descriptions_are_shown_and_larger_images_are_scaled_to_their_masks(tmp_path):
+    features = exemplar_features(SIZE, with_images=True, with_descriptions=True)
+    big_image = {"bytes": png_bytes(np.kron(stripes_image(0), np.ones((2, 2, 1), np.uint8)))}
+    exemplars = datasets.Dataset.from_dict(
+        {
+            "layer": ["layer4"],
+            "unit": [7],
+            "ids": [[0, 1]],
+            "activations": [[2.0, 1.0]],
+            "masks": [np.stack([square_mask(0), square_mask(3)])],
+            "threshold": [0.5],
+            "dead": [False],
+            "images": [[big_image, big_image]],  # 64x64 images for 32x32 masks
+            "descriptions": [["dog faces", "the faces of dogs", "animal heads"]],
+        },
+        features=features,
+    )
+    page = write_report(exemplars, [], tmp_path / "out", thumbnail_size=40)
+    (unit,) = embedded_index(page)["units"]
+    assert unit["h"] == ["dog faces", "the faces of dogs", "animal heads"]
+    assert unit["d"] is None and unit["a"] == [2.0, 1.0]
+    strip = Image.open(page.parent / unit["t"])
+    assert strip.size == (2 * 40 + STRIP_GAP, 40)
+
+
 def test_bad_input_is_refused_with_the_bad_value(tmp_path):
     exemplars = exemplar_set({"layer1": 2}, k=1)
     with pytest.raises(ValueError, match="images"):
