@@ -174,11 +174,18 @@ def render_card(
         configs=configs,
     )
 
-    def split_sets(config: dict, split: str) -> str:
-        paths = next(f["path"] for f in config["data_files"] if f["split"] == split)
-        paths = [paths] if isinstance(paths, str) else paths
-        names = dict.fromkeys(p.split("/")[1] for p in paths)
-        return ", ".join(f"`{n}`" for n in names)
+    def describe(config: dict) -> dict:
+        """Which sets a config's splits hold, for the card's table."""
+        sets = {}
+        for entry in config["data_files"]:
+            paths = [entry["path"]] if isinstance(entry["path"], str) else entry["path"]
+            sets[entry["split"]] = ", ".join(f"`{p.split('/')[1]}`" for p in paths)
+        if sets["train"] == sets["test"]:
+            share = f"{1 - test_fraction:.0%} / {test_fraction:.0%} of each set's units"
+            return {"name": config["config_name"], "sets": sets["train"], "split": share}
+        held_out = f"test on {sets['test']}, train on the rest"
+        everything = f"{sets['train']}, {sets['test']}"
+        return {"name": config["config_name"], "sets": everything, "split": held_out}
 
     def has_images(rows: datasets.Dataset) -> str:
         if schema.IMAGES not in rows.features:
@@ -211,14 +218,7 @@ def render_card(
         sets=[
             {"name": n, "units": units[n], "images": has_images(loaded[n]["train"])} for n in loaded
         ],
-        configs=[
-            {
-                "name": c["config_name"],
-                "train": split_sets(c, "train"),
-                "test": split_sets(c, "test"),
-            }
-            for c in configs
-        ],
+        configs=[describe(c) for c in configs],
         seed=seed,
         test_fraction=test_fraction,
         with_images=with_images,

@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import math
 import shutil
+import zipfile
 from pathlib import Path
 
 import datasets
@@ -357,7 +358,10 @@ def test_push_uploads_parquet_configs_and_card(release, cache, tmp_path, monkeyp
     assert set(configs) == expected_configs
     assert configs["base"].get("default") is True
     assert "Natural Language Descriptions of Deep Visual Features" in card.text
-    assert "| `alexnet-imagenet` | `alexnet-imagenet` | `alexnet-imagenet` |" in card.text
+    assert (
+        "| `alexnet-imagenet` | `alexnet-imagenet` | 90% / 10% of each set's units |" in card.text
+    )
+    assert "| test on `dino_vits8-imagenet`, train on the rest |" in card.text
     assert card.data.license == "other"
 
     # A config resolves, through its data_files, to the right rows with the loader's schema.
@@ -388,3 +392,24 @@ def test_export_refuses_to_overwrite(release, cache, tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(FileExistsError, match="out"):
         push.export_milannotations("org/x", tmp_path / "out", data_dir=str(release))
+
+
+def test_edited_release_is_prepared_again(one_set, cache):
+    before = load_milannotations("alexnet/imagenet", data_dir=one_set, split="all", cache_dir=cache)
+    annotations = one_set / "alexnet/imagenet/annotations.csv"
+    annotations.write_text(annotations.read_text().replace("description 0", "edited text"))
+    after = load_milannotations("alexnet/imagenet", data_dir=one_set, split="all", cache_dir=cache)
+    assert before[0][schema.DESCRIPTIONS][0].endswith("description 0")
+    assert after[0][schema.DESCRIPTIONS][0].endswith("edited text")
+
+
+def test_nested_zip_of_a_discovered_set(tmp_path, cache):
+    staging = tmp_path / "staging"
+    fixture.write_set(staging, "tinycnn/probeworld", seed=3)
+    (tmp_path / "corpus/tinycnn").mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "corpus/tinycnn/probeworld.zip", "w") as archive:
+        for file in sorted((staging / "tinycnn").rglob("*")):
+            archive.write(file, file.relative_to(staging / "tinycnn").as_posix())
+    rows = load_milannotations("all", data_dir=tmp_path / "corpus", split="all", cache_dir=cache)
+    assert set(rows[SOURCE]) == {"tinycnn/probeworld"}
+    assert rows.num_rows == fixture.UNITS_PER_SET
