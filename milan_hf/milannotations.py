@@ -26,7 +26,8 @@ Conventions (the original's unless said otherwise):
   ``ids`` index ``torchvision.datasets.ImageFolder(<ImageNet val>)``: class folders sorted by
   name, files sorted by name inside each, 50,000 images. Given ``imagenet_dir`` the images are
   recovered with the same Resize(256) + CenterCrop(224) the exemplars were computed with (the
-  original loader squashed them to 224x224 instead); without it rows carry no images.
+  original loader squashed them to 224x224 instead). ``<data_dir>/imagenet/val`` is used when
+  present, as the original did; without ImageNet those rows carry no images (logged once).
 - Every config has ``train``/``test`` splits. With no held-out sets they are the paper's
   within-network split: each set's units are shuffled with a seed derived from ``seed`` and the
   set's name, and ``int(0.1 * n)`` of them are held out (so a set's split is the same alone or
@@ -674,7 +675,9 @@ def load_milannotations(
         data_dir: folder holding ``<network>/<dataset>/`` sets or the published zips. Without
             it, the released sets are downloaded from their original URLs.
         imagenet_dir: ImageNet validation folder (one sub-folder per class) from which the
-            ImageNet-sourced sets get their images; without it those rows have no images.
+            ImageNet-sourced sets get their images. Defaults to ``<data_dir>/imagenet/val`` when
+            that exists (the original code's place for it); without one those rows have no
+            images.
         split: ``"train"``, ``"test"``, ``"all"`` or any ``datasets`` split expression; None
             returns a ``DatasetDict`` with both.
         cache_dir: where prepared Arrow files and downloads go (the ``datasets`` cache by
@@ -709,6 +712,9 @@ def load_milannotations(
         config_kwargs["data_dir"] = str(Path(data_dir).resolve())
         found = discover_milannotations(data_dir)
         config_kwargs["source_fingerprint"] = _fingerprint([found[s] for s in sets])
+    if imagenet_dir is None and data_dir is not None:
+        conventional = Path(data_dir) / "imagenet" / "val"
+        imagenet_dir = conventional if conventional.is_dir() else None
     if imagenet_dir is not None:
         config_kwargs["imagenet_dir"] = str(Path(imagenet_dir).resolve())
 

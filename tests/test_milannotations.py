@@ -234,6 +234,13 @@ def test_imagenet_sets_without_imagenet_dir_warn_once(release, cache, caplog):
     assert schema.IMAGES not in alone["train"].features
 
 
+def test_imagenet_val_inside_data_dir_is_used_by_default(tmp_path, cache):
+    data_dir = fixture.write_milannotations(tmp_path / "data", ("alexnet/imagenet",))
+    fixture.write_fake_imagenet(data_dir / "imagenet" / "val")
+    rows = load_milannotations("alexnet/imagenet", data_dir=data_dir, split="test", cache_dir=cache)
+    assert all(images is not None for images in rows[schema.IMAGES])
+
+
 def test_parquet_round_trip_keeps_types(release, imagenet, cache, tmp_path):
     rows = load_milannotations(
         "cls", data_dir=release, imagenet_dir=imagenet, split="test", cache_dir=cache
