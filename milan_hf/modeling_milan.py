@@ -383,6 +383,7 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         """Load the captioner with its prior, and the tokenizer saved beside them (if any), so
         that ``generate`` returns decoded descriptions."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model.encoder.backbone.requires_grad_(False)  # loaded weights arrive as new Parameters
         from milan_hf.tokenization_milan import MilanTokenizer
 
         hub_kwargs = {
