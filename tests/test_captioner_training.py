@@ -1,0 +1,133 @@
+"""scripts/train_captioner.py: a tiny captioner learns a tiny corpus; saving; the Hub push."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi
+
+from milan_hf.modeling_milan import MilanCaptionerModel
+from milan_hf.processing_milan import MilanProcessor
+from tests.captioner_fixtures import TINY_BACKBONE, colour_corpus
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_captioner.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_captioner", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY_ARGS = [
+    "--backbone", TINY_BACKBONE, "--no-pretrained-backbone", "--image-size", "32",
+    "--embedding-size", "16", "--hidden-size", "32", "--dropout", "0", "--prior-layers", "1",
+    "--batch-size", "8", "--learning-rate", "0.03", "--max-epochs", "12", "--patience", "12",
+    "--prior-max-epochs", "3", "--validation-fraction", "0.25",
+]  # fmt: skip
+
+
+def test_tiny_captioner_learns_its_corpus_and_pushes_to_hub(tmp_path, monkeypatch):
+    train_captioner = load_script()
+    corpus = colour_corpus(units_per_colour=4)
+    corpus.save_to_disk(str(tmp_path / "corpus"))
+    calls = {}
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: calls.setdefault("create", (repo_id, kw))
+    )
+
+    def upload_folder(self, *, folder_path, repo_id, **kw):
+        calls["upload"] = (repo_id, kw)
+        calls["uploaded_files"] = sorted(p.name for p in Path(folder_path).iterdir())
+        calls["card"] = (Path(folder_path) / "README.md").read_text()
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+
+    output_dir = tmp_path / "captioner"
+    metrics = train_captioner.main(
+        [
+            "--dataset",
+            str(tmp_path / "corpus"),
+            "--output-dir",
+            str(output_dir),
+            "--feature-cache-dir",
+            str(tmp_path / "cache"),
+            "--push-to-hub",
+            "someone/milan-tiny",
+            "--dataset-name",
+            "colour squares",
+            *TINY_ARGS,
+        ]  # fmt: skip
+    )
+
+    history = metrics["captioner_history"]
+    assert min(entry["validation_loss"] for entry in history) < 0.5 * history[0]["validation_loss"]
+    assert (
+        metrics["prior_history"][-1]["validation_loss"]
+        < metrics["prior_history"][0]["validation_loss"]
+    )
+    assert metrics["validation_bleu"] > 50
+
+    # The saved captioner reproduces its training descriptions.
+    model = MilanCaptionerModel.from_pretrained(output_dir)
+    processor = MilanProcessor.from_pretrained(output_dir)
+    rows = [corpus[index] for index in range(len(corpus))]
+    output = model.generate(**processor(rows), pmi_weight=0.0, num_beams=3)
+    reproduced = [d in row["descriptions"] for d, row in zip(output.descriptions, rows)]
+    assert all(reproduced), list(zip(output.descriptions, [r["descriptions"] for r in rows]))
+    assert model.generate(**processor(rows[:2]), num_beams=3).prior_log_probs is not None
+
+    # Written atomically: no temporary folders left beside the result.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "captioner", "corpus"]
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    saved = json.loads((output_dir / "training_metrics.json").read_text())
+    assert saved["validation_bleu"] == metrics["validation_bleu"]
+
+    # What the Hub would receive.
+    assert calls["create"] == (
+        "someone/milan-tiny",
+        {"repo_type": "model", "private": False, "exist_ok": True},
+    )
+    assert calls["upload"][0] == "someone/milan-tiny"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(
+        calls["uploaded_files"]
+    )
+    card = calls["card"]
+    assert "# MILAN captioner: someone/milan-tiny" in card
+    assert "colour squares: 9 units" in card
+    assert f"{metrics['validation_bleu']:.2f}" in card
+    assert "hernandez2022natural" in card and "## Limitations" in card and "$" not in card
+
+
+def test_training_inputs_are_checked(tmp_path):
+    train_captioner = load_script()
+    corpus = colour_corpus(units_per_colour=1)
+    corpus.remove_columns("descriptions").to_parquet(str(tmp_path / "no_descriptions.parquet"))
+    with pytest.raises(ValueError, match="lacks the 'descriptions' column"):
+        train_captioner.main(
+            [
+                "--dataset",
+                str(tmp_path / "no_descriptions.parquet"),
+                "--output-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train_captioner.main(
+            ["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o")]
+        )
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        train_captioner.main(["--dataset", "x", "--output-dir", str(tmp_path / "taken")])
+    with pytest.raises(ValueError, match="at least 2 units"):
+        train_captioner.split_units(1, 0.1, seed=0)
+    train, validation = train_captioner.split_units(10, 0.2, seed=0)
+    assert len(validation) == 2 and sorted(train + validation) == list(range(10))
+    assert torch.equal(
+        torch.tensor(train_captioner.split_units(10, 0.2, seed=0)[0]), torch.tensor(train)
+    )
