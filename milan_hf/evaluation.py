@@ -31,7 +31,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from rouge_score.tokenizers import DefaultTokenizer
 
 from milan_hf import schema
-from milan_hf.metrics import load_metric
+from milan_hf.metrics import METRICS, load_metric
 
 #: Column of the generated description in a predictions dataset.
 DESCRIPTION = "description"
@@ -127,6 +127,15 @@ def join_on_units(
 # ---- reference metrics ----------------------------------------------------------------------
 
 
+def _registered_name(metric: evaluate.EvaluationModule) -> str:
+    # An instance of one of our metrics answers to its registry name ("bertscore"), also when
+    # loaded with evaluate.load (which imports a copy of the class); others to their own name.
+    for name, metric_class in METRICS.items():
+        if type(metric).__name__ == metric_class.__name__:
+            return name
+    return metric.name
+
+
 def score_descriptions(
     predictions: datasets.Dataset,
     references: datasets.Dataset,
@@ -161,8 +170,8 @@ def score_descriptions(
     per_unit_scores: dict[str, list[float]] = {}
     summary: dict[str, Any] = {"num_units": len(pairs)}
     for metric in metrics:
-        name = metric if isinstance(metric, str) else metric.name
         module = load_metric(metric) if isinstance(metric, str) else metric
+        name = metric if isinstance(metric, str) else _registered_name(metric)
         kwargs = dict((metric_kwargs or {}).get(name, {}))
         result = module.compute(predictions=texts, references=unit_references, **kwargs)
         per_prediction_keys = getattr(module, "per_prediction_keys", None) or [
@@ -385,6 +394,34 @@ def results_table(
             else:
                 cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_by_family_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown table of concept accuracy, one row per method and one column per family.
+
+    ``rows`` maps method name -> :func:`concept_accuracy` summary. Cells read
+    "accuracy (correct/units)"; the last column is the overall accuracy.
+    """
+    if not rows:
+        raise ValueError("accuracy_by_family_table needs at least one method row, got none.")
+    for method, row in rows.items():
+        if "by_family" not in row:
+            raise ValueError(f"Row {method!r} is not a concept_accuracy summary (no 'by_family').")
+    families = sorted({family for row in rows.values() for family in row["by_family"]})
+
+    def cell(tally: Mapping[str, Any] | None) -> str:
+        if tally is None:
+            return "–"
+        return f"{tally['accuracy']:.3f} ({tally['num_correct']}/{tally['num_units']})"
+
+    lines = [
+        "| " + " | ".join(["Method", *families, "All"]) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(families) + 1)) + "|",
+    ]
+    for method, row in rows.items():
+        cells = [cell(row["by_family"].get(family)) for family in families]
+        lines.append("| " + " | ".join([method.replace("|", "\\|"), *cells, cell(row)]) + " |")
     return "\n".join(lines) + "\n"
 
 

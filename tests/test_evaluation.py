@@ -6,12 +6,14 @@ import json
 from unittest import mock
 
 import datasets
+import evaluate
 import pytest
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 
 from milan_hf.evaluation import (
     DEFAULT_CONCEPT_SYNONYMS,
+    accuracy_by_family_table,
     add_eval_results_to_card,
     concept_accuracy,
     description_names_concept,
@@ -22,7 +24,7 @@ from milan_hf.evaluation import (
     score_descriptions,
     write_results_json,
 )
-from milan_hf.metrics import load_metric
+from milan_hf.metrics import load_metric, metric_path
 
 
 def _predictions(rows):
@@ -104,6 +106,16 @@ def test_score_descriptions_by_metric_name_with_compute_arguments():
         predictions, references, metrics=["rouge"], metric_kwargs={"rouge": {"use_stemmer": True}}
     )
     assert plain == {"num_units": 1, "rougeL": 0.0}
+    assert stemmed["rougeL"] == pytest.approx(1.0)
+
+
+def test_metric_kwargs_reach_metric_instances_by_registry_name():
+    predictions = _predictions([("layer1", 1, "stripes")])
+    references = _references([("layer1", 1, ["stripe"])])
+    loaded = evaluate.load(metric_path("rouge"))  # a copy of the class, imported by evaluate
+    _, stemmed = score_descriptions(
+        predictions, references, [loaded], metric_kwargs={"rouge": {"use_stemmer": True}}
+    )
     assert stemmed["rougeL"] == pytest.approx(1.0)
 
 
@@ -199,6 +211,32 @@ def test_concept_accuracy_overall_and_by_family():
     assert summary["by_family"]["shape"]["accuracy"] == 1.0
     assert summary["by_family"]["position"]["accuracy"] == 0.0
     assert summary["by_concept"]["green"]["num_correct"] == 0
+
+
+def test_accuracy_by_family_table():
+    rows = {
+        "p(d|E) greedy": {
+            "accuracy": 0.5,
+            "num_units": 4,
+            "num_correct": 2,
+            "by_family": {
+                "color": {"accuracy": 1.0, "num_units": 2, "num_correct": 2},
+                "shape": {"accuracy": 0.0, "num_units": 2, "num_correct": 0},
+            },
+        },
+        "PMI λ=0.2": {
+            "accuracy": 1.0,
+            "num_units": 1,
+            "num_correct": 1,
+            "by_family": {"text": {"accuracy": 1.0, "num_units": 1, "num_correct": 1}},
+        },
+    }
+    lines = accuracy_by_family_table(rows).splitlines()
+    assert lines[0] == "| Method | color | shape | text | All |"
+    assert lines[2] == "| p(d\\|E) greedy | 1.000 (2/2) | 0.000 (0/2) | – | 0.500 (2/4) |"
+    assert lines[3] == "| PMI λ=0.2 | – | – | 1.000 (1/1) | 1.000 (1/1) |"
+    with pytest.raises(ValueError, match="not a concept_accuracy summary"):
+        accuracy_by_family_table({"x": {"bleu": 1.0}})
 
 
 def test_concept_accuracy_accepts_several_concepts_and_no_family():
