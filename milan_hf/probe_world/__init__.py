@@ -1,0 +1,51 @@
+"""The probe world: scenes with ground-truth concept masks, units of known meaning, and
+automatic MILANNOTATIONS-style annotations (see ``shared/DESIGN.md``, "The probe world").
+
+- ``scenes``: seeded scenes and their per-pixel concept masks (``build_scene_dataset``).
+- ``rendering``: concept(s) -> images that contain them (``render_concepts``).
+- ``planted``: a model whose units compute documented functions (``planted_units_model``).
+- ``probe_models``: small CNNs and a tiny ViT trained on probe-world tasks.
+- ``annotation`` + ``phrasing``: IoU annotator and description grammar (``describe_by_iou``).
+"""
+
+from .annotation import Annotation, SceneMasks, describe_by_iou, describe_unit
+from .concepts import Concept, all_concepts, load_stamps
+from .phrasing import grammar_vocabulary, phrase
+from .planted import PlantedUnitsNet, planted_transform, planted_units, planted_units_model
+from .probe_models import (
+    ProbeModelSpec,
+    default_probe_models,
+    efficientnet_lite0,
+    load_probe_model,
+    probe_transform,
+)
+from .rendering import render_concept_images, render_concepts
+from .scenes import Scene, build_scene_dataset, generate_scene, generate_scenes, region_masks
+
+__all__ = [
+    "Annotation",
+    "Concept",
+    "PlantedUnitsNet",
+    "ProbeModelSpec",
+    "Scene",
+    "SceneMasks",
+    "all_concepts",
+    "build_scene_dataset",
+    "default_probe_models",
+    "describe_by_iou",
+    "describe_unit",
+    "efficientnet_lite0",
+    "generate_scene",
+    "generate_scenes",
+    "grammar_vocabulary",
+    "load_probe_model",
+    "load_stamps",
+    "phrase",
+    "planted_transform",
+    "planted_units",
+    "planted_units_model",
+    "probe_transform",
+    "region_masks",
+    "render_concept_images",
+    "render_concepts",
+]
