@@ -234,55 +234,101 @@ CONCEPT_FUNCTION_WORDS = frozenset({"a", "an", "the", "of", "in", "on", "at", "w
 _STEMMING_TOKENIZER = DefaultTokenizer(use_stemmer=True)
 
 
-def _synonym_table(synonyms: Mapping[str, Sequence[str]]) -> dict[str, str]:
-    table = {}
-    for canonical, variants in synonyms.items():
-        canonical_stems = _STEMMING_TOKENIZER.tokenize(canonical)
-        if len(canonical_stems) != 1:
-            raise ValueError(f"Synonym keys must be single words, got {canonical!r}.")
-        for variant in [canonical, *variants]:
-            variant_stems = _STEMMING_TOKENIZER.tokenize(variant)
-            if len(variant_stems) != 1:
-                raise ValueError(f"Synonyms must be single words, got {variant!r}.")
-            table[variant_stems[0]] = canonical_stems[0]
-    return table
+class ConceptMatcher:
+    """Decides whether a description names a concept: the rule of :func:`concept_accuracy`.
 
+    Text is lowercased and split into words; each word is Porter-stemmed (so "stripes",
+    "striped" and "stripe" agree, as do "circles" and "circle") and mapped to its canonical
+    synonym (``synonyms``: canonical word -> variant words; default
+    ``DEFAULT_CONCEPT_SYNONYMS``, ``{}`` for none). A phrase is *named* when the description
+    contains every one of its words except the function words in ``CONCEPT_FUNCTION_WORDS``,
+    in any order ("red circle" is named by "circles that are red").
 
-def _concept_words(text: str, table: Mapping[str, str]) -> list[str]:
-    return [table.get(stem, stem) for stem in _STEMMING_TOKENIZER.tokenize(text)]
+    ``concept_phrases`` (concept -> alternative phrases, e.g. a world's vocabulary
+    ``{"triangle": ["wedges", "triangular shapes"], "top": ["the upper half"]}``) widens that:
+    a concept with an entry is named by itself or any of its phrases, and a compound concept
+    made of entries ("red circle" = "red" + "circle") is named when each part is. Words of a
+    concept outside any entry must appear themselves. Negation is not understood ("not red"
+    names "red").
+    """
+
+    def __init__(
+        self,
+        synonyms: Mapping[str, Sequence[str]] | None = None,
+        concept_phrases: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self.word_table: dict[str, str] = {}
+        for canonical, variants in (
+            DEFAULT_CONCEPT_SYNONYMS if synonyms is None else synonyms
+        ).items():
+            canonical_stem = self._single_stem(canonical, "Synonym keys")
+            for variant in [canonical, *variants]:
+                self.word_table[self._single_stem(variant, "Synonyms")] = canonical_stem
+        # Phrases keyed by the concept's plain lowercase words, so "Vertical  Stripes" finds them.
+        self.phrases: dict[tuple[str, ...], list[str]] = {
+            tuple(concept.lower().split()): [concept, *alternatives]
+            for concept, alternatives in (concept_phrases or {}).items()
+        }
+        self._longest_key = max((len(key) for key in self.phrases), default=1)
+
+    @staticmethod
+    def _single_stem(word: str, what: str) -> str:
+        stems = _STEMMING_TOKENIZER.tokenize(word)
+        if len(stems) != 1:
+            raise ValueError(f"{what} must be single words, got {word!r}.")
+        return stems[0]
+
+    def words(self, text: str) -> set[str]:
+        """The normalised (stemmed, synonym-mapped) words of ``text``."""
+        return {self.word_table.get(stem, stem) for stem in _STEMMING_TOKENIZER.tokenize(text)}
+
+    def _phrase_named(self, description_words: set[str], phrase: str) -> bool:
+        required = self.words(phrase) - CONCEPT_FUNCTION_WORDS
+        return bool(required) and required <= description_words
+
+    def _parts(self, concept: str) -> list[list[str]]:
+        # Split the concept into known concepts (longest first) and leftover content words;
+        # each part comes with the phrases that name it.
+        concept_words = tuple(concept.lower().split())
+        parts, start = [], 0
+        while start < len(concept_words):
+            for end in range(min(len(concept_words), start + self._longest_key), start, -1):
+                if concept_words[start:end] in self.phrases:
+                    parts.append(self.phrases[concept_words[start:end]])
+                    break
+            else:
+                end = start + 1
+                if self.words(concept_words[start]) - CONCEPT_FUNCTION_WORDS:
+                    parts.append([concept_words[start]])
+            start = end
+        if not parts:
+            raise ValueError(f"Concept {concept!r} has no content word to look for.")
+        return parts
+
+    def names(self, description: str, concept: str) -> bool:
+        """Whether ``description`` names ``concept``."""
+        description_words = self.words(description)
+        return all(
+            any(self._phrase_named(description_words, phrase) for phrase in alternatives)
+            for alternatives in self._parts(concept)
+        )
 
 
 def description_names_concept(
     description: str,
     concept: str,
     synonyms: Mapping[str, Sequence[str]] | None = None,
+    concept_phrases: Mapping[str, Sequence[str]] | None = None,
 ) -> bool:
-    """Whether ``description`` names ``concept`` (the rule of :func:`concept_accuracy`).
-
-    Both are lowercased and split into words; each word is Porter-stemmed (so "stripes",
-    "striped" and "stripe" agree, as do "circles" and "circle") and mapped to its canonical
-    synonym (``DEFAULT_CONCEPT_SYNONYMS`` unless ``synonyms`` is given; ``{}`` disables it).
-    The description is right when it contains every word of the concept except the function
-    words in ``CONCEPT_FUNCTION_WORDS``, in any order: "red circle" is named by "circles that
-    are red". Negation is not understood ("not red" names "red").
-    """
-    table = _synonym_table(DEFAULT_CONCEPT_SYNONYMS if synonyms is None else synonyms)
-    return _names_concept(set(_concept_words(description, table)), concept, table)
-
-
-def _names_concept(description_words: set[str], concept: str, table: Mapping[str, str]) -> bool:
-    required = [
-        word for word in _concept_words(concept, table) if word not in CONCEPT_FUNCTION_WORDS
-    ]
-    if not required:
-        raise ValueError(f"Concept {concept!r} has no content word to look for.")
-    return all(word in description_words for word in required)
+    """Whether ``description`` names ``concept`` by the rule of :class:`ConceptMatcher`."""
+    return ConceptMatcher(synonyms, concept_phrases).names(description, concept)
 
 
 def concept_accuracy(
     predictions: datasets.Dataset,
     ground_truth: datasets.Dataset,
     synonyms: Mapping[str, Sequence[str]] | None = None,
+    concept_phrases: Mapping[str, Sequence[str]] | None = None,
     concept_column: str = "concept",
     family_column: str | None = "family",
 ) -> tuple[datasets.Dataset, dict[str, Any]]:
@@ -293,10 +339,12 @@ def concept_accuracy(
         ground_truth: columns ``layer``, ``unit``, ``concept_column`` (a concept string such as
             "red", "vertical stripes", "red circle", or a list of acceptable concepts) and,
             optionally, ``family_column`` (e.g. "color", "shape", "texture", "position").
-        synonyms: canonical word -> variants; default ``DEFAULT_CONCEPT_SYNONYMS``.
+        synonyms: canonical word -> variant words; default ``DEFAULT_CONCEPT_SYNONYMS``.
+        concept_phrases: concept -> alternative phrases (see :class:`ConceptMatcher`); for the
+            probe world, its concepts' nouns and adjectives.
 
     A description is correct when it names the unit's concept (any of them, for a list) by the
-    rule of :func:`description_names_concept`.
+    rule of :class:`ConceptMatcher`.
 
     Returns:
         ``(per_unit, summary)``: a dataset with ``layer``, ``unit``, ``description``,
@@ -307,20 +355,19 @@ def concept_accuracy(
     has_family = family_column is not None and family_column in ground_truth.column_names
     truth_columns = [concept_column, family_column] if has_family else [concept_column]
     pairs = join_on_units(predictions, ground_truth, truth_columns, "ground-truth concepts")
-    table = _synonym_table(DEFAULT_CONCEPT_SYNONYMS if synonyms is None else synonyms)
+    matcher = ConceptMatcher(synonyms, concept_phrases)
     layers, units, texts, concepts, families, correct = [], [], [], [], [], []
     for prediction, truth in pairs:
         unit_concepts = truth[concept_column]
         unit_concepts = [unit_concepts] if isinstance(unit_concepts, str) else list(unit_concepts)
         if not unit_concepts:
             raise ValueError(f"Unit {truth[schema.LAYER]}/{truth[schema.UNIT]} has no concept.")
-        description_words = set(_concept_words(prediction[DESCRIPTION], table))
         layers.append(prediction[schema.LAYER])
         units.append(int(prediction[schema.UNIT]))
         texts.append(prediction[DESCRIPTION])
         concepts.append(" | ".join(unit_concepts))
         families.append(str(truth[family_column]) if has_family else "all")
-        correct.append(any(_names_concept(description_words, c, table) for c in unit_concepts))
+        correct.append(any(matcher.names(prediction[DESCRIPTION], c) for c in unit_concepts))
 
     def tally(selected: list[bool]) -> dict[str, Any]:
         return {

@@ -185,6 +185,37 @@ def test_synonyms_are_configurable():
     assert "circle" in DEFAULT_CONCEPT_SYNONYMS
 
 
+WORLD_PHRASES = {
+    "red": ["crimson", "reddish"],
+    "circle": ["discs", "round shapes"],
+    "vertical stripes": ["upright bands", "vertical bars"],
+    "top": ["the upper half"],
+}
+
+
+@pytest.mark.parametrize(
+    ("description", "concept", "named"),
+    [
+        ("crimson discs", "red circle", True),  # each part by one of its phrases
+        ("crimson squares", "red circle", False),
+        ("reddish round shapes", "red circle", True),
+        ("upright bands", "vertical stripes", True),  # a whole concept by its phrase
+        ("vertical lines", "vertical stripes", True),  # the concept's own words still count
+        ("bands", "vertical stripes", False),
+        ("discs in the upper half", "circle top", True),
+        ("crimson discs", "red circle with text", False),  # "text" has no entry: must appear
+        ("crimson discs with writing", "red circle with text", True),
+    ],
+)
+def test_concept_phrases_widen_the_match(description, concept, named):
+    assert description_names_concept(description, concept, concept_phrases=WORLD_PHRASES) is named
+
+
+def test_concept_without_content_words_is_rejected():
+    with pytest.raises(ValueError, match="Concept 'of the' has no content word"):
+        description_names_concept("anything", "of the")
+
+
 def test_concept_accuracy_overall_and_by_family():
     predictions = _predictions(
         [
@@ -246,6 +277,12 @@ def test_concept_accuracy_accepts_several_concepts_and_no_family():
     )
     per_unit, summary = concept_accuracy(predictions, ground_truth)
     assert per_unit["correct"] == [True, False]
+    _, with_phrases = concept_accuracy(
+        _predictions([("conv1", 0, "crimson discs"), ("conv1", 1, "reddish")]),
+        ground_truth,
+        concept_phrases=WORLD_PHRASES,
+    )
+    assert with_phrases["num_correct"] == 2
     assert per_unit["concept"][0] == "circle | square"
     assert summary["by_family"] == {"all": {"accuracy": 0.5, "num_units": 2, "num_correct": 1}}
 
