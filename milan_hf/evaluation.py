@@ -136,11 +136,16 @@ def _registered_name(metric: evaluate.EvaluationModule) -> str:
     return metric.name
 
 
+def _normalize_text(text: str) -> str:
+    return text.lower().strip(". ")
+
+
 def score_descriptions(
     predictions: datasets.Dataset,
     references: datasets.Dataset,
     metrics: Sequence[str | evaluate.EvaluationModule] = DEFAULT_METRICS,
     metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    normalize: bool = True,
 ) -> tuple[datasets.Dataset, dict[str, Any]]:
     """Score each unit's generated description against the unit's reference descriptions.
 
@@ -152,6 +157,9 @@ def score_descriptions(
             instances to reuse them across calls).
         metric_kwargs: per metric name, extra ``compute`` arguments, e.g.
             ``{"bertscore": PAPER_BERTSCORE_SETTINGS}``.
+        normalize: lowercase every text and strip leading/trailing dots and spaces before
+            scoring, as the original MILAN evaluation does ("Red circles." == "red circles").
+            The per-unit dataset keeps the texts as given.
 
     Returns:
         ``(per_unit, summary)``: a dataset with ``layer``, ``unit``, ``description``,
@@ -167,13 +175,19 @@ def score_descriptions(
     texts = [prediction[DESCRIPTION] for prediction, _ in pairs]
     unit_references = [list(reference[schema.DESCRIPTIONS]) for _, reference in pairs]
 
+    if normalize:
+        scored_texts = [_normalize_text(text) for text in texts]
+        scored_references = [[_normalize_text(text) for text in unit] for unit in unit_references]
+    else:
+        scored_texts, scored_references = texts, unit_references
+
     per_unit_scores: dict[str, list[float]] = {}
     summary: dict[str, Any] = {"num_units": len(pairs)}
     for metric in metrics:
         module = load_metric(metric) if isinstance(metric, str) else metric
         name = metric if isinstance(metric, str) else _registered_name(metric)
         kwargs = dict((metric_kwargs or {}).get(name, {}))
-        result = module.compute(predictions=texts, references=unit_references, **kwargs)
+        result = module.compute(predictions=scored_texts, references=scored_references, **kwargs)
         per_prediction_keys = getattr(module, "per_prediction_keys", None) or [
             key
             for key, value in result.items()

@@ -109,6 +109,17 @@ def test_score_descriptions_by_metric_name_with_compute_arguments():
     assert stemmed["rougeL"] == pytest.approx(1.0)
 
 
+def test_texts_are_lowercased_and_stripped_of_dots_unless_asked_not_to():
+    predictions = _predictions([("layer1", 1, "Vertical stripes.")])
+    references = _references([("layer1", 1, ["vertical stripes", "Stripes going up."])])
+    per_unit, normalized = score_descriptions(predictions, references, metrics=["bleu"])
+    _, raw = score_descriptions(predictions, references, metrics=["bleu"], normalize=False)
+    assert normalized["sentence_bleu"] == pytest.approx(100.0)
+    # Unnormalised, sacrebleu sees "Vertical" != "vertical" and the final "." as a token.
+    assert raw["sentence_bleu"] < 100.0
+    assert per_unit["description"] == ["Vertical stripes."]  # stored as given
+
+
 def test_metric_kwargs_reach_metric_instances_by_registry_name():
     predictions = _predictions([("layer1", 1, "stripes")])
     references = _references([("layer1", 1, ["stripe"])])

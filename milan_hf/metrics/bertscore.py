@@ -6,7 +6,8 @@ a unit's generated description against its human descriptions, best over referen
 Defaults work offline: the locally installed all-MiniLM-L6-v2 (last of its 6 layers), no idf,
 no baseline rescaling (bert-score has no baseline for that model). Its raw F1 values are NOT on
 the paper's scale. For the paper's setting pass ``**PAPER_BERTSCORE_SETTINGS`` (roberta-large,
-layer 17, rescaled with bert-score's shipped English baseline), which needs the Hub.
+layer 17, idf-weighted, rescaled with bert-score's shipped English baseline), which needs the
+Hub to download roberta-large.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ from milan_hf.metrics.sentence_model import (
     default_sentence_model_path,
 )
 
-#: The original MILAN evaluation script builds ``BERTScorer(lang="en",
-#: rescale_with_baseline=True)``: roberta-large at layer 17, scores rescaled by bert-score's
-#: English baseline. Add ``idf=True`` for idf-weighted matching (weights from the references).
-PAPER_BERTSCORE_SETTINGS = {"model_type": "roberta-large", "rescale_with_baseline": True}
+#: The original MILAN generalization experiments build ``BERTScorer(lang="en", idf=True,
+#: rescale_with_baseline=True)``: roberta-large at layer 17, idf weights from the test set's
+#: references, scores rescaled by bert-score's English baseline (shipped with bert-score).
+PAPER_BERTSCORE_SETTINGS = {
+    "model_type": "roberta-large",
+    "idf": True,
+    "rescale_with_baseline": True,
+}
 
 _DESCRIPTION = """\
 BERTScore (Zhang et al., 2020) with bert-score: greedy matching of contextual token embeddings
