@@ -146,10 +146,31 @@ def push_exemplars_to_hub(
     private: bool = False,
     token: str | None = None,
 ) -> Any:
-    """Push an exemplar set to the Hub as a dataset, with images materialised by default (the
-    ids alone are useless without the probe set)."""
+    """Push an exemplar set to the Hub as a parquet dataset with a card, images materialised
+    by default (the ids alone are useless without the probe set)."""
+    from .hub import push_dataset
+
+    metadata = exemplar_metadata(exemplars)
     if materialize and schema.IMAGES not in exemplars.column_names:
         exemplars = materialize_images(exemplars)
-    metadata = exemplar_metadata(exemplars)
-    exemplars.info.description = json.dumps({METADATA_KEY: metadata})
-    return exemplars.push_to_hub(repo_id, private=private, token=token)
+    return push_dataset(
+        exemplars, repo_id, exemplars_card(exemplars, metadata), private=private, token=token
+    )
+
+
+def exemplars_card(exemplars: datasets.Dataset, metadata: dict[str, Any]) -> str:
+    """The dataset card of an exemplar set, from ``hub_cards/exemplars.md``."""
+    from .hub_cards import render_card
+
+    source = metadata.get("probe_source", {})
+    return render_card(
+        "exemplars",
+        model=metadata.get("model", "a vision model"),
+        num_units=len(exemplars),
+        layers=", ".join(f"`{layer}`" for layer in metadata.get("layers", [])),
+        k=metadata.get("k", schema.DEFAULT_K),
+        quantile=metadata.get("quantile", schema.DEFAULT_QUANTILE),
+        input_size="×".join(str(s) for s in metadata.get("input_size", [])),
+        num_images=metadata.get("num_images", "?"),
+        probe_source=source.get("id") or source.get("path") or source.get("kind", "unknown"),
+    )
