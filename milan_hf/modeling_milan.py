@@ -554,9 +554,12 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         beam_prior_log_probs = None
         beam_scores = beam_captioner_log_probs
         if self.prior is not None:
-            beam_prior_log_probs = self.prior.sequence_log_probs(
-                beam_sequences.view(units * beams, length)
-            ).view(units, beams)
+            # Units' candidates often coincide: score each distinct description once.
+            distinct, position = torch.unique(
+                beam_sequences.view(units * beams, length), dim=0, return_inverse=True
+            )
+            beam_prior_log_probs = self.prior.sequence_log_probs(distinct)[position]
+            beam_prior_log_probs = beam_prior_log_probs.view(units, beams)
             beam_scores = beam_captioner_log_probs - pmi_weight * beam_prior_log_probs
         # Dead beams stay at -inf and are never chosen.
         beam_scores = beam_scores.masked_fill(beam_captioner_log_probs == float("-inf"), -torch.inf)
@@ -618,17 +621,31 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         unit_offsets = torch.arange(units, device=device).unsqueeze(1) * num_beams
 
         for _ in range(max_length):
-            log_probs, _, state = self._decode_step(
-                features, keys_hidden, exemplar_mask, sequences[:, -1], state
+            # Only live, unfinished beams are stepped: at the start that is one beam per unit,
+            # and units whose beams have all ended cost nothing while others go on.
+            stepped = (~finished & (beam_scores.view(-1) > float("-inf"))).nonzero().squeeze(1)
+            every_row = len(stepped) == rows
+            rows_stepped = slice(None) if every_row else stepped  # a slice avoids copies
+            step_log_probs, _, (h, c) = self._decode_step(
+                features[rows_stepped],
+                keys_hidden[rows_stepped],
+                None if exemplar_mask is None else exemplar_mask[rows_stepped],
+                sequences[rows_stepped, -1],
+                (state[0][rows_stepped], state[1][rows_stepped]),
             )
-            log_probs[:, [config.pad_token_id, config.bos_token_id]] = float("-inf")
-            step_scores = log_probs
+            step_log_probs[:, [config.pad_token_id, config.bos_token_id]] = float("-inf")
+            step_scores = step_log_probs
             if logits_processor is not None:
-                step_scores = logits_processor(sequences, log_probs.clone())
-            log_probs = torch.where(finished.unsqueeze(1), padding_only, log_probs)
-            step_scores = torch.where(finished.unsqueeze(1), padding_only, step_scores)
+                step_scores = logits_processor(sequences[rows_stepped], step_log_probs.clone())
+            if every_row:
+                log_probs, scores, state = step_log_probs, step_scores, (h, c)
+            else:
+                # Rows not stepped may only append padding, at no cost.
+                log_probs = padding_only.repeat(rows, 1).index_copy_(0, stepped, step_log_probs)
+                scores = padding_only.repeat(rows, 1).index_copy_(0, stepped, step_scores)
+                state = (state[0].index_copy(0, stepped, h), state[1].index_copy(0, stepped, c))
 
-            candidates = (beam_scores.view(rows, 1) + step_scores).view(units, -1)
+            candidates = (beam_scores.view(rows, 1) + scores).view(units, -1)
             beam_scores, flat_indices = candidates.topk(num_beams, dim=1)
             parents = (unit_offsets + flat_indices // vocab_size).view(-1)
             tokens = (flat_indices % vocab_size).view(-1)
@@ -640,7 +657,7 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
             sequences = torch.cat([sequences[parents], tokens.unsqueeze(1)], dim=1)
             state = (state[0][parents], state[1][parents])
             finished = finished[parents] | (tokens == config.eos_token_id)
-            if bool(finished.all()):
+            if bool((finished | dead).all()):
                 break
 
         length = sequences.shape[1]
