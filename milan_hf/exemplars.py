@@ -252,34 +252,20 @@ def extract_exemplars(
 
     with LayerTaps(vision_model, layers) as taps, torch.inference_mode():
         # Pass 1: top-k and activation histograms over this process's shard of the images.
-        shard = _shard(list(range(len(probe))), accelerator)
-        top: dict[str, _TopK] = {}
-        histograms: dict[str, UnitHistogram] = {}
-        skipped: list[str] = []
-        for pixels, ids, ok, errors in tqdm(
-            _loader(probe, vision_model, shard, batch_size, num_workers, device),
-            desc="exemplars pass 1/2 (all images)",
-            disable=not show,
-        ):
-            if not bool(ok.all()):
-                skipped += [error for error, good in zip(errors, ok.tolist()) if not good]
-                pixels, ids = pixels[ok], ids[ok]
-                if len(ids) == 0:
-                    continue
-            maps = taps.run(pixels.to(device, non_blocking=True))
-            ids = ids.to(device)
-            for layer, layer_maps in maps.items():
-                layer_maps = layer_maps.float()
-                if layer not in top:
-                    top[layer] = _TopK(layer_maps.shape[1], k, device)
-                    histograms[layer] = UnitHistogram(layer_maps.shape[1], device)
-                histograms[layer].update(layer_maps)
-                scores = layer_maps.amax(dim=(2, 3))
-                if bool(torch.isnan(scores).any()):
-                    scores = layer_maps.nan_to_num(nan=float("-inf")).amax(dim=(2, 3))
-                    scores = scores.nan_to_num(nan=float("-inf"))
-                top[layer].update(scores.T.contiguous(), ids)
-
+        top, histograms, skipped = pass_one(
+            taps,
+            _loader(
+                probe,
+                vision_model,
+                _shard(list(range(len(probe))), accelerator),
+                batch_size,
+                num_workers,
+                device,
+            ),
+            k,
+            device,
+            show,
+        )
         skipped = _gather_list(skipped, accelerator)
         readable = len(probe) - len(skipped)
         if readable < k:
@@ -339,6 +325,42 @@ def extract_exemplars(
     if materialize:
         exemplars = materialize_images(exemplars, probe_images=probe, progress=progress)
     return exemplars
+
+
+def pass_one(
+    taps: LayerTaps,
+    batches: Any,
+    k: int,
+    device: torch.device,
+    show: bool = False,
+) -> tuple[dict[str, _TopK], dict[str, UnitHistogram], list[str]]:
+    """Stream ``batches`` of (pixels, ids, ok, errors) through the hooked model, keeping each
+    unit's top-k images and activation histogram. Returns them and the unreadable images."""
+    top: dict[str, _TopK] = {}
+    histograms: dict[str, UnitHistogram] = {}
+    skipped: list[str] = []
+    for pixels, ids, ok, errors in tqdm(
+        batches, desc="exemplars pass 1/2 (all images)", disable=not show
+    ):
+        if not bool(ok.all()):
+            skipped += [error for error, good in zip(errors, ok.tolist()) if not good]
+            pixels, ids = pixels[ok], ids[ok]
+            if len(ids) == 0:
+                continue
+        maps = taps.run(pixels.to(device, non_blocking=True))
+        ids = ids.to(device)
+        for layer, layer_maps in maps.items():
+            layer_maps = layer_maps.float()
+            if layer not in top:
+                top[layer] = _TopK(layer_maps.shape[1], k, device)
+                histograms[layer] = UnitHistogram(layer_maps.shape[1], device)
+            histograms[layer].update(layer_maps)
+            scores = layer_maps.amax(dim=(2, 3))
+            if bool(torch.isnan(scores).any()):
+                scores = layer_maps.nan_to_num(nan=float("-inf")).amax(dim=(2, 3))
+                scores = scores.nan_to_num(nan=float("-inf"))
+            top[layer].update(scores.T.contiguous(), ids)
+    return top, histograms, skipped
 
 
 def _shard(indices: list[int], accelerator: Accelerator) -> list[int]:
