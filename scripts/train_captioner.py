@@ -75,6 +75,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--no-pretrained-backbone", action="store_true", help="random backbone weights (tests only)"
     )
+    model.add_argument(
+        "--backbone-out-indices",
+        type=int,
+        nargs="+",
+        help="feature stages to pool (default: all); fewer stages give a smaller model",
+    )
     model.add_argument("--image-size", type=int, default=224)
     model.add_argument("--embedding-size", type=int, default=128)
     model.add_argument("--hidden-size", type=int, default=512)
@@ -89,6 +95,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     training.add_argument("--prior-patience", type=int, default=4)
     training.add_argument("--encode-batch-size", type=int, default=8, help="units per encoder pass")
     training.add_argument("--seed", type=int, default=0)
+    training.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's); 1 is often fastest on a busy shared CPU",
+    )
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", required=True)
     output.add_argument("--overwrite", action="store_true")
@@ -527,6 +538,7 @@ def build_model(args: argparse.Namespace, tokenizer: MilanTokenizer) -> MilanCap
         vocab_size=len(tokenizer),
         backbone=args.backbone,
         backbone_pretrained=not args.no_pretrained_backbone,
+        backbone_out_indices=args.backbone_out_indices,
         image_size=args.image_size,
         embedding_size=args.embedding_size,
         hidden_size=args.hidden_size,
@@ -539,6 +551,8 @@ def build_model(args: argparse.Namespace, tokenizer: MilanTokenizer) -> MilanCap
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not args.overwrite:
