@@ -17,6 +17,7 @@ Conventions follow ``shared/DESIGN.md``; layer names follow the original code so
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import timm
@@ -38,6 +39,8 @@ from milan_hf.configuration_milan import (
     MilanCaptionerConfig,
     MilanPriorConfig,
 )
+from milan_hf.processing_milan import MilanProcessor
+from milan_hf.tokenization_milan import MilanTokenizer
 
 # ---------------------------------------------------------------------------------------------
 # Outputs
@@ -384,8 +387,6 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         that ``generate`` returns decoded descriptions."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model.encoder.backbone.requires_grad_(False)  # loaded weights arrive as new Parameters
-        from milan_hf.tokenization_milan import MilanTokenizer
-
         hub_kwargs = {
             key: kwargs[key]
             for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
@@ -398,6 +399,19 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         except (OSError, ValueError, TypeError):
             model.tokenizer = None  # weights-only checkpoint: generate returns token ids
         return model
+
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
+        """Save weights (prior included) and config; with a tokenizer attached, also the
+        tokenizer and processor config, so that the folder (or ``push_to_hub``, which saves
+        through here) is a complete describer."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.tokenizer is not None:
+            processor = MilanProcessor.from_model_config(self.config, self.tokenizer)
+            processor.save_pretrained(save_directory)
+        if push_to_hub:
+            self.push_to_hub(
+                kwargs.get("repo_id") or os.path.basename(os.path.normpath(save_directory))
+            )
 
     # -- encoding and one decoder step ----------------------------------------------------
 

@@ -272,3 +272,27 @@ def test_bad_inputs_give_clear_errors(tokenizer):
         model.generate(exemplar_features=torch.zeros(2, 0, 184))
     with pytest.raises(ValueError, match="pixel_values and masks"):
         model.generate(pmi_weight=0.0)
+
+
+def test_push_to_hub_sends_a_complete_describer(tokenizer, monkeypatch):
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    sent = {}
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id)
+    )
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        sent["repo_id"] = repo_id
+        sent["files"] = sorted(operation.path_in_repo for operation in operations)
+
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    model = tiny_captioner(tokenizer)
+    model.tokenizer = tokenizer
+    model.push_to_hub("someone/milan-captioner")
+    assert sent["repo_id"] == "someone/milan-captioner"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(
+        sent["files"]
+    )
