@@ -275,7 +275,14 @@ class MilanExemplarEncoder(nn.Module):
         if backbone == "tf_efficientnet_lite0":
             state_dict = _efficientnet_lite0_state_dict()
         else:
-            state_dict = timm.create_model(backbone, pretrained=True).state_dict()
+            # Same feature wrapper as ours, so the parameter names match whatever the model.
+            pretrained = timm.create_model(
+                backbone,
+                pretrained=True,
+                features_only=True,
+                out_indices=self.backbone.feature_info.out_indices,
+            )
+            state_dict = pretrained.state_dict()
         own = self.backbone.state_dict()
         missing = [key for key in own if key not in state_dict]
         if missing:

@@ -131,3 +131,17 @@ def test_training_inputs_are_checked(tmp_path):
     assert torch.equal(
         torch.tensor(train_captioner.split_units(10, 0.2, seed=0)[0]), torch.tensor(train)
     )
+
+
+def test_reads_milannotations_format_directories(tmp_path):
+    from tests.milannotations_fixture import MASK_SIZE, write_set
+
+    train_captioner = load_script()
+    write_set(tmp_path, "alexnet/places365", seed=0)  # Places sets ship their images
+    dataset = train_captioner.load_exemplar_dataset(
+        "alexnet/places365", data_dir=str(tmp_path), split="train"
+    )
+    row = dataset[0]
+    assert len(row["descriptions"]) == 3 and len(row["images"]) == len(row["masks"])
+    batch = MilanProcessor(image_size=MASK_SIZE)(row)
+    assert batch["pixel_values"].shape[1:] == (len(row["images"]), 3, MASK_SIZE, MASK_SIZE)
