@@ -297,13 +297,15 @@ def describe_unit(
     return Annotation(layer, unit, expression, value, descriptions, runner_up=list(scored[:5]))
 
 
-def _exemplar_rows(exemplar_rows) -> Iterator[dict]:
+def iter_exemplar_rows(exemplar_rows) -> Iterator[dict]:
     """Rows with numpy masks, read straight from arrow when given a ``datasets.Dataset``."""
     if not hasattr(exemplar_rows, "with_format"):
         yield from exemplar_rows
         return
     columns = [
-        c for c in ("layer", "unit", "ids", "masks", "dead") if c in exemplar_rows.column_names
+        c
+        for c in ("layer", "unit", "ids", "activations", "masks", "dead")
+        if c in exemplar_rows.column_names
     ]
     for batch in _arrow_batches(exemplar_rows, columns):
         masks, counts = _arrow_masks(batch.column("masks"))
@@ -342,7 +344,10 @@ def describe_by_iou(
     total = len(exemplar_rows) if hasattr(exemplar_rows, "__len__") else None
     annotations = []
     for row in tqdm(
-        _exemplar_rows(exemplar_rows), total=total, desc="annotating units", disable=not progress
+        iter_exemplar_rows(exemplar_rows),
+        total=total,
+        desc="annotating units",
+        disable=not progress,
     ):
         annotations.append(
             describe_unit(

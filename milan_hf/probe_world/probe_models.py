@@ -44,9 +44,9 @@ class ProbeModelSpec:
     channels: tuple[int, ...] = (32, 64, 128)
     image_size: int = 64
     train_images: int = 1600
-    epochs: int = 4
+    epochs: int = 8
     batch_size: int = 64
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     seed: int = 0
 
     def key(self) -> str:
@@ -57,25 +57,24 @@ class ProbeModelSpec:
 def default_probe_models() -> list[ProbeModelSpec]:
     """The trained networks of the probe-world corpus (different architectures and tasks)."""
     have_objects = bool(C.load_stamps())
+    # Five conv stages with narrow early layers: enough receptive field to tell the item from
+    # the background, cheap at full resolution; the described (late) layers are the wide ones.
     return [
-        ProbeModelSpec("shape-cnn", "cnn", "shape", ("conv3", "conv4"), (32, 64, 128, 128)),
-        ProbeModelSpec("colour-cnn", "cnn", "colour", ("conv2", "conv3"), (48, 96, 192)),
-        ProbeModelSpec(
-            "text-cnn", "cnn", "text", ("conv4", "conv5"), (16, 32, 64, 96, 128), epochs=3
-        ),
+        ProbeModelSpec("shape-cnn", "cnn", "shape", ("conv4", "conv5"), (16, 32, 64, 128, 256)),
+        ProbeModelSpec("colour-cnn", "cnn", "colour", ("conv4", "conv5"), (16, 32, 64, 128, 192)),
+        ProbeModelSpec("text-cnn", "cnn", "text", ("conv4", "conv5"), (16, 32, 48, 96, 160)),
         ProbeModelSpec(
             "object-resnet" if have_objects else "texture-resnet",
             "resnet10t",
             "object" if have_objects else "texture",
-            ("layer3", "layer4"),
-            epochs=3,
+            ("layer2", "layer3", "layer4"),
+            epochs=6,
         ),
         ProbeModelSpec(
             "shape-vit",
             "vit",
             "shape",
-            ("blocks.1.mlp.fc1", "blocks.3.mlp.fc1"),
-            epochs=5,
+            ("blocks.1.mlp.fc1", "blocks.2.mlp.fc1", "blocks.3.mlp.fc1"),
             learning_rate=1e-3,
         ),
     ]
@@ -205,7 +204,7 @@ def probe_transform(size: int) -> Callable[[Image.Image], torch.Tensor]:
         image = image.convert("RGB")
         if image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR)
-        return normalise(torch.from_numpy(np.asarray(image)).permute(2, 0, 1))
+        return normalise(torch.from_numpy(np.array(image)).permute(2, 0, 1))
 
     return transform
 

@@ -25,7 +25,7 @@ from . import concepts as C
 COLOUR_JITTER = 12  # max per-channel deviation from a colour's reference RGB
 # Pixels of cut-outs and photographic textures within this RGB distance of a named colour's
 # reference carry that colour's concept (painted fills always do: their jitter is smaller).
-COLOUR_TOLERANCE = 30.0
+COLOUR_TOLERANCE = 22.0
 ITEM_KINDS = ("shape", "object", "text")
 STRIPE_TEXTURES = ("horizontal stripes", "vertical stripes", "diagonal stripes")
 PATTERN_TEXTURES = (*STRIPE_TEXTURES, "dots", "checkerboard")
