@@ -1,0 +1,287 @@
+"""``milan-hf evaluate``: the paper's table for a captioner, and ground-truth accuracy.
+
+    milan-hf evaluate --captioner DIR_OR_ID --data NAME_OR_DIR --split test \\
+        [--held-out NET ...] [--pmi-weights 0,0.1,0.2,0.5,1] [--num-beams 50] \\
+        [--output DIR] [--push-to-hub REPO]
+
+Writes ``results.md`` (tables), ``results.json`` (every summary and the settings),
+``per_unit/`` (a ``datasets`` dataset: one row per unit and method with the description, its
+references, scores and, on the probe world, the unit's known concept and whether the
+description names it) and ``model_card.md`` (the captioner's card with the results as
+model-index ``EvalResult`` entries), all at once (staged, then renamed into place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+DEFAULT_OUTPUT = "milan_evaluation"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a captioner's descriptions against references (the paper's table)",
+        description="Describe every unit of a split with a captioner under several decoding "
+        "settings (p(d|E) greedy, p(d|E) beam, PMI per λ), add the NetDissect-style IoU "
+        "baseline where concept masks exist (the probe world), and score them against the "
+        "units' reference descriptions (BERTScore F1, BLEU, ROUGE-L, embedding cosine) and, "
+        "for units of known meaning, by concept accuracy.",
+    )
+    parser.add_argument(
+        "--captioner", required=True, help="captioner directory or Hub id (with its prior)"
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="a MILANNOTATIONS-format directory of sets (e.g. the probe-world corpus), a "
+        "datasets save_to_disk directory of exemplar sets with descriptions, or a "
+        "MILANNOTATIONS name (a set, grouping or generalisation split; with --data-dir)",
+    )
+    parser.add_argument("--data-dir", help="where the sets named by --data are (default: download)")
+    parser.add_argument("--imagenet-dir", help="ImageNet val folder for ImageNet-sourced sets")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--held-out",
+        nargs="+",
+        metavar="NET",
+        help="sets/networks whose units form the test split (default: the probe-world "
+        "corpus's held-out networks; none: MILANNOTATIONS' within-network split)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the within-network split")
+    parser.add_argument(
+        "--pmi-weights",
+        default="0,0.1,0.2,0.5,1",
+        help="comma-separated λ values; one PMI row per non-zero λ",
+    )
+    parser.add_argument("--num-beams", type=int, default=50, help="beam width (paper: 50)")
+    parser.add_argument(
+        "--pmi-strategy",
+        choices=("rerank", "token"),
+        default="rerank",
+        help="rerank the beam by PMI (original) or apply λ·log p(w_t|w_<t) at every step",
+    )
+    parser.add_argument("--max-length", type=int, help="most tokens per description")
+    parser.add_argument("--batch-size", type=int, default=32, help="units per generate call")
+    parser.add_argument(
+        "--max-units", type=int, help="evaluate a seeded random sample of this many units"
+    )
+    parser.add_argument(
+        "--metrics",
+        default="bertscore,bleu,rouge,embedding_cosine",
+        help="comma-separated metrics of milan_hf.metrics",
+    )
+    parser.add_argument(
+        "--paper-bertscore",
+        action="store_true",
+        help="BERTScore as the paper: roberta-large, idf, rescaled (needs the Hub)",
+    )
+    parser.add_argument("--device", help="torch device (default: cuda when available)")
+    parser.add_argument("--output", type=Path, default=Path(DEFAULT_OUTPUT), help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO", help="add the results to this model repo's card"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def parse_pmi_weights(text: str) -> list[float]:
+    """``"0,0.1,0.2"`` -> ``[0.0, 0.1, 0.2]``; ValueError naming a bad entry."""
+    weights = []
+    for item in text.split(","):
+        try:
+            weight = float(item)
+        except ValueError:
+            raise ValueError(f"--pmi-weights: {item!r} is not a number (in {text!r})") from None
+        if not weight >= 0 or weight == float("inf"):
+            raise ValueError(f"--pmi-weights: {item!r} must be a finite number >= 0")
+        weights.append(weight)
+    return weights
+
+
+def load_evaluation_data(args: argparse.Namespace):
+    """(exemplar rows of the split, probe-world corpus or None, held-out sets, data label)."""
+    import datasets
+
+    from ..benchmark import read_probe_world_corpus
+    from ..milannotations import GENERALIZATION_SPLITS, load_milannotations
+
+    data = Path(args.data)
+    is_dir = args.data_dir is None and data.is_dir()
+    if is_dir and (
+        (data / "dataset_info.json").is_file() or (data / "dataset_dict.json").is_file()
+    ):
+        if args.held_out:
+            raise ValueError("--held-out needs a MILANNOTATIONS-format directory, not a dataset")
+        loaded = datasets.load_from_disk(str(data))
+        if isinstance(loaded, datasets.DatasetDict):
+            if args.split not in loaded:
+                raise ValueError(f"--split {args.split!r} is not in {data}; it has {list(loaded)}")
+            loaded = loaded[args.split]
+        return loaded, None, [], data.name
+
+    if args.data_dir is None and not is_dir and os.sep in args.data:
+        raise FileNotFoundError(f"--data {args.data!r} is not a directory")
+    name, data_dir = ("all", data) if is_dir else (args.data, args.data_dir)
+    corpus = read_probe_world_corpus(data_dir) if data_dir is not None else None
+    held_out = args.held_out
+    if held_out == ["none"]:
+        held_out = None
+    elif held_out is None and corpus is not None and corpus.held_out:
+        held_out = corpus.held_out
+    if name in GENERALIZATION_SPLITS and held_out is not None:
+        raise ValueError(f"--data {name!r} already fixes its held-out sets; drop --held-out")
+    exemplars = load_milannotations(
+        name,
+        data_dir=data_dir,
+        imagenet_dir=args.imagenet_dir,
+        split=args.split,
+        held_out=held_out,
+        seed=args.seed,
+    )
+    label = f"{data.name}" if is_dir else args.data
+    return exemplars, corpus, list(held_out or []), label
+
+
+def run(args: argparse.Namespace) -> int:
+    pmi_weights = parse_pmi_weights(args.pmi_weights)
+    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    from ..metrics import METRICS
+
+    unknown = [name for name in metrics if name not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"--metrics: unknown {unknown or metrics}; choose from {list(METRICS)}")
+    for name, value in (("--batch-size", args.batch_size), ("--num-beams", args.num_beams)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    output: Path = args.output
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+    captioner_path = Path(args.captioner)
+    if (os.sep in args.captioner or args.captioner.startswith(".")) and not (
+        captioner_path.is_dir()
+    ):
+        raise FileNotFoundError(f"--captioner {args.captioner!r} is not a directory")
+
+    import torch
+
+    from ..benchmark import decoding_settings, results_markdown, run_benchmark, unit_sample
+    from ..evaluation import add_eval_results_to_card, push_eval_results, save_evaluation
+    from ..metrics import PAPER_BERTSCORE_SETTINGS
+    from ..modeling_milan import MilanCaptionerModel
+    from ..processing_milan import MilanProcessor
+
+    settings = decoding_settings(pmi_weights, args.num_beams)
+    exemplars, corpus, held_out, data_label = load_evaluation_data(args)
+    if len(exemplars) == 0:
+        raise ValueError(f"split {args.split!r} of {args.data} has no units")
+    sample = unit_sample(len(exemplars), args.max_units, args.seed)
+    if sample is not None:
+        exemplars = exemplars.select(sample)
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    captioner = MilanCaptionerModel.from_pretrained(args.captioner).to(device).eval()
+    processor = MilanProcessor.from_pretrained(args.captioner)
+    metric_kwargs = {"bertscore": PAPER_BERTSCORE_SETTINGS} if args.paper_bertscore else None
+    result = run_benchmark(
+        captioner,
+        processor,
+        exemplars,
+        settings,
+        probe_world=corpus,
+        metrics=metrics,
+        metric_kwargs=metric_kwargs,
+        batch_size=args.batch_size,
+        pmi_strategy=args.pmi_strategy,
+        max_length=args.max_length,
+        progress=not args.quiet,
+    )
+    split_label = args.split + (f" (held out: {', '.join(held_out)})" if held_out else "")
+    metadata = {
+        "title": f"{args.captioner} on {data_label}, {split_label}",
+        "captioner": args.captioner,
+        "data": args.data,
+        "split": args.split,
+        "held_out": held_out,
+        "max_units": args.max_units,
+        **result.metadata,
+        "notes": _notes(args, result.metadata.get("probe_world", {})),
+    }
+
+    # Stage everything, then rename: an interrupted run leaves nothing that looks complete.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
+    try:
+        staged = save_evaluation(staging / "evaluation", result.rows, result.per_unit, metadata)
+        (staged / "results.md").write_text(results_markdown(result.rows, metadata))
+        card = add_eval_results_to_card(
+            _captioner_card(args.captioner),
+            result.rows,
+            dataset_name=data_label,
+            dataset_split=args.split,
+            dataset_config=",".join(held_out) or None,
+            model_name=Path(args.captioner).name or args.captioner,
+        )
+        (staged / "model_card.md").write_text(str(card))
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(staged, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print((output / "results.md").read_text())
+    if args.push_to_hub:
+        push_eval_results(
+            args.push_to_hub,
+            result.rows,
+            dataset_name=data_label,
+            dataset_split=args.split,
+            dataset_config=",".join(held_out) or None,
+        )
+        print(f"Added the results to the model card of {args.push_to_hub}.")
+    print(f"Wrote {output}/results.md, results.json, per_unit/ and model_card.md.")
+    return 0
+
+
+def _notes(args: argparse.Namespace, probe_world: dict) -> list[str]:
+    notes = []
+    if args.paper_bertscore:
+        notes.append("BERTScore: roberta-large, idf, baseline-rescaled (the paper's setting).")
+    else:
+        notes.append(
+            "BERTScore: local all-MiniLM-L6-v2, raw F1 (not rescaled): NOT on the paper's scale; "
+            "compare rows with each other, not with the paper's numbers."
+        )
+    notes.append(
+        "BLEU is corpus BLEU (0-100; 0 when descriptions are shorter than 4 words); sentence "
+        "BLEU is the mean per-unit score."
+    )
+    notes.append(
+        f"Decoding: beam {args.num_beams}, PMI by {args.pmi_strategy}; λ=0 is the p(d|E) beam row."
+    )
+    if probe_world.get("skipped"):
+        notes.append(f"No NetDissect row or accuracy: {probe_world['skipped']}.")
+    elif probe_world:
+        notes.append(
+            "Probe world: the references are the IoU annotator's phrasings, so the NetDissect "
+            "(IoU) row names the reference concept by construction: a ceiling, not a baseline."
+        )
+        notes.append(
+            "Accuracy: the description names the unit's concept (planted units: by "
+            "construction; IoU-labelled: the annotator's expression), by the rule of "
+            "milan_hf.evaluation.ConceptMatcher with the probe world's phrases."
+        )
+    return notes
+
+
+def _captioner_card(captioner: str):
+    from huggingface_hub import ModelCard
+
+    readme = Path(captioner) / "README.md"
+    if readme.is_file():
+        return ModelCard.load(readme)
+    return ModelCard(f"---\nlibrary_name: milan-hf\n---\n\n# {Path(captioner).name}\n")
