@@ -198,6 +198,14 @@ def test_default_split_is_the_corpus_held_out_networks(corpus_dir, captioner_dir
     assert document["metadata"]["held_out"] == ["shape-vit/probeworld"]
     assert list(document["results"]) == [NETDISSECT, GREEDY, BEAM]
     assert document["results"][GREEDY]["num_units"] == 5
+    code = evaluate(
+        "--captioner", captioner_dir, "--data", corpus_dir, "--held-out", "none",
+        "--pmi-weights", "0", "--num-beams", 2, "--metrics", "rouge", "--max-units", 3,
+        "--output", output, "--overwrite",
+    )  # fmt: skip
+    assert code == 0
+    metadata = json.loads((output / "results.json").read_text())["metadata"]
+    assert metadata["held_out"] == [] and metadata["num_units"] == 3  # within-network split
 
 
 def test_a_corpus_from_another_world_version_is_scored_without_baseline(
@@ -280,6 +288,8 @@ def test_bad_input_is_named(corpus_dir, captioner_dir, tmp_path, capsys, argumen
 def test_missing_inputs_and_existing_output(corpus_dir, captioner_dir, tmp_path, capsys):
     assert evaluate("--captioner", tmp_path / "nope", "--data", corpus_dir) == 2
     assert "is not a directory" in capsys.readouterr().err
+    assert evaluate("--captioner", "someone/not-cached", "--data", corpus_dir) == 2
+    assert "'someone/not-cached' did not load" in capsys.readouterr().err  # offline Hub id
     assert evaluate("--captioner", captioner_dir, "--data", tmp_path / "no" / "data") == 2
     assert "is not a directory" in capsys.readouterr().err
     (tmp_path / "out").mkdir()

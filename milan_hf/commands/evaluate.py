@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--held-out",
         nargs="+",
         metavar="NET",
-        help="sets/networks whose units form the test split (default: the probe-world "
-        "corpus's held-out networks; none: MILANNOTATIONS' within-network split)",
+        help="sets/networks whose units form the test split (default: the held-out networks "
+        "of a probe-world corpus, else the within-network split; 'none' forces the latter)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the within-network split")
     parser.add_argument(
@@ -125,7 +125,7 @@ def load_evaluation_data(args: argparse.Namespace):
             loaded = loaded[args.split]
         return loaded, None, [], data.name
 
-    if args.data_dir is None and not is_dir and os.sep in args.data:
+    if args.data_dir is None and not is_dir and (data.exists() or _looks_like_path(args.data)):
         raise FileNotFoundError(f"--data {args.data!r} is not a directory")
     name, data_dir = ("all", data) if is_dir else (args.data, args.data_dir)
     corpus = read_probe_world_corpus(data_dir) if data_dir is not None else None
@@ -163,9 +163,10 @@ def run(args: argparse.Namespace) -> int:
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     captioner_path = Path(args.captioner)
-    if (os.sep in args.captioner or args.captioner.startswith(".")) and not (
-        captioner_path.is_dir()
+    if not captioner_path.is_dir() and (
+        captioner_path.exists() or _looks_like_path(args.captioner)
     ):
+        # Anything else ("user/model") is a Hub id.
         raise FileNotFoundError(f"--captioner {args.captioner!r} is not a directory")
 
     import torch
@@ -177,16 +178,19 @@ def run(args: argparse.Namespace) -> int:
     from ..processing_milan import MilanProcessor
 
     settings = decoding_settings(pmi_weights, args.num_beams)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        captioner = MilanCaptionerModel.from_pretrained(args.captioner).to(device).eval()
+        processor = MilanProcessor.from_pretrained(args.captioner)
+    except OSError as error:
+        raise FileNotFoundError(f"--captioner {args.captioner!r} did not load: {error}") from None
+
     exemplars, corpus, held_out, data_label = load_evaluation_data(args)
     if len(exemplars) == 0:
         raise ValueError(f"split {args.split!r} of {args.data} has no units")
     sample = unit_sample(len(exemplars), args.max_units, args.seed)
     if sample is not None:
         exemplars = exemplars.select(sample)
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    captioner = MilanCaptionerModel.from_pretrained(args.captioner).to(device).eval()
-    processor = MilanProcessor.from_pretrained(args.captioner)
     metric_kwargs = {"bertscore": PAPER_BERTSCORE_SETTINGS} if args.paper_bertscore else None
     result = run_benchmark(
         captioner,
@@ -245,6 +249,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"Added the results to the model card of {args.push_to_hub}.")
     print(f"Wrote {output}/results.md, results.json, per_unit/ and model_card.md.")
     return 0
+
+
+def _looks_like_path(text: str) -> bool:
+    # "alexnet/imagenet" and "user/model" are names; "/data/x", "./x", "~/x" are paths.
+    return text.startswith(("/", ".", "~"))
 
 
 def _notes(args: argparse.Namespace, probe_world: dict) -> list[str]:
