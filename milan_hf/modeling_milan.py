@@ -381,6 +381,9 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         # (it then fills every weight, backbone included, from the checkpoint).
         for module in self.encoder.modules():
             module._is_hf_initialized = True
+        if not config.save_backbone_weights:
+            # Checkpoints leave the backbone out on purpose; from_pretrained reloads it.
+            self._keys_to_ignore_on_load_missing = [r"^encoder\.backbone\."]
         on_meta = any(p.is_meta for p in self.encoder.backbone.parameters())
         if config.backbone_pretrained and not on_meta:
             self.encoder.load_pretrained_backbone(config.backbone)
@@ -393,6 +396,9 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         """Load the captioner with its prior, and the tokenizer saved beside them (if any), so
         that ``generate`` returns decoded descriptions."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if not model.config.save_backbone_weights:
+            # The checkpoint leaves the frozen backbone out: reload it from its source.
+            model.encoder.load_pretrained_backbone(model.config.backbone)
         model.encoder.backbone.requires_grad_(False)  # loaded weights arrive as new Parameters
         hub_kwargs = {
             key: kwargs[key]
@@ -411,6 +417,12 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         """Save weights (prior included) and config; with a tokenizer attached, also the
         tokenizer and processor config, so that the folder (or ``push_to_hub``, which saves
         through here) is a complete describer."""
+        if not self.config.save_backbone_weights and "state_dict" not in kwargs:
+            kwargs["state_dict"] = {
+                key: value
+                for key, value in self.state_dict().items()
+                if not key.startswith("encoder.backbone.")
+            }
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.tokenizer is not None:
             processor = MilanProcessor.from_model_config(self.config, self.tokenizer)

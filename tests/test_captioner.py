@@ -296,3 +296,21 @@ def test_push_to_hub_sends_a_complete_describer(tokenizer, monkeypatch):
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(
         sent["files"]
     )
+
+
+def test_checkpoint_can_leave_the_pretrained_backbone_out(tokenizer, tmp_path):
+    config = MilanCaptionerConfig(
+        vocab_size=len(tokenizer),
+        image_size=32,
+        embedding_size=8,
+        hidden_size=16,
+        save_backbone_weights=False,
+    )
+    model = MilanCaptionerModel(config)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").stat().st_size < 1_000_000  # backbone: ~12 MB
+    loaded = MilanCaptionerModel.from_pretrained(tmp_path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    with pytest.raises(ValueError, match="needs backbone_pretrained=True"):
+        MilanCaptionerConfig(backbone_pretrained=False, save_backbone_weights=False)
