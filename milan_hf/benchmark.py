@@ -402,8 +402,9 @@ def score_methods(
     """Score each method's descriptions against the references (and the ground truth).
 
     Returns ``(rows, per_unit)``: per method a summary (``score_descriptions``'s, plus
-    ``by_set`` {set: {BERTScore F1, units}} and, with ground truth, ``accuracy`` over units of
-    known meaning and ``ground_truth`` {planted|iou: ``concept_accuracy`` summary}), and a
+    ``by_set`` {set: {mean of each per-unit score, units}} and, with ground truth,
+    ``accuracy`` over units of known meaning and ``ground_truth`` {planted|iou:
+    ``concept_accuracy`` summary}), and a
     per-unit dataset (layer, unit, source, description, references, scores, concept, family,
     known_by, correct).
     """
@@ -435,16 +436,21 @@ def score_methods(
         scored, summary = score_descriptions(
             predictions, references, metrics=modules, metric_kwargs=metric_kwargs
         )
-        if "bertscore_f1" in scored.column_names:
-            summary["by_set"] = {
-                source: {
-                    "bertscore_f1": _mean(
-                        [f for f, s in zip(scored["bertscore_f1"], sources) if s == source]
-                    ),
-                    "num_units": sources.count(source),
-                }
-                for source in dict.fromkeys(sources)
+        score_columns = [
+            column
+            for column in scored.column_names
+            if column not in (schema.LAYER, schema.UNIT, "description", "references")
+        ]
+        summary["by_set"] = {
+            source: {
+                **{
+                    column: _mean([v for v, s in zip(scored[column], sources) if s == source])
+                    for column in score_columns
+                },
+                "num_units": sources.count(source),
             }
+            for source in dict.fromkeys(sources)
+        }
         correct: list[bool | None] = [None] * len(exemplars)
         if known:
             summary["ground_truth"] = {}
@@ -620,9 +626,13 @@ MAIN_COLUMNS = (
 )
 
 
+#: Per-unit score shown in the by-set table: the first of these that was computed.
+BY_SET_METRICS = ("bertscore_f1", "rougeL", "cosine_max", "sentence_bleu")
+
+
 def results_markdown(rows: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]) -> str:
     """The evaluation as markdown: title, main table, BERTScore by set, accuracy by family."""
-    from milan_hf.evaluation import accuracy_by_family_table, results_table
+    from milan_hf.evaluation import TABLE_COLUMNS, accuracy_by_family_table, results_table
 
     title = metadata.get("title")
     parts = [f"# {title}\n"] if title else []
@@ -631,15 +641,21 @@ def results_markdown(rows: Mapping[str, Mapping[str, Any]], metadata: Mapping[st
     parts.append("## Reference metrics\n\n" + table)
 
     by_set_rows = {m: row["by_set"] for m, row in rows.items() if "by_set" in row}
-    if by_set_rows:
+    metric = next(
+        (
+            key
+            for key in BY_SET_METRICS
+            if any(key in by_set for row in by_set_rows.values() for by_set in row.values())
+        ),
+        None,
+    )
+    if metric is not None:
         sets = list(dict.fromkeys(s for by_set in by_set_rows.values() for s in by_set))
         cells = {
-            m: {s: v["bertscore_f1"] for s, v in by_set.items()}
-            for m, by_set in by_set_rows.items()
+            m: {s: v.get(metric) for s, v in by_set.items()} for m, by_set in by_set_rows.items()
         }
-        parts.append(
-            "## BERTScore F1 by set (paper Table 2 layout)\n\n" + results_table(cells, sets)
-        )
+        header = TABLE_COLUMNS.get(metric, (metric,))[0].replace("sentence_bleu", "sentence BLEU")
+        parts.append(f"## {header} by set (paper Table 2 layout)\n\n" + results_table(cells, sets))
     for known_by, heading in ((PLANTED, "planted units"), (IOU_LABELLED, "IoU-labelled units")):
         accuracy_rows = {
             m: row["ground_truth"][known_by]

@@ -40,6 +40,7 @@ from milan_hf.probe_world.planted import planted_units
 from milan_hf.processing_milan import MilanProcessor
 from milan_hf.tokenization_milan import MilanTokenizer
 from tests.captioner_fixtures import tiny_captioner
+from tests.milannotations_fixture import UNITS_PER_SET, description, write_milannotations
 
 # The test split: the planted network (ground truth by construction) and the small CNN.
 HELD_OUT = ["planted", "shape-cnn"]
@@ -225,6 +226,32 @@ def test_a_corpus_from_another_world_version_is_scored_without_baseline(
     assert list(document["results"]) == [GREEDY, BEAM]
     assert "version '0ld'" in document["metadata"]["probe_world"]["skipped"]
     assert "No NetDissect row or accuracy" in (output / "results.md").read_text()
+
+
+def test_milannotations_layout_gives_the_paper_table_columns(tmp_path):
+    # Three sets of the original release (Places sets ship images); hold out two of them.
+    sets = ("alexnet/places365", "resnet152/places365", "biggan/places365")
+    data = write_milannotations(tmp_path / "milannotations", sets)
+    words = sorted({word for name in sets for word in description(name, "x", 0, 0).split()})
+    tokenizer = MilanTokenizer.from_words([*words, "conv1", "conv5", "layer1", "layer4"])
+    captioner = tmp_path / "captioner"
+    model = tiny_captioner(tokenizer)
+    model.save_pretrained(captioner)
+    MilanProcessor.from_model_config(model.config, tokenizer).save_pretrained(captioner)
+    output = tmp_path / "out"
+    code = evaluate(
+        "--captioner", captioner, "--data", "places365", "--data-dir", data,
+        "--held-out", "alexnet", "resnet152", "--pmi-weights", "0,0.5", "--num-beams", 2,
+        "--metrics", FAST_METRICS, "--output", output,
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads((output / "results.json").read_text())["results"]
+    assert list(results) == [GREEDY, BEAM, "PMI λ=0.5"]  # no concept masks: no baseline
+    assert list(results[BEAM]["by_set"]) == ["alexnet/places365", "resnet152/places365"]
+    assert results[BEAM]["num_units"] == 2 * UNITS_PER_SET
+    markdown = (output / "results.md").read_text()
+    assert "| Method | alexnet/places365 | resnet152/places365 |" in markdown
+    assert "ROUGE-L by set (paper Table 2 layout)" in markdown
 
 
 def test_evaluate_on_a_saved_dataset_without_concept_masks(captioner_dir, test_split, tmp_path):
