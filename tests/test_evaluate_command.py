@@ -160,6 +160,11 @@ def test_lambda_sweep_reranks_one_beam_like_generate(captioner_dir, test_split):
         assert swept[setting.method] == expected, setting.method
     beam = captioner.generate(**inputs, num_beams=4, pmi_weight=0.0)
     assert torch.equal(rerank_beam(beam, 0.0), beam.sequences)
+    token_level = generate_descriptions(
+        captioner, processor, rows, settings[-1:], batch_size=4, pmi_strategy="token"
+    )
+    expected = captioner.generate(**inputs, num_beams=4, pmi_weight=3.0, pmi_strategy="token")
+    assert token_level["PMI λ=3"] == expected.descriptions
 
 
 def test_reannotation_reproduces_the_corpus_and_planted_truth_is_by_construction(
