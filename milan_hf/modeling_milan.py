@@ -180,9 +180,34 @@ class MilanPriorModel(MilanPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def sequence_log_probs(self, input_ids: torch.Tensor) -> torch.Tensor:
         """log p(d) of each sequence in ``input_ids`` (batch, length), which start with
-        ``<bos>``: the sum over tokens up to and including the first ``<eos>``."""
-        log_probs = self(input_ids).logits[:, :-1].log_softmax(-1)
-        return _sum_token_log_probs(log_probs, input_ids, self.config.pad_token_id)
+        ``<bos>``: the sum over tokens up to and including the first ``<eos>``.
+
+        Beam candidates share most of their prefixes, so the LSTM walks the prefix tree: at
+        each depth every distinct unfinished prefix is stepped once, from its parent's state.
+        """
+        pad_id = self.config.pad_token_id
+        rows, length = input_ids.shape
+        totals = torch.zeros(rows, device=input_ids.device)
+        parent_of_row = torch.zeros(rows, dtype=torch.long, device=input_ids.device)
+        state = None
+        for t in range(1, length):
+            live = input_ids[:, t] != pad_id  # rows with a token to score at depth t
+            if not bool(live.any()):
+                break
+            live_rows = live.nonzero().squeeze(1)
+            # Distinct prefixes input_ids[:, :t] among the live rows, one representative each.
+            _, node_of_live = torch.unique(input_ids[live_rows, :t], dim=0, return_inverse=True)
+            representative = torch.full(
+                (int(node_of_live.max()) + 1,), -1, dtype=torch.long, device=input_ids.device
+            ).scatter_(0, node_of_live, live_rows)
+            parents = parent_of_row[representative]
+            node_state = None if state is None else (state[0][:, parents], state[1][:, parents])
+            output = self(input_ids[representative, t - 1 : t], state=node_state)
+            log_probs = output.logits[:, -1].log_softmax(-1)
+            totals[live_rows] += log_probs[node_of_live, input_ids[live_rows, t]]
+            state = output.state
+            parent_of_row = torch.zeros_like(parent_of_row).index_copy_(0, live_rows, node_of_live)
+        return totals
 
 
 def _sum_token_log_probs(log_probs: torch.Tensor, input_ids: torch.Tensor, pad_id: int):
@@ -587,12 +612,10 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         beam_prior_log_probs = None
         beam_scores = beam_captioner_log_probs
         if self.prior is not None:
-            # Units' candidates often coincide: score each distinct description once.
-            distinct, position = torch.unique(
-                beam_sequences.view(units * beams, length), dim=0, return_inverse=True
-            )
-            beam_prior_log_probs = self.prior.sequence_log_probs(distinct)[position]
-            beam_prior_log_probs = beam_prior_log_probs.view(units, beams)
+            # One prefix-tree walk scores all units' candidates (shared prefixes once).
+            beam_prior_log_probs = self.prior.sequence_log_probs(
+                beam_sequences.view(units * beams, length)
+            ).view(units, beams)
             beam_scores = beam_captioner_log_probs - pmi_weight * beam_prior_log_probs
         # Dead beams stay at -inf and are never chosen.
         beam_scores = beam_scores.masked_fill(beam_captioner_log_probs == float("-inf"), -torch.inf)

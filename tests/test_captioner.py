@@ -314,3 +314,20 @@ def test_checkpoint_can_leave_the_pretrained_backbone_out(tokenizer, tmp_path):
         assert torch.equal(value, loaded.state_dict()[key]), key
     with pytest.raises(ValueError, match="needs backbone_pretrained=True"):
         MilanCaptionerConfig(backbone_pretrained=False, save_backbone_weights=False)
+
+
+def test_prior_scores_shared_prefixes_exactly(tokenizer):
+    prior = tiny_captioner(tokenizer).prior
+    sequences = torch.tensor(
+        [
+            [1, 4, 5, 6, 2],
+            [1, 4, 5, 2, 0],  # shares a prefix with the first
+            [1, 4, 5, 6, 2],  # duplicate
+            [1, 6, 2, 0, 0],
+            [1, 2, 0, 0, 0],  # empty description
+            [1, 3, 6, 4, 5],  # unfinished
+        ]
+    )
+    torch.testing.assert_close(
+        prior.sequence_log_probs(sequences), prior_log_probs_by_hand(prior, sequences)
+    )
