@@ -9,6 +9,7 @@ import sys
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func``.
 _COMMAND_MODULES = [
     "milan_hf.commands.evaluate",
+    "milan_hf.commands.describe",
     "milan_hf.commands.exemplars",
     "milan_hf.commands.probe_world",
 ]

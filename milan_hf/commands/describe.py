@@ -1,0 +1,164 @@
+"""``milan-hf describe``: exemplars → natural-language descriptions of every unit, with a report.
+
+With no arguments it runs the embedded default offline (EfficientNet-Lite0 on probe-world
+scenes and scikit-image photographs, described by the captioner shipped in the package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import schema
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "describe",
+        help="describe every unit of some layers in natural language (MILAN)",
+        description="Describe every unit of some layers of a vision model: top-k exemplars, "
+        "then the captioner's PMI decoding. Writes OUTPUT/descriptions.csv, the descriptions "
+        "and exemplar sets as datasets, and OUTPUT/index.html. Rerunning an interrupted run "
+        "with the same settings resumes it. With no --model, runs the embedded offline "
+        "default: ImageNet EfficientNet-Lite0 on probe-world scenes and real photographs.",
+    )
+    parser.add_argument(
+        "--model",
+        help="timm model name, or a local timm/transformers model directory (or a "
+        "transformers hub id when online); default: the embedded EfficientNet-Lite0 demo",
+    )
+    parser.add_argument("--layers", help="comma-separated module names as in model.named_modules()")
+    parser.add_argument(
+        "--images",
+        help="probe images: image folder, save_to_disk directory, parquet, or a hub dataset id",
+    )
+    parser.add_argument(
+        "--captioner",
+        help="captioner directory or Hub id (default: the captioner embedded in milan_hf)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="output directory (default: ./milan-hf-output for the embedded demo)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="local weights for --model (safetensors or a state dict; never unpickles code)",
+    )
+    parser.add_argument(
+        "--pretrained", action="store_true", help="load the timm model's pretrained weights"
+    )
+    parser.add_argument(
+        "--pmi-weight",
+        type=float,
+        help="λ in log p(d|E) − λ·log p(d) (default: the captioner's, 0.2; 0: p(d|E) alone)",
+    )
+    parser.add_argument(
+        "--pmi-strategy", choices=("rerank", "token"), help="PMI by reranking the beam or per token"
+    )
+    parser.add_argument("--num-beams", type=int, help="beam width (default: the captioner's)")
+    parser.add_argument(
+        "--max-units",
+        type=int,
+        help="describe only units 0..N-1 of each layer (default: every unit)",
+    )
+    parser.add_argument("--k", type=int, default=schema.DEFAULT_K, help="exemplars per unit")
+    parser.add_argument(
+        "--quantile",
+        type=float,
+        default=schema.DEFAULT_QUANTILE,
+        help="activation quantile that becomes each unit's mask threshold",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="images per forward pass, units per decode"
+    )
+    parser.add_argument("--split", help="split of a multi-split probe dataset")
+    parser.add_argument("--image-column", help="image column of the probe dataset")
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="publish the descriptions and exemplars (images materialised) as a dataset repo",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an output directory holding other results instead of refusing",
+    )
+    parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..describe import (
+        DEFAULT_OUTPUT_DIR,
+        describe,
+        describe_default,
+        load_description_outputs,
+        push_descriptions_to_hub,
+    )
+
+    common = {
+        "captioner": args.captioner,
+        "k": args.k,
+        "quantile": args.quantile,
+        "pmi_weight": args.pmi_weight,
+        "pmi_strategy": args.pmi_strategy,
+        "num_beams": args.num_beams,
+        "batch_size": args.batch_size,
+        "overwrite": args.overwrite,
+        "report": not args.no_report,
+    }
+    if args.max_units is not None:
+        if args.max_units < 1:
+            raise ValueError(f"--max-units must be a positive integer, got {args.max_units}")
+        common["units"] = args.max_units
+    if args.model is None:
+        unused = [
+            f"--{name.replace('_', '-')}"
+            for name in ("layers", "images", "checkpoint", "split", "image_column")
+            if getattr(args, name) is not None
+        ]
+        if unused or args.pretrained:
+            raise ValueError(
+                f"{', '.join(unused + (['--pretrained'] if args.pretrained else []))} need(s) "
+                "--model; without --model the embedded default model and images are used"
+            )
+        output = args.output or Path(DEFAULT_OUTPUT_DIR)
+        print(
+            "describing EfficientNet-Lite0 (ImageNet weights) on probe-world scenes and "
+            "scikit-image photographs with the embedded captioner",
+            file=sys.stderr,
+        )
+        descriptions = describe_default(output, **common)
+    else:
+        missing = [
+            f"--{name}" for name in ("layers", "images", "output") if getattr(args, name) is None
+        ]
+        if missing:
+            raise ValueError(f"--model needs {', '.join(missing)} as well")
+        output = args.output
+        descriptions = describe(
+            args.model,
+            args.layers,
+            args.images,
+            output_dir=output,
+            checkpoint=args.checkpoint,
+            pretrained=args.pretrained,
+            image_column=args.image_column,
+            split=args.split,
+            **common,
+        )
+    if args.push_to_hub:
+        _, exemplars = load_description_outputs(output)
+        push_descriptions_to_hub(
+            descriptions, exemplars, args.push_to_hub, captioner=args.captioner
+        )
+        print(f"pushed descriptions and exemplars to the dataset repo {args.push_to_hub}")
+    layers = list(dict.fromkeys(descriptions["layer"]))
+    print(f"described {len(descriptions)} units of {len(layers)} layer(s) ({', '.join(layers)})")
+    print(f"descriptions: {output / 'descriptions.csv'}")
+    if not args.no_report:
+        print(f"report: {(output / 'index.html').resolve()}")
+    return 0

@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+"""Reproduce the captioner embedded in milan_hf (``milan_hf/resources/captioner``).
+
+    python scripts/train_embedded_captioner.py --corpus data/probe_milannotations
+
+Steps:
+
+1. The probe-world corpus (MILANNOTATIONS layout, ``scripts/make_probe_annotations.py``): built
+   at ``--corpus`` with the default settings when it is not there yet (this trains the probe
+   networks on first use; tens of minutes on 2 CPU cores).
+2. Its training networks only: every network listed under ``held_out`` in ``corpus.json``
+   is left out whole (checked row by row), so it can measure generalisation to unseen networks.
+3. ``scripts/train_captioner.py`` (frozen ImageNet EfficientNet-Lite0 encoder, Show-Attend-Tell
+   decoder, LSTM prior, early stopping on validation BLEU) with small decoder sizes.
+4. The weights are stored in float16 (half the size; the config keeps ``dtype: float32`` so
+   ``from_pretrained`` computes in float32), with the processor, tokenizer, training metrics,
+   the held-out concept accuracy (``scripts/eval_known_units.py``) and a model card rendered
+   from ``hub_cards/embedded_captioner.md``; the output directory is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPOSITORY / "milan_hf" / "resources" / "captioner"
+EVALUATION_FILE = "held_out_evaluation.json"
+
+
+def load_script(name: str):
+    """Import a sibling script (``scripts/`` is not a package) as a module."""
+    path = Path(__file__).resolve().parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"milan_hf_scripts_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--corpus", type=Path, required=True, help="probe-world corpus (built if missing)"
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--work-dir", type=Path, help="intermediate files (default: a temp dir)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--embedding-size", type=int, default=64)
+    parser.add_argument("--hidden-size", type=int, default=192)
+    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--max-epochs", type=int, default=25)
+    parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--prior-max-epochs", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--skip-evaluation", action="store_true", help="do not measure held-out concept accuracy"
+    )
+    parser.add_argument("--eval-num-beams", type=int, help="beam width of the held-out evaluation")
+    return parser.parse_args(argv)
+
+
+def ensure_corpus(corpus_dir: Path) -> dict[str, Any]:
+    """``corpus.json`` of the corpus at ``corpus_dir``, building the corpus if needed."""
+    if not (corpus_dir / "corpus.json").is_file():
+        from milan_hf.probe_world.corpus import build_corpus
+
+        print(f"building the probe-world corpus at {corpus_dir} (trains the probe networks)")
+        build_corpus(corpus_dir)
+    return json.loads((corpus_dir / "corpus.json").read_text())
+
+
+def training_sets(corpus_dir: Path, corpus: dict[str, Any], destination: Path) -> Path:
+    """Save the training networks' units (no held-out network) to ``destination``."""
+    from milan_hf.milannotations import load_milannotations
+
+    held_out = list(corpus["held_out"])
+    if not held_out:
+        raise ValueError(f"{corpus_dir}/corpus.json lists no held-out networks")
+    dataset = load_milannotations("all", data_dir=corpus_dir, held_out=held_out, split="train")
+    leaked = sorted(set(dataset["source"]) & set(held_out))
+    if leaked:
+        raise ValueError(f"held-out sets {leaked} leaked into the training data")
+    dataset.save_to_disk(str(destination))
+    return destination
+
+
+def store_half_precision(trained: Path, output: Path) -> None:
+    """Copy the trained captioner with float16 weights; ``config.json`` keeps float32 as the
+    dtype to compute in, so ``from_pretrained`` upcasts on load."""
+    from milan_hf.modeling_milan import MilanCaptionerModel
+    from milan_hf.processing_milan import MilanProcessor
+
+    model = MilanCaptionerModel.from_pretrained(trained, dtype=torch.float32)
+    model.half().save_pretrained(output)
+    config_file = output / "config.json"
+    config = json.loads(config_file.read_text())
+    config["dtype"] = "float32"
+    for nested in ("prior_config",):
+        if isinstance(config.get(nested), dict):
+            config[nested]["dtype"] = "float32"
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    MilanProcessor.from_pretrained(trained).save_pretrained(output)
+    shutil.copy(trained / "training_metrics.json", output / "training_metrics.json")
+
+
+def render_card(fields: dict[str, Any]) -> str:
+    from milan_hf.hub_cards import render_card as render
+
+    return render("embedded_captioner", **fields)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    corpus = ensure_corpus(args.corpus)
+    train_captioner = load_script("train_captioner")
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="milan_hf_embedded_captioner_"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = training_sets(args.corpus, corpus, work / "train_data")
+    trained = work / "trained"
+    metrics = train_captioner.main(
+        [
+            "--dataset", str(data),
+            "--output-dir", str(trained),
+            "--overwrite",
+            "--image-size", str(args.image_size),
+            "--embedding-size", str(args.embedding_size),
+            "--hidden-size", str(args.hidden_size),
+            "--dropout", str(args.dropout),
+            "--batch-size", str(args.batch_size),
+            "--learning-rate", str(args.learning_rate),
+            "--max-epochs", str(args.max_epochs),
+            "--patience", str(args.patience),
+            "--prior-max-epochs", str(args.prior_max_epochs),
+            "--seed", str(args.seed),
+            "--feature-cache-dir", str(work / "features"),
+            "--dataset-name", "the probe-world corpus (training networks)",
+        ]
+    )  # fmt: skip
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{args.output.name}.", dir=args.output.parent))
+    try:
+        store_half_precision(trained, staging)
+        evaluation = None
+        if not args.skip_evaluation:
+            evaluation = load_script("eval_known_units").evaluate_known_units(
+                staging, args.corpus, num_beams=args.eval_num_beams
+            )
+            (staging / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2, default=str))
+        (staging / "README.md").write_text(
+            card_text(args, argv, corpus, metrics, evaluation, staging)
+        )
+        # Package data: readable by everyone (mkdtemp and some writers create owner-only files).
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        if args.output.exists():
+            previous = args.output.with_name(f".{args.output.name}.old-{os.getpid()}")
+            os.replace(args.output, previous)
+            os.replace(staging, args.output)
+            shutil.rmtree(previous)
+        else:
+            os.replace(staging, args.output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    size = sum(p.stat().st_size for p in args.output.iterdir()) / 1e6
+    print(
+        f"embedded captioner at {args.output} ({size:.1f} MB), "
+        f"{(time.perf_counter() - started) / 60:.1f} min"
+    )
+    return 0
+
+
+def card_text(args, argv, corpus, metrics, evaluation, folder: Path) -> str:
+    from milan_hf.modeling_milan import MilanCaptionerModel
+
+    model = MilanCaptionerModel.from_pretrained(folder)
+    train_networks = [n for n in corpus["networks"] if not n["held_out"]]
+    held_out_networks = [n for n in corpus["networks"] if n["held_out"]]
+
+    def network_lines(networks):
+        return "\n".join(
+            f"| {n['name']} | {n['architecture']} | {n['task']} | "
+            f"{', '.join(f'`{layer}`' for layer in n['layers'])} | {n['units']} |"
+            for n in networks
+        )
+
+    accuracy = "not measured (trained with --skip-evaluation)"
+    if evaluation is not None:
+        accuracy = load_script("eval_known_units").markdown_summary(evaluation)
+    command = "python scripts/train_embedded_captioner.py " + shlex.join(
+        list(argv) if argv is not None else sys.argv[1:]
+    )
+    return render_card(
+        {
+            "backbone": model.config.backbone,
+            "image_size": model.config.image_size,
+            "feature_size": model.config.feature_size,
+            "embedding_size": model.config.embedding_size,
+            "hidden_size": model.config.hidden_size,
+            "prior_layers": model.config.prior_config.num_layers,
+            "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M",
+            "vocabulary_size": model.config.vocab_size,
+            "train_networks": network_lines(train_networks),
+            "held_out_networks": network_lines(held_out_networks),
+            "num_images": corpus["num_images"],
+            "train_units": metrics["train_units"],
+            "validation_units": metrics["validation_units"],
+            "train_descriptions": metrics["train_descriptions"],
+            "validation_bleu": f"{metrics['validation_bleu']:.2f}",
+            "validation_loss": f"{metrics['validation_loss']:.3f}",
+            "prior_validation_loss": f"{metrics['prior_validation_loss']:.3f}",
+            "epochs": len(metrics["captioner_history"]),
+            "held_out_accuracy": accuracy,
+            "eval_num_beams": (evaluation or {}).get("num_beams", model.config.beam_size),
+            "command": command.strip(),
+            "pmi_weight": model.config.pmi_weight,
+            "beam_size": model.config.beam_size,
+        }
+    )
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"train_embedded_captioner: error: {error}", file=sys.stderr)
+        sys.exit(2)
