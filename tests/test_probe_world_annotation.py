@@ -112,11 +112,11 @@ def test_grammar_vocabulary_has_real_variety():
     assert len(words) >= (400 if C.load_stamps() else 200)
 
 
-def test_annotator_recovers_planted_units():
+def test_annotator_recovers_planted_units(tmp_path):
     """Extraction (milan_hf.exemplars) + annotation on a fixed seed: >= 90% of planted units."""
     size = 48
     # Without cut-outs, so that the measurement is the same whether or not they are installed.
-    scenes = build_scene_dataset(320, seed=0, size=size, use_stamps=False)
+    scenes = build_scene_dataset(320, seed=0, size=size, use_stamps=False, cache_dir=tmp_path)
     exemplars = extract_exemplars(
         planted_units_model(),
         ["colour", "orientation", "logic"],

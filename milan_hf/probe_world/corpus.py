@@ -214,6 +214,8 @@ def build_corpus(
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
     if num_images < k:
         raise ValueError(f"num_images ({num_images}) must be at least k ({k})")
+    if image_size % 8 or image_size < 16:
+        raise ValueError(f"image_size must be a multiple of 8 (the ViT's patch), got {image_size}")
     stamps = C.load_stamps() if use_stamps else ()
     networks = corpus_networks(
         stamps,

@@ -93,7 +93,7 @@ class ColourDetectors(nn.Module):
     def __init__(self, sigma: float = 0.12, window: int = 5):
         super().__init__()
         centres = torch.tensor(list(COLOUR_RGB.values()), dtype=torch.float32) / 255.0
-        self.register_buffer("centres", centres[:, :, None, None])  # (colours, 3, 1, 1)
+        self.register_buffer("centres", centres[:, :, None, None])  # (colours, 3, 1, 1) filters
         self.sigma = sigma
         self.window = window
         self.cutoff = 0.05  # exp(-d^2 / 2 sigma^2) below this (d > 2.45 sigma) counts as 0
@@ -104,7 +104,10 @@ class ColourDetectors(nn.Module):
         The cut-off matters for rare colours: their 0.99-quantile threshold is then 0, and
         masks (activation > threshold) keep only pixels of the colour, not its faint tail.
         """
-        squared = ((pixels[:, None] - self.centres[None]) ** 2).sum(dim=2)
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2, the cross term as a 1x1 convolution (cheap).
+        cross = F.conv2d(pixels, self.centres)
+        squared = (pixels**2).sum(dim=1, keepdim=True) - 2 * cross
+        squared = (squared + (self.centres**2).sum(dim=(1, 2, 3))[None, :, None, None]).clamp(min=0)
         bump = torch.exp(-squared / (2 * self.sigma**2))
         return F.relu(bump - self.cutoff) / (1 - self.cutoff)
 
