@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datasets
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -11,6 +12,17 @@ from milan_hf import schema
 from milan_hf.configuration_milan import MilanCaptionerConfig, MilanPriorConfig
 from milan_hf.modeling_milan import MilanCaptionerModel
 from milan_hf.tokenization_milan import MilanTokenizer
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models run fastest on one thread, and a busy CPU does not stall them on thread
+    barriers; the previous setting is restored for other tests."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 TINY_BACKBONE = "test_efficientnet"  # timm's 82k-parameter test model, random weights
 IMAGE_SIZE = 32

@@ -17,7 +17,14 @@ from milan_hf.modeling_milan import (
     _efficientnet_lite0_state_dict,
 )
 from milan_hf.processing_milan import MilanProcessor
-from tests.captioner_fixtures import random_rows, tiny_captioner, tiny_tokenizer
+from tests.captioner_fixtures import (
+    random_rows,
+    single_thread,  # noqa: F401  (fixture)
+    tiny_captioner,
+    tiny_tokenizer,
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 MAX_LENGTH = 3
 

@@ -12,6 +12,9 @@ import pytest
 import timm
 import torch
 
+from tests.captioner_fixtures import single_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_original_checkpoint.py"
 WORDS = ("red", "stripes", "dog", "faces", "the", ",")
 EMBEDDING, HIDDEN, FEATURES = 8, 16, 64 + 64 + 128 + 256 + 512  # resnet18 pyramid: 1024

@@ -12,7 +12,13 @@ from huggingface_hub import HfApi
 
 from milan_hf.modeling_milan import MilanCaptionerModel
 from milan_hf.processing_milan import MilanProcessor
-from tests.captioner_fixtures import TINY_BACKBONE, colour_corpus
+from tests.captioner_fixtures import (
+    TINY_BACKBONE,
+    colour_corpus,
+    single_thread,  # noqa: F401  (fixture)
+)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_captioner.py"
 
