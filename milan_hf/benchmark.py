@@ -378,6 +378,36 @@ def check_reproduced_annotations(
 # ---- scoring --------------------------------------------------------------------------------
 
 
+def _empty_tolerant_bertscore():
+    """``DescriptionBertScore`` that gives an empty prediction F1 0 instead of crashing.
+
+    A captioner may end a description at once (an empty string). bert-score's own rule for an
+    empty candidate is a raw score of 0, but under transformers 5 it crashes before applying
+    it (its empty-sentence branch calls ``build_inputs_with_special_tokens``, which tokenizers
+    no longer have). Empty predictions are therefore scored 0 here and the rest by bert-score.
+    """
+    from milan_hf.metrics import DescriptionBertScore
+
+    class EmptyTolerantBertScore(DescriptionBertScore):
+        def _compute(self, predictions, references, **kwargs):
+            kept = [index for index, text in enumerate(predictions) if text.strip()]
+            if len(kept) == len(predictions):
+                return super()._compute(predictions, references, **kwargs)
+            result: dict[str, Any] = {"bertscore_hashcode": None}
+            if kept:
+                result = super()._compute(
+                    [predictions[i] for i in kept], [references[i] for i in kept], **kwargs
+                )
+            for key in self.per_prediction_keys:
+                scores = [0.0] * len(predictions)
+                for index, value in zip(kept, result.get(key, [])):
+                    scores[index] = value
+                result[key] = scores
+            return result
+
+    return EmptyTolerantBertScore(keep_in_memory=True)
+
+
 def _qualified_layers(exemplars: datasets.Dataset) -> list[str]:
     # Two networks may share layer names (conv1): key units by set and layer when sets differ.
     layers = exemplars[schema.LAYER]
@@ -411,7 +441,16 @@ def score_methods(
     from milan_hf.evaluation import concept_accuracy, score_descriptions
     from milan_hf.metrics import load_metric
 
-    modules = [load_metric(name) for name in metrics]  # loaded once, shared by every method
+    # Loaded once, shared by every method.
+    modules = [
+        _empty_tolerant_bertscore() if name == "bertscore" else load_metric(name)
+        for name in metrics
+    ]
+    # score_descriptions finds a metric's kwargs by the module's name.
+    metric_kwargs = {
+        (module.name if name == "bertscore" else name): (metric_kwargs or {}).get(name, {})
+        for name, module in zip(metrics, modules)
+    }
     keyed_layers = _qualified_layers(exemplars)
     references = datasets.Dataset.from_dict(
         {
@@ -436,6 +475,8 @@ def score_methods(
         scored, summary = score_descriptions(
             predictions, references, metrics=modules, metric_kwargs=metric_kwargs
         )
+        # An empty description (the decoder ended at once) is a failure mode worth seeing.
+        summary["empty_fraction"] = sum(not text.strip(". ") for text in texts) / len(texts)
         score_columns = [
             column
             for column in scored.column_names
@@ -622,8 +663,24 @@ MAIN_COLUMNS = (
     "rougeL",
     "cosine_max",
     "accuracy",
+    "empty_fraction",
     "num_units",
 )
+#: Headers of the summary keys that ``milan_hf.evaluation.TABLE_COLUMNS`` does not name.
+EXTRA_HEADERS = {"sentence_bleu": "sentence BLEU", "empty_fraction": "Empty"}
+
+
+def _header(key: str) -> str:
+    from milan_hf.evaluation import TABLE_COLUMNS
+
+    return TABLE_COLUMNS[key][0] if key in TABLE_COLUMNS else EXTRA_HEADERS.get(key, key)
+
+
+def _renamed_headers(table: str) -> str:
+    header, rest = table.split("\n", 1)
+    for key, name in EXTRA_HEADERS.items():
+        header = header.replace(f"| {key} |", f"| {name} |")
+    return header + "\n" + rest
 
 
 #: Per-unit score shown in the by-set table: the first of these that was computed.
@@ -632,12 +689,12 @@ BY_SET_METRICS = ("bertscore_f1", "rougeL", "cosine_max", "sentence_bleu")
 
 def results_markdown(rows: Mapping[str, Mapping[str, Any]], metadata: Mapping[str, Any]) -> str:
     """The evaluation as markdown: title, main table, BERTScore by set, accuracy by family."""
-    from milan_hf.evaluation import TABLE_COLUMNS, accuracy_by_family_table, results_table
+    from milan_hf.evaluation import accuracy_by_family_table, results_table
 
     title = metadata.get("title")
     parts = [f"# {title}\n"] if title else []
     columns = [key for key in MAIN_COLUMNS if any(key in row for row in rows.values())]
-    table = results_table(rows, columns=columns).replace("| sentence_bleu |", "| sentence BLEU |")
+    table = _renamed_headers(results_table(rows, columns=columns))
     parts.append("## Reference metrics\n\n" + table)
 
     by_set_rows = {m: row["by_set"] for m, row in rows.items() if "by_set" in row}
@@ -654,8 +711,9 @@ def results_markdown(rows: Mapping[str, Mapping[str, Any]], metadata: Mapping[st
         cells = {
             m: {s: v.get(metric) for s, v in by_set.items()} for m, by_set in by_set_rows.items()
         }
-        header = TABLE_COLUMNS.get(metric, (metric,))[0].replace("sentence_bleu", "sentence BLEU")
-        parts.append(f"## {header} by set (paper Table 2 layout)\n\n" + results_table(cells, sets))
+        parts.append(
+            f"## {_header(metric)} by set (paper Table 2 layout)\n\n" + results_table(cells, sets)
+        )
     for known_by, heading in ((PLANTED, "planted units"), (IOU_LABELLED, "IoU-labelled units")):
         accuracy_rows = {
             m: row["ground_truth"][known_by]

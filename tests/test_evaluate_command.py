@@ -26,6 +26,7 @@ from milan_hf.benchmark import (
     IOU_LABELLED,
     NETDISSECT,
     PLANTED,
+    _empty_tolerant_bertscore,
     annotate_probe_world_units,
     decoding_settings,
     expression_concept,
@@ -110,6 +111,7 @@ def test_evaluate_writes_the_table_files_and_per_unit_dataset(
         assert set(row["ground_truth"]) == {PLANTED, IOU_LABELLED}
         assert row["ground_truth"][PLANTED]["num_units"] == len(planted_units())
         assert 0.0 <= row["bertscore_f1"] <= 1.0
+        assert 0.0 <= row["empty_fraction"] <= 1.0
     # The IoU describer names its own concept: perfect on IoU-labelled units, and better than
     # an untrained captioner everywhere.
     netdissect = document["results"][NETDISSECT]
@@ -165,6 +167,16 @@ def test_lambda_sweep_reranks_one_beam_like_generate(captioner_dir, test_split):
     )
     expected = captioner.generate(**inputs, num_beams=4, pmi_weight=3.0, pmi_strategy="token")
     assert token_level["PMI λ=3"] == expected.descriptions
+
+
+def test_empty_descriptions_score_zero_bertscore_instead_of_crashing():
+    bertscore = _empty_tolerant_bertscore()
+    result = bertscore.compute(
+        predictions=["", "red circles", " "], references=[["red"], ["red circles"], ["blue"]]
+    )
+    assert result["bertscore_f1"][0] == 0.0 and result["bertscore_f1"][2] == 0.0
+    assert result["bertscore_f1"][1] == pytest.approx(1.0, abs=1e-4)
+    assert bertscore.compute(predictions=[""], references=[["red"]])["bertscore_f1"] == [0.0]
 
 
 def test_reannotation_reproduces_the_corpus_and_planted_truth_is_by_construction(
