@@ -38,7 +38,9 @@ class NeuronDescriptionPipeline(Pipeline):
     def __init__(
         self, model: MilanCaptionerModel, processor: MilanProcessor | None = None, **kwargs
     ):
-        if processor is None:
+        if processor is None and getattr(model, "tokenizer", None) is not None:
+            processor = MilanProcessor.from_model_config(model.config, model.tokenizer)
+        elif processor is None:
             processor = MilanProcessor.from_pretrained(model.name_or_path)
         if not isinstance(processor, MilanProcessor):
             raise ValueError(f"Expected a MilanProcessor, got {type(processor).__name__}.")

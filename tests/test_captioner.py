@@ -215,6 +215,8 @@ def test_save_load_round_trip_identical_outputs_and_descriptions(tokenizer, tmp_
     assert results[1]["unit"] == 1 and results[1]["layer"] == "layer1"
     assert set(results[0]) >= {"score", "captioner_log_prob", "prior_log_prob"}
     assert describer(rows[0], num_beams=5)["description"] == before.descriptions[0]
+    in_memory = pipeline("neuron-description", model=loaded)  # processor from its tokenizer
+    assert in_memory(rows, num_beams=5)[2]["description"] == before.descriptions[2]
 
 
 def test_pretrained_backbone_survives_post_init_and_round_trip(tokenizer, tmp_path):
