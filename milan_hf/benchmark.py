@@ -272,7 +272,7 @@ def annotate_probe_world_units(
     if missing:
         raise ValueError(f"Annotating probe-world units needs column(s) {missing}.")
     annotations: list = [None] * len(exemplars)
-    sources = exemplars[SOURCE]
+    sources = list(exemplars[SOURCE])
     for source in dict.fromkeys(sources):
         indices = [index for index, name in enumerate(sources) if name == source]
         image_size = int(corpus.network(source)["image_size"])
@@ -378,6 +378,10 @@ def check_reproduced_annotations(
 # ---- scoring --------------------------------------------------------------------------------
 
 
+#: Metrics whose result is only one score per unit (the corpus value is their mean).
+PER_UNIT_ONLY_METRICS = ("bertscore", "embedding_cosine")
+
+
 def _empty_tolerant_bertscore():
     """``DescriptionBertScore`` that gives an empty prediction F1 0 instead of crashing.
 
@@ -410,7 +414,7 @@ def _empty_tolerant_bertscore():
 
 def _qualified_layers(exemplars: datasets.Dataset) -> list[str]:
     # Two networks may share layer names (conv1): key units by set and layer when sets differ.
-    layers = exemplars[schema.LAYER]
+    layers = list(exemplars[schema.LAYER])
     if SOURCE not in exemplars.column_names:
         return layers
     return [f"{source}::{layer}" for source, layer in zip(exemplars[SOURCE], layers)]
@@ -441,40 +445,77 @@ def score_methods(
     from milan_hf.evaluation import concept_accuracy, score_descriptions
     from milan_hf.metrics import load_metric
 
-    # Loaded once, shared by every method.
-    modules = [
+    for method, texts in descriptions.items():
+        if len(texts) != len(exemplars):
+            raise ValueError(f"{method}: {len(texts)} descriptions for {len(exemplars)} units.")
+    # Metrics with only per-unit scores (the embedding ones, the slow ones) score every
+    # method in one call: each reference, and each description several methods share, is
+    # embedded once. Corpus-level metrics (BLEU, ROUGE) score one method at a time.
+    joint_names = [name for name in metrics if name in PER_UNIT_ONLY_METRICS]
+    separate_names = [name for name in metrics if name not in PER_UNIT_ONLY_METRICS]
+    joint_modules = [
         _empty_tolerant_bertscore() if name == "bertscore" else load_metric(name)
-        for name in metrics
+        for name in joint_names
     ]
+    separate_modules = [load_metric(name) for name in separate_names]
     # score_descriptions finds a metric's kwargs by the module's name.
-    metric_kwargs = {
+    joint_kwargs = {
         (module.name if name == "bertscore" else name): (metric_kwargs or {}).get(name, {})
-        for name, module in zip(metrics, modules)
+        for name, module in zip(joint_names, joint_modules)
     }
+    separate_kwargs = {name: (metric_kwargs or {}).get(name, {}) for name in separate_names}
+
     keyed_layers = _qualified_layers(exemplars)
-    references = datasets.Dataset.from_dict(
-        {
-            schema.LAYER: keyed_layers,
-            schema.UNIT: exemplars[schema.UNIT],
-            schema.DESCRIPTIONS: exemplars[schema.DESCRIPTIONS],
-        }
+    layers, units = list(exemplars[schema.LAYER]), list(exemplars[schema.UNIT])
+    unit_references = list(exemplars[schema.DESCRIPTIONS])
+    methods = list(descriptions)
+
+    def keyed_dataset(copies: int, column: str, values: list) -> datasets.Dataset:
+        # ``copies`` blocks of the units, block i keyed "i::<layer>" so that keys stay unique.
+        prefixes = [f"{copy}::" if copies > 1 else "" for copy in range(copies)]
+        return datasets.Dataset.from_dict(
+            {
+                schema.LAYER: [prefix + layer for prefix in prefixes for layer in keyed_layers],
+                schema.UNIT: units * copies,
+                column: values,
+            }
+        )
+
+    joint_scores: dict[str, list[float]] = {}
+    joint_summary: dict[str, Any] = {}
+    if joint_modules:
+        joint_scored, joint_summary = score_descriptions(
+            keyed_dataset(
+                len(methods), "description", [t for m in methods for t in descriptions[m]]
+            ),
+            keyed_dataset(len(methods), schema.DESCRIPTIONS, unit_references * len(methods)),
+            metrics=joint_modules,
+            metric_kwargs=joint_kwargs,
+        )
+        for column in joint_scored.column_names:
+            if column not in (schema.LAYER, schema.UNIT, "description", "references"):
+                joint_scores[column] = list(joint_scored[column])
+    references = keyed_dataset(1, schema.DESCRIPTIONS, unit_references)
+    sources = (
+        list(exemplars[SOURCE]) if SOURCE in exemplars.column_names else ["(all)"] * len(exemplars)
     )
-    layers, units = exemplars[schema.LAYER], exemplars[schema.UNIT]
-    sources = exemplars[SOURCE] if SOURCE in exemplars.column_names else ["(all)"] * len(exemplars)
     truth = list(ground_truth) if ground_truth is not None else [None] * len(exemplars)
     known = [index for index, item in enumerate(truth) if item is not None]
 
     rows: dict[str, dict[str, Any]] = {}
     per_unit: dict[str, datasets.Dataset] = {}
-    for method, texts in descriptions.items():
-        if len(texts) != len(exemplars):
-            raise ValueError(f"{method}: {len(texts)} descriptions for {len(exemplars)} units.")
-        predictions = datasets.Dataset.from_dict(
-            {schema.LAYER: keyed_layers, schema.UNIT: units, "description": texts}
-        )
+    for position, (method, texts) in enumerate(descriptions.items()):
+        predictions = keyed_dataset(1, "description", list(texts))
         scored, summary = score_descriptions(
-            predictions, references, metrics=modules, metric_kwargs=metric_kwargs
+            predictions, references, metrics=separate_modules, metric_kwargs=separate_kwargs
         )
+        block = slice(position * len(texts), (position + 1) * len(texts))
+        for column, values in joint_scores.items():
+            scored = scored.add_column(column, values[block])
+            summary[column] = _mean(values[block])
+        for key, value in joint_summary.items():
+            if key not in joint_scores and key != "num_units":
+                summary[key] = value
         # An empty description (the decoder ended at once) is a failure mode worth seeing.
         summary["empty_fraction"] = sum(not text.strip(". ") for text in texts) / len(texts)
         score_columns = [
@@ -637,7 +678,7 @@ def run_benchmark(
         concept_phrases=concept_phrases,
     )
     timings["scoring"] = time.perf_counter() - scoring_started
-    sources = exemplars[SOURCE] if SOURCE in exemplars.column_names else []
+    sources = list(exemplars[SOURCE]) if SOURCE in exemplars.column_names else []
     metadata.update(
         {
             "num_units": len(exemplars),

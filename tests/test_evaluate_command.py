@@ -34,6 +34,7 @@ from milan_hf.benchmark import (
     probe_world_ground_truth,
     read_probe_world_corpus,
     rerank_beam,
+    score_methods,
 )
 from milan_hf.milannotations import load_milannotations
 from milan_hf.probe_world.corpus import build_corpus
@@ -177,6 +178,28 @@ def test_empty_descriptions_score_zero_bertscore_instead_of_crashing():
     assert result["bertscore_f1"][0] == 0.0 and result["bertscore_f1"][2] == 0.0
     assert result["bertscore_f1"][1] == pytest.approx(1.0, abs=1e-4)
     assert bertscore.compute(predictions=[""], references=[["red"]])["bertscore_f1"] == [0.0]
+
+
+def test_joint_scoring_of_methods_equals_scoring_each_alone(test_split):
+    from milan_hf.evaluation import score_descriptions
+
+    units = test_split.select(range(6))
+    texts = ["red patches", "blue", "vertical stripes", "", "red patches", "circles at the top"]
+    descriptions = {"a": texts, "b": texts[::-1]}
+    rows, per_unit = score_methods(units, descriptions, metrics=("bertscore", "rouge"))
+    references = units.select_columns(["layer", "unit", "descriptions"])
+    for method, method_texts in descriptions.items():
+        predictions = datasets.Dataset.from_dict(
+            {"layer": units["layer"], "unit": units["unit"], "description": method_texts}
+        )
+        alone, summary = score_descriptions(
+            predictions, references, metrics=[_empty_tolerant_bertscore(), "rouge"]
+        )
+        assert per_unit[method]["bertscore_f1"] == pytest.approx(alone["bertscore_f1"])
+        assert rows[method]["bertscore_f1"] == pytest.approx(summary["bertscore_f1"])
+        assert rows[method]["rougeL"] == pytest.approx(summary["rougeL"])
+        assert per_unit[method]["description"] == method_texts
+    assert rows["a"]["empty_fraction"] == pytest.approx(1 / 6)
 
 
 def test_reannotation_reproduces_the_corpus_and_planted_truth_is_by_construction(
