@@ -285,6 +285,7 @@ class MilanExemplarEncoder(nn.Module):
                 f"Backbone {config.backbone!r} cannot give multi-stage features: {error}"
             ) from error
         self.feature_size = sum(self.backbone.feature_info.channels())
+        self.images_per_pass = 16
         self.backbone.requires_grad_(False)
         self.backbone.eval()
 
@@ -320,6 +321,18 @@ class MilanExemplarEncoder(nn.Module):
         units, k = pixel_values.shape[:2]
         images = pixel_values.flatten(0, 1)
         masks = masks.flatten(0, 1).unsqueeze(1).to(images.dtype)
+        # A few images per pass: big batches of full-resolution feature maps only thrash the
+        # CPU caches (batching pays off in the decoder, not here).
+        chunks = [
+            self._pool(
+                images[start : start + self.images_per_pass],
+                masks[start : start + self.images_per_pass],
+            )
+            for start in range(0, len(images), self.images_per_pass)
+        ]
+        return torch.cat(chunks).view(units, k, -1)
+
+    def _pool(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         pooled = []
         for feature_map in self.backbone(images):
             stage_masks = F.interpolate(
@@ -328,7 +341,7 @@ class MilanExemplarEncoder(nn.Module):
             # Normalise to sum 1 so pooling is a weighted mean; an empty mask pools to zeros.
             stage_masks = stage_masks / stage_masks.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-8)
             pooled.append((feature_map * stage_masks).sum(dim=(-1, -2)))
-        return torch.cat(pooled, dim=-1).view(units, k, -1)
+        return torch.cat(pooled, dim=-1)
 
 
 def _efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
