@@ -254,7 +254,9 @@ class PriorLogitsProcessor(LogitsProcessor):
         prefixes = input_ids[:, :-1]
         _, inverse = torch.unique(torch.cat([previous, prefixes]), dim=0, return_inverse=True)
         previous_of_id = inverse.new_full((int(inverse.max()) + 1,), -1)
-        previous_of_id[inverse[: len(previous)]] = torch.arange(len(previous))
+        previous_of_id[inverse[: len(previous)]] = torch.arange(
+            len(previous), device=inverse.device
+        )
         parents = previous_of_id[inverse[len(previous) :]]
         return None if bool((parents < 0).any()) else parents
 
