@@ -6,8 +6,8 @@ describer of the evaluation. For one unit with exemplar images ``ids`` and binar
 
     IoU(X) = sum_j |M_j & X_j| / sum_j |M_j | X_j|
 
-over every single concept present in the exemplars and the five regions, then over
-compositions of the ``beam`` best singles: ``a AND b``, ``a OR b`` and ``a AND region``. A
+over every single concept present in the exemplars, then over compositions of the ``beam``
+best singles: ``a AND b``, ``a OR b`` and ``a AND region`` (regions never win alone). A
 composition must beat the simpler expressions by ``margin`` per extra term (ties go to the
 simpler one). The winner is phrased three ways by ``phrasing.phrase``; below ``iou_floor`` the
 unit is described as having no clear concept rather than forced into one.
@@ -15,6 +15,7 @@ unit is described as having no clear concept rather than forced into one.
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -228,6 +229,15 @@ def choose_expression(
         expression, value = item
         return value - margin * (len(expression) - 2)
 
+    # A region alone ("the top half") says where, not what: it only counts combined with a
+    # concept. Large blob-like masks would otherwise all be described by their position.
+    scored = [
+        item
+        for item in scored
+        if not all(C.concept_family(name) == C.REGION for name in item[0][1:])
+    ]
+    if not scored:
+        return NONE_EXPRESSION, 0.0
     expression, value = max(scored, key=score)  # max keeps the first (simplest) of ties
     if value < iou_floor:
         return NONE_EXPRESSION, value
@@ -250,7 +260,8 @@ def _dominant_captions(expression, ids, scenes: SceneMasks, unit_concepts) -> li
     if not counts:
         return []
     caption, count = counts.most_common(1)[0]
-    return [caption] if count >= max(2, len(ids) // 2) else []
+    caption = re.sub(r"[^a-z0-9' -]+", "", caption.lower()).strip()  # captions carry quotes
+    return [caption] if caption and count >= max(2, len(ids) // 4) else []
 
 
 def describe_unit(

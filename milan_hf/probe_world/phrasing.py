@@ -7,12 +7,14 @@ top half"). The grammar, with ``N(c)`` a noun phrase of concept ``c``, ``A(c)`` 
 an attribute concept (colour or pattern) and ``R(r)`` a phrase for region ``r``::
 
     description  := single | attributed | located | disjunction | conjunction | nothing
-    single       := N(c) | Q N(c) | "parts of" N(c)          -- Q: some, many, small, large
-                  | A(colour) AREA | "the colour" colour       -- AREA: regions, patches, ...
+    single       := F(N(c)) | Q N(c)                  -- Q: QUANTIFIERS (some, many, a few…)
+                  | A(colour) AREA | "the colour" colour  -- AREA: AREAS (regions, patches…)
+                    (F: FRAMES, e.g. "{} in the image", "regions with {}", "parts of {}")
     attributed   := A(a) N(x) | N(x) "that are" A(a) | N(x) "in" a | N(x) "filled with" N(a)
                     (a: a colour or pattern; x: a shape, object, text or texture)
-    located      := P(x) "in" R(r) | P(x) "at" R(r) | P(x) "near" R(r) | P(x) "located in" R(r)
-                    (P: a single or attributed phrase)
+    located      := P(x) L R(r)          -- L: LOCATORS (in, at, near, located in, along…)
+                    (P: a single phrase; regions never stand alone: "things at the top" says
+                    nothing about what the unit detects)
     disjunction  := N(a) "or" N(b) | "either" N(a) "or" N(b) | N(a) "and" N(b)
                   | N(a) "as well as" N(b)
     conjunction  := N(a) "with" N(b) | N(a) "on" N(b) | N(a) "overlapping" N(b)
@@ -30,9 +32,48 @@ import numpy as np
 
 from . import concepts as C
 
-QUANTIFIERS = ("some", "many", "small", "large", "bright", "clusters of")
-AREAS = ("regions", "areas", "patches", "things", "surfaces", "objects", "parts")
-LOCATORS = ("in", "at", "near", "located in", "along", "toward")
+QUANTIFIERS = (
+    "some",
+    "many",
+    "small",
+    "large",
+    "bright",
+    "clusters of",
+    "several",
+    "a few",
+    "lots of",
+    "groups of",
+    "tiny",
+    "big",
+    "bold",
+    "distinct",
+)
+AREAS = (
+    "regions",
+    "areas",
+    "patches",
+    "things",
+    "surfaces",
+    "objects",
+    "parts",
+    "spots",
+    "blobs",
+    "sections",
+    "zones",
+    "shapes",
+)
+LOCATORS = ("in", "at", "near", "located in", "along", "toward", "on", "around", "across")
+# Frames around a noun phrase for single concepts: "{}" is the phrase.
+FRAMES = (
+    "{}",
+    "{} in the image",
+    "{} in the picture",
+    "regions with {}",
+    "areas containing {}",
+    "parts of {}",
+    "{} in the scene",
+    "images of {}",
+)
 NOTHING_PHRASES = (
     "no clear concept",
     "nothing in particular",
@@ -79,6 +120,7 @@ def _nouns(name: str, vocab, captions: Sequence[str] = ()) -> list[str]:
     nouns = list(concept.nouns)
     if concept.family == C.OBJECT and captions:
         nouns += [f"the {caption}" for caption in captions] + [f"a {c}" for c in captions]
+        nouns += [f"{n} like the {c}" for n in concept.nouns[:2] for c in captions]
     return nouns
 
 
@@ -96,9 +138,9 @@ def _single(name: str, vocab, captions) -> list[str]:
         return [f"anything in {n}" for n in nouns] + [f"things at {n}" for n in nouns]
     if family == C.COLOUR:
         return nouns
-    return (
-        nouns + [f"{q} {n}" for q in QUANTIFIERS for n in nouns] + [f"parts of {n}" for n in nouns]
-    )
+    plain = [n for n in nouns if not n.startswith(("the ", "a "))]  # no "many the heron"
+    framed = [frame.format(n) for frame in FRAMES for n in nouns]
+    return framed + [f"{q} {n}" for q in QUANTIFIERS for n in plain]
 
 
 def _attributed(attribute: str, thing: str, vocab, captions) -> list[str]:
@@ -141,7 +183,9 @@ def candidate_phrases(
     regions = [n for n in (first, second) if C.concept_family(n) == C.REGION]
     if regions and len(regions) < 2:
         other = second if first == regions[0] else first
-        return _located(_single(other, vocab, captions)[:8], regions[0], vocab)
+        inner = _nouns(other, vocab, captions)
+        inner += [f"{q} {n}" for q in QUANTIFIERS[:4] for n in inner[:3] if " the " not in f" {n}"]
+        return _located(inner, regions[0], vocab)
     for attribute, thing in ((first, second), (second, first)):
         if _is_attribute(attribute) and not _is_attribute(thing):
             return _attributed(attribute, thing, vocab, captions)
