@@ -59,6 +59,9 @@ def render_concepts(
         unknown = [name for name in request if name not in known]
         if unknown:
             raise ValueError(f"unknown concept(s) {unknown}; known concepts: {sorted(known)}")
+        families = {C.concept_family(name) for name in request}
+        if C.TEXT in families and C.TEXTURE in families:
+            raise ValueError(f"text is drawn in one plain colour; cannot render {request}")
     scenes = []
     for index in range(num_images):
         request = requests[index % len(requests)]
