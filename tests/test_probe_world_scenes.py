@@ -6,7 +6,11 @@ from datasets import load_from_disk
 
 from milan_hf.cli import main as cli_main
 from milan_hf.probe_world import concepts as C
-from milan_hf.probe_world.rendering import render_concept_images, render_concepts
+from milan_hf.probe_world.rendering import (
+    describe_scene,
+    render_concept_images,
+    render_concepts,
+)
 from milan_hf.probe_world.scenes import (
     COLOUR_JITTER,
     COLOUR_TOLERANCE,
@@ -152,3 +156,18 @@ def test_probe_world_cli_writes_a_loadable_dataset(tmp_path, capsys):
     assert cli_main([*argv, "--output", str(output)]) == 2  # exists, no --overwrite
     assert "exists" in capsys.readouterr().err
     assert cli_main(["probe-world", "--num-images", "0", "--output", str(tmp_path / "x")]) == 2
+
+
+def test_scene_captions_state_items_and_relations():
+    for scene in render_concepts(["blue", "square", "bottom"], 3, size=SIZE, seed=2):
+        caption = describe_scene(scene, stamps=())
+        assert caption.split(",")[-2].strip().startswith("a blue square")
+        if len(scene.spec.items) > 1:
+            previous, square = scene.spec.items[-2:]
+            dx = square.centre[0] - previous.centre[0]
+            dy = square.centre[1] - previous.centre[1]
+            if abs(dy) >= abs(dx):
+                relation = "below" if dy > 0 else "above"
+            else:
+                relation = "right of" if dx > 0 else "left of"
+            assert f"a blue square {relation} it" in caption

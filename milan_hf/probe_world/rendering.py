@@ -86,3 +86,42 @@ def render_concept_images(
     """Like ``render_concepts`` but only the PIL images."""
     scenes = render_concepts(concepts, num_images, seed=seed, size=size, distractors=distractors)
     return [Image.fromarray(scene.image) for scene in scenes]
+
+
+def _item_phrase(item, stamps: Sequence[C.Stamp]) -> str:
+    if item.kind == "object":
+        return f"a {stamps[item.stamp_index].caption}" if stamps else "an object"
+    if item.kind == "text":
+        return f'the word "{item.name}" in {item.fill.colours[0]}'  # text is one plain colour
+    if item.fill.texture and item.fill.colours:
+        return f"a {' and '.join(item.fill.colours)} {item.name} with {item.fill.texture}"
+    if item.fill.texture:
+        return f"a {item.name} of {item.fill.texture}"
+    return f"a {item.fill.colours[0]} {item.name}"
+
+
+def _relation(first, second) -> str:
+    """Where ``first`` is relative to ``second`` (image y grows downwards)."""
+    dx = first.centre[0] - second.centre[0]
+    dy = first.centre[1] - second.centre[1]
+    if abs(dy) >= abs(dx):
+        return "above" if dy < 0 else "below"
+    return "left of" if dx < 0 else "right of"
+
+
+def describe_scene(scene: Scene, stamps: Sequence[C.Stamp] | None = None) -> str:
+    """A ground-truth caption of a scene with the spatial relations between its items, e.g.
+    ``a red circle above a blue square, on grass`` (a reference captioner for tests)."""
+    stamps = C.load_stamps() if stamps is None else stamps
+    items = scene.spec.items
+    parts = []
+    for index, item in enumerate(items):
+        phrase = _item_phrase(item, stamps)
+        if index > 0:
+            phrase = f"{phrase} {_relation(item, items[index - 1])} it"
+        parts.append(phrase)
+    background = scene.spec.background
+    ground = background.texture or background.colours[0]
+    if background.texture and background.colours:
+        ground = f"{' and '.join(background.colours)} {background.texture}"
+    return (", ".join(parts) + f", on {ground}") if parts else f"plain {ground}"
