@@ -19,7 +19,7 @@ from .probe_models import (
     load_probe_model,
     probe_transform,
 )
-from .rendering import render_concept_images, render_concepts
+from .rendering import describe_scene, render_concept_images, render_concepts
 from .scenes import Scene, build_scene_dataset, generate_scene, generate_scenes, region_masks
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "build_scene_dataset",
     "default_probe_models",
     "describe_by_iou",
+    "describe_scene",
     "describe_unit",
     "efficientnet_lite0",
     "generate_scene",
