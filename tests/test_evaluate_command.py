@@ -42,7 +42,12 @@ from milan_hf.probe_world.planted import planted_units
 from milan_hf.processing_milan import MilanProcessor
 from milan_hf.tokenization_milan import MilanTokenizer
 from tests.captioner_fixtures import tiny_captioner
-from tests.milannotations_fixture import UNITS_PER_SET, description, write_milannotations
+from tests.milannotations_fixture import (
+    UNITS_PER_SET,
+    description,
+    write_milannotations,
+    write_set,
+)
 
 # The test split: the planted network (ground truth by construction) and the small CNN.
 HELD_OUT = ["planted", "shape-cnn"]
@@ -119,7 +124,8 @@ def test_evaluate_writes_the_table_files_and_per_unit_dataset(
     assert netdissect["ground_truth"][IOU_LABELLED]["accuracy"] == 1.0
     assert netdissect["bertscore_f1"] > document["results"][GREEDY]["bertscore_f1"]
     metadata = document["metadata"]
-    assert metadata["held_out"] == HELD_OUT and metadata["split"] == "test"
+    assert metadata["held_out"] == ["planted/probeworld", "shape-cnn/probeworld"]
+    assert metadata["split"] == "test"
     assert metadata["probe_world"]["units_reannotated_identically"] == units
 
     markdown = (output / "results.md").read_text()
@@ -268,10 +274,11 @@ def test_a_corpus_from_another_world_version_is_scored_without_baseline(
     assert "No NetDissect row or accuracy" in (output / "results.md").read_text()
 
 
-def test_milannotations_layout_gives_the_paper_table_columns(tmp_path):
+def test_milannotations_layout_gives_the_paper_table_columns(tmp_path, capsys):
     # Three sets of the original release (Places sets ship images); hold out two of them.
     sets = ("alexnet/places365", "resnet152/places365", "biggan/places365")
     data = write_milannotations(tmp_path / "milannotations", sets)
+    write_set(data, "mini/places365", seed=9, mask_size=8)  # training only: never read
     words = sorted({word for name in sets for word in description(name, "x", 0, 0).split()})
     tokenizer = MilanTokenizer.from_words([*words, "conv1", "conv5", "layer1", "layer4"])
     captioner = tmp_path / "captioner"
@@ -292,6 +299,9 @@ def test_milannotations_layout_gives_the_paper_table_columns(tmp_path):
     markdown = (output / "results.md").read_text()
     assert "| Method | alexnet/places365 | resnet152/places365 |" in markdown
     assert "ROUGE-L by set (paper Table 2 layout)" in markdown
+    within_network = ["--captioner", captioner, "--data", data, "--held-out", "none"]
+    assert evaluate(*within_network, "--output", tmp_path / "out2") == 2
+    assert "mixes mask sizes" in capsys.readouterr().err
 
 
 def test_evaluate_on_a_saved_dataset_without_concept_masks(captioner_dir, test_split, tmp_path):

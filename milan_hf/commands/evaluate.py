@@ -136,16 +136,69 @@ def load_evaluation_data(args: argparse.Namespace):
         held_out = corpus.held_out
     if name in GENERALIZATION_SPLITS and held_out is not None:
         raise ValueError(f"--data {name!r} already fixes its held-out sets; drop --held-out")
-    exemplars = load_milannotations(
-        name,
-        data_dir=data_dir,
-        imagenet_dir=args.imagenet_dir,
-        split=args.split,
-        held_out=held_out,
-        seed=args.seed,
-    )
     label = f"{data.name}" if is_dir else args.data
-    return exemplars, corpus, list(held_out or []), label
+    if data_dir is None or name in GENERALIZATION_SPLITS or args.split not in ("train", "test"):
+        exemplars = load_milannotations(
+            name,
+            data_dir=data_dir,
+            imagenet_dir=args.imagenet_dir,
+            split=args.split,
+            held_out=held_out,
+            seed=args.seed,
+        )
+        return exemplars, corpus, list(held_out or []), label
+    exemplars, held_out_sets = _load_split_set_by_set(name, data_dir, held_out, args)
+    return exemplars, corpus, held_out_sets, label
+
+
+def _load_split_set_by_set(name: str, data_dir, held_out, args: argparse.Namespace):
+    """The split's rows, read one set at a time: only the sets the split draws from are read.
+
+    The same rows as ``load_milannotations(name, held_out=..., split=...)`` (held-out sets go
+    whole to ``test``; a set's within-network split does not depend on its company), but sets
+    outside the split may have other mask sizes (the probe-world corpus's EfficientNet).
+    """
+    import datasets
+
+    from ..milannotations import (
+        discover_milannotations,
+        load_milannotations,
+        resolve_milannotations_name,
+    )
+
+    sets = resolve_milannotations_name(name, tuple(discover_milannotations(data_dir)))
+    if held_out is None:
+        chosen, set_split = sets, args.split
+    else:
+        held_out_sets = tuple(
+            dict.fromkeys(s for n in held_out for s in resolve_milannotations_name(n, sets))
+        )
+        if not held_out_sets or set(held_out_sets) == set(sets):
+            raise ValueError(
+                f"--held-out {' '.join(held_out)} must name some but not all of the sets {sets}"
+            )
+        # Every unit of a set in the split: held-out sets for test, the others for train.
+        wanted = args.split == "test"
+        chosen = [s for s in sets if (s in held_out_sets) == wanted]
+        set_split = "train+test"
+    parts = [
+        load_milannotations(
+            set_name,
+            data_dir=data_dir,
+            imagenet_dir=args.imagenet_dir,
+            split=set_split,
+            seed=args.seed,
+        )
+        for set_name in chosen
+    ]
+    mask_sizes = {s: p.features["masks"].feature.shape for s, p in zip(chosen, parts)}
+    if len(set(mask_sizes.values())) > 1:
+        raise ValueError(
+            f"The {args.split} split mixes mask sizes {mask_sizes}; evaluate those sets apart "
+            "(--data <set> or --held-out)."
+        )
+    held_out_names = [] if held_out is None else list(held_out_sets)
+    return datasets.concatenate_datasets(parts), held_out_names
 
 
 def run(args: argparse.Namespace) -> int:
