@@ -96,6 +96,42 @@ PATTERN_ADJECTIVES = {
     "gravel": ("gravelly", "pebbled", "stony"),
 }
 
+# Extra wordings on top of ``concepts.py``'s canonical nouns and adjectives: style, not meaning,
+# so they live with the grammar (and changing them never invalidates cached scenes or models).
+EXTRA_NOUNS = {
+    "circle": ("round objects", "circular regions", "disks", "orbs"),
+    "square": ("square tiles", "blocky shapes", "cubes"),
+    "triangle": ("three sided shapes", "triangular regions", "arrowheads"),
+    "star": ("star outlines", "pointy stars", "spiky shapes"),
+    "ring": ("hoops", "ring shapes", "circular frames"),
+    "cross": ("cruciform shapes", "intersecting bars", "crossing lines"),
+    "diamond": ("lozenges", "diamond outlines", "kite shapes"),
+    "hexagon": ("hexagonal tiles", "six cornered shapes"),
+    "horizontal stripes": ("parallel horizontal lines", "horizontal striping", "striations"),
+    "vertical stripes": ("pinstripes", "vertical striping", "columns of stripes"),
+    "diagonal stripes": ("diagonal hatching", "tilted stripes", "angled lines"),
+    "dots": ("dot patterns", "spotty textures", "grids of dots"),
+    "checkerboard": ("checks", "tiled squares", "chequered texture"),
+    "noise": ("static noise", "random pixels", "fuzzy texture", "colourful noise"),
+    "brick": ("brick patterns", "walls", "stacked bricks"),
+    "grass": ("turf", "meadow texture", "green grass"),
+    "gravel": ("stones", "gravel paths", "rocky texture"),
+    "text": ("text labels", "typed letters", "alphabet letters", "inscriptions", "fonts"),
+}
+EXTRA_ADJECTIVES = {
+    "red": ("ruby", "cherry red"),
+    "orange": ("tangerine", "burnt orange"),
+    "yellow": ("lemon yellow", "mustard"),
+    "green": ("emerald", "lime green"),
+    "blue": ("navy", "azure", "sky blue"),
+    "purple": ("lilac", "lavender", "plum"),
+    "pink": ("fuchsia", "hot pink", "salmon pink"),
+    "brown": ("tan", "bronze", "coffee coloured"),
+    "black": ("inky", "charcoal"),
+    "white": ("snowy", "ivory", "cream"),
+    "grey": ("silver", "slate", "ash grey"),
+}
+
 _VOCABULARY = C.all_concepts()
 
 
@@ -115,9 +151,10 @@ def _is_attribute(name: str) -> bool:
 def _nouns(name: str, vocab, captions: Sequence[str] = ()) -> list[str]:
     concept = _concept(name, vocab)
     if concept.family == C.COLOUR:
-        forms = [f"{adj} {area}" for adj in concept.adjectives for area in AREAS]
+        adjectives = concept.adjectives + EXTRA_ADJECTIVES.get(name, ())
+        forms = [f"{adj} {area}" for adj in adjectives for area in AREAS]
         return forms + [f"the colour {name}", f"things coloured {name}"]
-    nouns = list(concept.nouns)
+    nouns = list(concept.nouns) + list(EXTRA_NOUNS.get(name, ()))
     if concept.family == C.OBJECT and captions:
         nouns += [f"the {caption}" for caption in captions] + [f"a {c}" for c in captions]
         nouns += [f"{n} like the {c}" for n in concept.nouns[:2] for c in captions]
@@ -127,8 +164,13 @@ def _nouns(name: str, vocab, captions: Sequence[str] = ()) -> list[str]:
 def _adjectives(name: str, vocab) -> list[str]:
     concept = _concept(name, vocab)
     if concept.family == C.COLOUR:
-        return list(concept.adjectives)
+        return list(concept.adjectives + EXTRA_ADJECTIVES.get(name, ()))
     return list(PATTERN_ADJECTIVES.get(name, ()))
+
+
+def _spread(forms: Sequence[str], count: int = 8) -> list[str]:
+    """``count`` forms spread over the list (which is ordered by adjective, then noun)."""
+    return list(forms[:: max(1, len(forms) // count)])[:count]
 
 
 def _single(name: str, vocab, captions) -> list[str]:
@@ -174,8 +216,8 @@ def candidate_phrases(
         return _single(expression[1], vocab, captions)
     first, second = expression[1], expression[2]
     if operator == "or":
-        a_forms = _single(first, vocab, captions)[:6]
-        b_forms = _single(second, vocab, captions)[:6]
+        a_forms = _spread(_nouns(first, vocab, captions))
+        b_forms = _spread(_nouns(second, vocab, captions))
         templates = ("{a} or {b}", "either {a} or {b}", "{a} and {b}", "{a} as well as {b}")
         return [t.format(a=a, b=b) for t in templates for a in a_forms for b in b_forms]
     if operator != "and":
@@ -196,8 +238,8 @@ def candidate_phrases(
         )
         if C.concept_family(pattern) != C.COLOUR:
             return _attributed(colour, pattern, vocab, captions)
-    a_forms = _single(first, vocab, captions)[:6]
-    b_forms = _single(second, vocab, captions)[:6]
+    a_forms = _spread(_nouns(first, vocab, captions))
+    b_forms = _spread(_nouns(second, vocab, captions))
     templates = ("{a} with {b}", "{a} on {b}", "{a} overlapping {b}", "{a} next to {b}")
     return [t.format(a=a, b=b) for t in templates for a in a_forms for b in b_forms]
 
