@@ -28,9 +28,11 @@ from milan_hf.benchmark import (
     PLANTED,
     _empty_tolerant_bertscore,
     annotate_probe_world_units,
+    check_annotations_against_references,
     decoding_settings,
     expression_concept,
     generate_descriptions,
+    probe_world_concept_phrases,
     probe_world_ground_truth,
     read_probe_world_corpus,
     rerank_beam,
@@ -206,6 +208,27 @@ def test_joint_scoring_of_methods_equals_scoring_each_alone(test_split):
         assert rows[method]["rougeL"] == pytest.approx(summary["rougeL"])
         assert per_unit[method]["description"] == method_texts
     assert rows["a"]["empty_fraction"] == pytest.approx(1 / 6)
+
+
+def test_reannotated_concepts_are_checked_against_the_references_meaning():
+    from milan_hf.probe_world.annotation import Annotation
+
+    said = [["red patches", "crimson areas", "reddish things"]] * 3 + [["things at the top"]]
+    units = datasets.Dataset.from_dict({"descriptions": said})
+    found = [
+        Annotation("l", 0, ("concept", "red"), 0.5, ["red patches", "crimson areas", "x"]),
+        Annotation("l", 1, ("and", "red", "top"), 0.5, ["red things at the top"]),
+        Annotation("l", 2, ("none",), 0.0, ["no clear concept"]),
+        Annotation("l", 3, ("and", "red", "top"), 0.5, ["things at the top"] * 3),
+    ]
+    phrases = probe_world_concept_phrases()
+    agreement = check_annotations_against_references(units, found, phrases, min_agreement=0.3)
+    # Other wording, same concept: agrees. "red top" is not what "red patches" says. No
+    # concept: nothing to check. A differently worded reannotation naming another concept
+    # (a region alone, as an older annotator did) does not agree.
+    assert agreement == [True, False, None, False]
+    with pytest.raises(ValueError, match="only 1/3 of them"):
+        check_annotations_against_references(units, found, phrases, min_agreement=0.5)
 
 
 def test_reannotation_reproduces_the_corpus_and_planted_truth_is_by_construction(
