@@ -134,3 +134,18 @@ def test_annotator_recovers_planted_units(tmp_path):
     hits = [same_expression(a.expression, truth[(a.layer, a.unit)]) for a in annotations]
     misses = [(a.layer, a.unit, a.concept) for a, hit in zip(annotations, hits) if not hit]
     assert sum(hits) / len(hits) >= 0.9, misses
+
+
+def test_scene_masks_follow_the_models_resize_and_crop():
+    scene = generate_scene(0, 0, 32, (), required=["red", "square"], num_items=1)
+    masks = SceneMasks([scene])
+    name = scene.concepts().index("square")
+    original = masks.masks[0][name]
+    geometry = {"type": "resize_center_crop", "resize": 64, "crop": [48, 48]}
+    cut = masks.scene_masks(0, (48, 48), geometry)[name]
+    # Resize 32 -> 64 doubles every pixel; the 48 px centre crop drops 8 px on each side.
+    expected = np.kron(original, np.ones((2, 2), dtype=bool))[8:56, 8:56]
+    assert cut.shape == (48, 48)
+    assert (cut != expected).mean() < 0.02  # bilinear edges only
+    plain = masks.scene_masks(0, (64, 64))[name]
+    assert np.array_equal(plain, np.kron(original, np.ones((2, 2), dtype=bool)))

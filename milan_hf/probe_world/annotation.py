@@ -117,21 +117,44 @@ class SceneMasks:
     def __len__(self) -> int:
         return len(self.masks)
 
-    def scene_masks(self, index: int, size: tuple[int, int]) -> np.ndarray:
+    def scene_masks(
+        self, index: int, size: tuple[int, int], geometry: dict | None = None
+    ) -> np.ndarray:
+        """Scene ``index``'s masks at ``size``, cut like the model's input when ``geometry``
+        (the extraction metadata's resize/crop) is given, else resized (nearest)."""
         if not 0 <= index < len(self.masks):
             raise ValueError(f"image id {index} is outside the scene set (0..{len(self) - 1})")
-        if tuple(size) == tuple(self.size):
+        if tuple(size) == tuple(self.size) and not _crops(geometry):
             return self.masks[index]
         key = (index, tuple(size))
         if key not in self._resized:
             height, width = size
-            self._resized[key] = np.stack(
-                [
+            if _crops(geometry):
+                from milan_hf.vision_models import geometry_transform
+
+                cut = geometry_transform(geometry)
+                masks = [
+                    np.asarray(cut(Image.fromarray(m.astype(np.uint8) * 255))) > 127
+                    for m in self.masks[index]
+                ]
+                masks = [
+                    m
+                    if m.shape == (height, width)
+                    else np.asarray(Image.fromarray(m).resize((width, height), Image.NEAREST))
+                    for m in masks
+                ]
+            else:
+                masks = [
                     np.asarray(Image.fromarray(m).resize((width, height), Image.NEAREST))
                     for m in self.masks[index]
                 ]
-            )
+            self._resized[key] = np.stack(masks)
         return self._resized[key]
+
+
+def _crops(geometry: dict | None) -> bool:
+    """Whether a preprocessing geometry crops (so masks need more than a resize)."""
+    return bool(geometry) and geometry.get("type") == "resize_center_crop"
 
 
 _BATCH = 256
@@ -277,6 +300,7 @@ def describe_unit(
     num_descriptions: int = 3,
     seed: int = 0,
     dead: bool = False,
+    geometry: dict | None = None,
 ) -> Annotation:
     """Annotate one unit from its exemplar ids and (k, H, W) masks."""
     masks = np.asarray(masks, dtype=bool)
@@ -294,7 +318,7 @@ def describe_unit(
     present = [scenes.concepts[i] for i in ids]
     concept_masks: dict[str, np.ndarray] = {}
     for j, image_id in enumerate(ids):
-        stack = scenes.scene_masks(int(image_id), size)
+        stack = scenes.scene_masks(int(image_id), size, geometry)
         for name, mask in zip(present[j], stack):
             if name not in concept_masks:
                 concept_masks[name] = np.zeros((k, *size), dtype=bool)
@@ -337,6 +361,7 @@ def describe_by_iou(
     num_descriptions: int = 3,
     seed: int = 0,
     progress: bool = True,
+    geometry: dict | str | None = "auto",
 ) -> list[Annotation]:
     """Describe every unit of an exemplar set by concept-mask IoU (NetDissect-style baseline).
 
@@ -347,11 +372,20 @@ def describe_by_iou(
         scene_dataset: the probe-world scenes the exemplars were extracted from: the dataset
             of ``build_scene_dataset``, a list of ``Scene``, or a ``SceneMasks``.
         iou_floor: below this IoU a unit is described as having no clear concept.
+        geometry: how the model's preprocessing resized/cropped the scenes (the extraction
+            metadata's ``geometry``); ``"auto"`` reads it from an exemplar ``Dataset``'s
+            metadata, so scene masks are cut exactly like the images the masks refer to.
 
     Returns:
         One ``Annotation`` per unit, in row order.
     """
     scenes = scene_dataset if isinstance(scene_dataset, SceneMasks) else SceneMasks(scene_dataset)
+    if geometry == "auto":
+        geometry = None
+        if hasattr(exemplar_rows, "info"):
+            from milan_hf.exemplars import exemplar_metadata
+
+            geometry = exemplar_metadata(exemplar_rows).get("geometry")
     total = len(exemplar_rows) if hasattr(exemplar_rows, "__len__") else None
     annotations = []
     for row in tqdm(
@@ -373,6 +407,7 @@ def describe_by_iou(
                 num_descriptions=num_descriptions,
                 seed=seed,
                 dead=bool(row.get("dead", False)),
+                geometry=geometry,
             )
         )
     return annotations
