@@ -96,14 +96,17 @@ REPORT_FILE = "index.html"
 # ---------------------------------------------------------------------------------------------
 
 
-def load_captioner(
-    captioner: str | os.PathLike | None = None, device: torch.device | str = "cpu"
-) -> tuple[Any, Any]:
+def load_captioner(captioner: Any = None, device: torch.device | str = "cpu") -> tuple[Any, Any]:
     """A ``MilanCaptionerModel`` (with its prior and tokenizer) and its ``MilanProcessor``,
-    from a local directory or a Hub id; ``None`` means the embedded captioner."""
+    from a local directory, a Hub id or a loaded model; ``None`` means the embedded captioner."""
     from .modeling_milan import MilanCaptionerModel
     from .processing_milan import MilanProcessor
 
+    if isinstance(captioner, MilanCaptionerModel):
+        if captioner.tokenizer is None:
+            raise ValueError("the captioner has no tokenizer: set captioner.tokenizer first")
+        processor = MilanProcessor.from_model_config(captioner.config, captioner.tokenizer)
+        return captioner.to(device).eval(), processor
     location = str(EMBEDDED_CAPTIONER if captioner is None else captioner)
     looks_local = Path(location).exists() or location.startswith((".", "/", "~"))
     if looks_local and not (Path(location).expanduser() / "config.json").is_file():
@@ -189,7 +192,7 @@ def describe(
     layers: Sequence[str] | str,
     images: str | Path | datasets.Dataset | ProbeImages,
     *,
-    captioner: str | os.PathLike | None = None,
+    captioner: Any = None,
     output_dir: str | os.PathLike | None = None,
     units: int | Sequence[int] | None = None,
     k: int = schema.DEFAULT_K,
@@ -218,7 +221,8 @@ def describe(
         layers: module names as in ``model.named_modules()`` (a list, or comma-separated).
         images: the probe set: a ``datasets.Dataset`` with an image column, a path (image
             folder, ``save_to_disk`` directory, parquet) or a hub dataset id.
-        captioner: a captioner directory or Hub id; default the embedded captioner.
+        captioner: a captioner directory, Hub id or loaded ``MilanCaptionerModel``; default
+            the captioner embedded in the package.
         output_dir: write the CSV, datasets and HTML report there, and resume an interrupted
             run with the same settings (see the module docs). ``None``: nothing is written.
         units: describe only some units of each layer: their indices, or an int ``n`` for
@@ -270,10 +274,11 @@ def describe(
         **generation,
     }
 
-    def run_layer(layer: str) -> tuple[datasets.Dataset, datasets.Dataset]:
-        exemplars = extract_exemplars(
+    def find_exemplars(pending: list[str]) -> dict[str, datasets.Dataset]:
+        # One pass over the probe set serves every pending layer.
+        found = extract_exemplars(
             vision_model,
-            [layer],
+            pending,
             probe,
             k=k,
             quantile=quantile,
@@ -281,9 +286,16 @@ def describe(
             progress=progress,
             accelerator=_single_process_accelerator(device),
         )
-        exemplars = _select_units(exemplars, units, layer)
-        exemplars = materialize_images(exemplars, probe_images=probe, progress=progress)
-        descriptions = describe_exemplars(
+        layer_names = np.asarray(found[schema.LAYER])
+        per_layer = {}
+        for layer in pending:
+            rows = found.select(np.flatnonzero(layer_names == layer))  # in unit order
+            rows = _select_units(rows, units, layer)
+            per_layer[layer] = materialize_images(rows, probe_images=probe, progress=progress)
+        return per_layer
+
+    def describe_layer(exemplars: datasets.Dataset) -> datasets.Dataset:
+        return describe_exemplars(
             exemplars,
             captioner_model,
             processor,
@@ -291,27 +303,33 @@ def describe(
             progress=progress,
             **generation,
         )
-        return exemplars, descriptions
 
     if output_dir is None:
-        results = [run_layer(layer) for layer in layers]
-        return datasets.concatenate_datasets([described for _, described in results])
+        found = find_exemplars(layers)
+        return datasets.concatenate_datasets([describe_layer(found[layer]) for layer in layers])
 
+    # Resumable: each layer's exemplars, then its descriptions, are committed by a rename
+    # under .state/<layer>/ as soon as they exist; a rerun redoes only what is missing.
     output_dir = Path(output_dir)
     state, finished = _prepare_output(output_dir, settings, layers, overwrite)
     if finished:
         logger.info("%s already holds this run's results", output_dir)
         return datasets.load_from_disk(str(output_dir / DESCRIPTIONS_DIR))
+    layer_dirs = {layer: state / _layer_folder(layer) for layer in layers}
+    pending = [layer for layer in layers if not (layer_dirs[layer] / EXEMPLARS_DIR).is_dir()]
+    if pending:
+        for layer, exemplars in find_exemplars(pending).items():
+            layer_dirs[layer].mkdir(exist_ok=True)
+            save_exemplars(exemplars, layer_dirs[layer] / EXEMPLARS_DIR, overwrite=True)
     all_exemplars, all_descriptions = [], []
     for layer in layers:
-        layer_dir = state / _layer_folder(layer)
-        if not layer_dir.is_dir():
-            exemplars, descriptions = run_layer(layer)
-            _commit_layer(exemplars, descriptions, layer_dir)
-        elif progress:
-            logger.info("layer %s: finished by an earlier run, reusing it", layer)
-        all_exemplars.append(load_exemplars(layer_dir / EXEMPLARS_DIR))
-        all_descriptions.append(datasets.load_from_disk(str(layer_dir / DESCRIPTIONS_DIR)))
+        exemplars = load_exemplars(layer_dirs[layer] / EXEMPLARS_DIR)
+        if not (layer_dirs[layer] / DESCRIPTIONS_DIR).is_dir():
+            _save_dataset_atomically(
+                describe_layer(exemplars), layer_dirs[layer] / DESCRIPTIONS_DIR
+            )
+        all_exemplars.append(exemplars)
+        all_descriptions.append(datasets.load_from_disk(str(layer_dirs[layer] / DESCRIPTIONS_DIR)))
     exemplars = _concatenate_exemplars(all_exemplars, layers)
     descriptions = datasets.concatenate_datasets(all_descriptions)
     _write_outputs(output_dir, exemplars, descriptions, settings, report, report_title)
@@ -411,15 +429,9 @@ def _model_fingerprint(model, vision_model: VisionModel, checkpoint, pretrained:
                 "files": sorted(_file_fingerprint(p) for p in Path(model).iterdir() if p.is_file()),
             }
     else:  # a module: its class and weights
-        digest = hashlib.sha256(type(vision_model.module).__qualname__.encode())
-        for name, tensor in vision_model.module.state_dict().items():
-            digest.update(name.encode())
-            digest.update(
-                tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
-            )
         identity = {
             "class": type(vision_model.module).__qualname__,
-            "weights": digest.hexdigest()[:16],
+            "weights": _weights_digest(vision_model.module),
         }
     return {
         "model": identity,
@@ -436,7 +448,19 @@ def _probe_fingerprint(probe: ProbeImages) -> dict:
     return source
 
 
+def _weights_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256(type(module).__qualname__.encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(
+            tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()[:16]
+
+
 def _captioner_fingerprint(captioner) -> Any:
+    if isinstance(captioner, torch.nn.Module):
+        return {"class": type(captioner).__qualname__, "weights": _weights_digest(captioner)}
     location = Path(EMBEDDED_CAPTIONER if captioner is None else captioner)
     if location.is_dir():
         return {
@@ -489,7 +513,7 @@ def _prepare_output(
         # A finished run asked for other layers: start from its committed results.
         _seed_state_from_outputs(output_dir, state)
     _write_text_atomically(state / RUN_FILE, json.dumps(record, indent=2))
-    for stale in state.glob(".partial-*"):  # an interrupted layer commit
+    for stale in state.glob("*/.*.partial-*"):  # left by an interrupted commit
         shutil.rmtree(stale, ignore_errors=True)
     return state, False
 
@@ -510,17 +534,11 @@ def _layer_folder(layer: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', layer)}-{_hash_bytes(layer.encode())[:8]}"
 
 
-def _commit_layer(exemplars: datasets.Dataset, descriptions: datasets.Dataset, target: Path):
-    """Write one finished layer beside ``target`` and rename it into place."""
-    partial = target.parent / f".partial-{uuid.uuid4().hex[:8]}"
-    try:
-        partial.mkdir()
-        save_exemplars(exemplars, partial / EXEMPLARS_DIR)
-        descriptions.save_to_disk(str(partial / DESCRIPTIONS_DIR))
-        os.replace(partial, target)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+def _commit_layer(exemplars: datasets.Dataset, descriptions: datasets.Dataset, layer_dir: Path):
+    """Commit one finished layer: its exemplars, then its descriptions, each by a rename."""
+    layer_dir.mkdir(parents=True, exist_ok=True)
+    save_exemplars(exemplars, layer_dir / EXEMPLARS_DIR, overwrite=True)
+    _save_dataset_atomically(descriptions, layer_dir / DESCRIPTIONS_DIR)
 
 
 def _concatenate_exemplars(parts: list[datasets.Dataset], layers: list[str]) -> datasets.Dataset:
@@ -677,6 +695,8 @@ def descriptions_card(
     )
     if captioner is None:
         captioner_name = "the captioner embedded in milan_hf (trained on the probe-world corpus)"
+    elif isinstance(captioner, torch.nn.Module):
+        captioner_name = f"`{getattr(captioner, 'name_or_path', '') or type(captioner).__name__}`"
     else:
         captioner_name = f"`{captioner}`"
     return render_card(
@@ -705,8 +725,9 @@ def _markdown_cell(text: str) -> str:
 DEFAULT_MODEL_NAME = "tf_efficientnet_lite0"
 #: Two late stages: their units respond to colours, textures, shapes and objects.
 DEFAULT_LAYERS = ("blocks.4", "blocks.5")
-DEFAULT_IMAGE_SIZE = 128
-DEFAULT_NUM_SCENES = 240
+#: The size the captioner's corpus probed EfficientNet-Lite0 at; it also keeps masks small.
+DEFAULT_IMAGE_SIZE = 96
+DEFAULT_NUM_SCENES = 200
 #: The captioner's training corpus used seed 0: the default describes units on fresh scenes.
 DEFAULT_SCENE_SEED = 1
 DEFAULT_OUTPUT_DIR = "milan-hf-output"

@@ -33,7 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
+import numpy as np
 import torch
+from PIL import Image
+
+from milan_hf import schema
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPOSITORY / "milan_hf" / "resources" / "captioner"
@@ -62,15 +67,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--max-epochs", type=int, default=25)
-    parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--patience", type=int, default=6)
     parser.add_argument("--prior-max-epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 is fastest on a shared 2-core machine: no spin contention)",
+    )
     parser.add_argument(
         "--skip-evaluation", action="store_true", help="do not measure held-out concept accuracy"
     )
     parser.add_argument("--eval-num-beams", type=int, help="beam width of the held-out evaluation")
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="re-measure the captioner already at --output and rewrite its card; no training",
+    )
     return parser.parse_args(argv)
 
 
@@ -84,19 +99,59 @@ def ensure_corpus(corpus_dir: Path) -> dict[str, Any]:
     return json.loads((corpus_dir / "corpus.json").read_text())
 
 
-def training_sets(corpus_dir: Path, corpus: dict[str, Any], destination: Path) -> Path:
-    """Save the training networks' units (no held-out network) to ``destination``."""
+def training_sets(
+    corpus_dir: Path, corpus: dict[str, Any], destination: Path, image_size: int
+) -> Path:
+    """Save the training networks' units (no held-out network) to ``destination``.
+
+    Networks were probed at different sizes (64 and 96 pixels); every set is brought to the
+    captioner's ``image_size`` first (images bilinear, masks by area then thresholded at half),
+    which the processor would do anyway, so that the sets share one schema.
+    """
     from milan_hf.milannotations import load_milannotations
 
-    held_out = list(corpus["held_out"])
+    held_out = set(corpus["held_out"])
     if not held_out:
         raise ValueError(f"{corpus_dir}/corpus.json lists no held-out networks")
-    dataset = load_milannotations("all", data_dir=corpus_dir, held_out=held_out, split="train")
-    leaked = sorted(set(dataset["source"]) & set(held_out))
+    parts = []
+    for name in corpus["train"]:
+        if name in held_out:
+            raise ValueError(f"{name} is both a training and a held-out set in corpus.json")
+        part = load_milannotations(name, data_dir=corpus_dir, split="all")
+        parts.append(resize_exemplar_set(part, image_size))
+    dataset = datasets.concatenate_datasets(parts)
+    leaked = sorted(set(dataset["source"]) & held_out)
     if leaked:
         raise ValueError(f"held-out sets {leaked} leaked into the training data")
     dataset.save_to_disk(str(destination))
     return destination
+
+
+def resize_exemplar_set(dataset: datasets.Dataset, size: int) -> datasets.Dataset:
+    """Exemplar images and masks at ``size``×``size``."""
+    features = dataset.features.copy()
+    features[schema.MASKS] = datasets.List(datasets.Array2D((size, size), "uint8"))
+    if features == dataset.features:
+        return dataset
+
+    def resize(row: dict) -> dict:
+        row[schema.IMAGES] = [
+            image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            for image in row[schema.IMAGES]
+        ]
+        row[schema.MASKS] = [
+            np.asarray(
+                Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255).resize(
+                    (size, size), Image.Resampling.BOX
+                )
+            )
+            >= 128
+            for mask in row[schema.MASKS]
+        ]
+        row[schema.MASKS] = [mask.astype(np.uint8) for mask in row[schema.MASKS]]
+        return row
+
+    return dataset.map(resize, features=features, desc=f"resizing exemplars to {size}px")
 
 
 def store_half_precision(trained: Path, output: Path) -> None:
@@ -129,10 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     corpus = ensure_corpus(args.corpus)
+    if args.evaluate_only:
+        return evaluate_only(args, corpus)
     train_captioner = load_script("train_captioner")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="milan_hf_embedded_captioner_"))
     work.mkdir(parents=True, exist_ok=True)
-    data = training_sets(args.corpus, corpus, work / "train_data")
+    data = training_sets(args.corpus, corpus, work / "train_data", args.image_size)
     trained = work / "trained"
     metrics = train_captioner.main(
         [
@@ -186,6 +243,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"embedded captioner at {args.output} ({size:.1f} MB), "
         f"{(time.perf_counter() - started) / 60:.1f} min"
     )
+    return 0
+
+
+def evaluate_only(args: argparse.Namespace, corpus: dict[str, Any]) -> int:
+    """Measure the captioner at ``args.output`` again and rewrite its evaluation and card."""
+    if not (args.output / "training_metrics.json").is_file():
+        raise FileNotFoundError(f"no trained captioner at {args.output}")
+    metrics = json.loads((args.output / "training_metrics.json").read_text())
+    evaluation = load_script("eval_known_units").evaluate_known_units(
+        args.output, args.corpus, num_beams=args.eval_num_beams
+    )
+    (args.output / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2, default=str))
+    # The card's reproduction command is the training run's (the defaults, on this corpus).
+    card = card_text(args, ["--corpus", str(args.corpus)], corpus, metrics, evaluation, args.output)
+    (args.output / "README.md").write_text(card)
+    print(load_script("eval_known_units").markdown_summary(evaluation))
     return 0
 
 
