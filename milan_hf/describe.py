@@ -416,18 +416,34 @@ def _hash_bytes(*chunks: bytes) -> str:
 
 
 def _file_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    """A hash of the file's contents (not its time: a reinstall must not break resuming)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{path.name}:{digest.hexdigest()[:16]}"
+
+
+# Files of a model directory that do not change what it computes.
+_DOCUMENTATION_FILES = {"training_metrics.json", "held_out_evaluation.json"}
+
+
+def _directory_fingerprint(directory: Path) -> dict:
+    return {
+        "path": str(directory.resolve()),
+        "files": sorted(
+            _file_fingerprint(path)
+            for path in directory.iterdir()
+            if path.is_file() and path.suffix != ".md" and path.name not in _DOCUMENTATION_FILES
+        ),
+    }
 
 
 def _model_fingerprint(model, vision_model: VisionModel, checkpoint, pretrained: bool) -> dict:
     if isinstance(model, (str, Path)):
         identity: Any = str(model)
         if Path(model).is_dir():
-            identity = {
-                "path": str(Path(model).resolve()),
-                "files": sorted(_file_fingerprint(p) for p in Path(model).iterdir() if p.is_file()),
-            }
+            identity = _directory_fingerprint(Path(model))
     else:  # a module: its class and weights
         identity = {
             "class": type(vision_model.module).__qualname__,
@@ -463,10 +479,10 @@ def _captioner_fingerprint(captioner) -> Any:
         return {"class": type(captioner).__qualname__, "weights": _weights_digest(captioner)}
     location = Path(EMBEDDED_CAPTIONER if captioner is None else captioner)
     if location.is_dir():
-        return {
-            "path": str(location.resolve()),
-            "files": sorted(_file_fingerprint(p) for p in location.iterdir() if p.is_file()),
-        }
+        fingerprint = _directory_fingerprint(location)
+        if captioner is None:  # the embedded one: the same wherever the package is installed
+            fingerprint["path"] = "embedded"
+        return fingerprint
     return str(captioner)
 
 

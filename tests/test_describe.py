@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import datasets
@@ -172,6 +174,21 @@ def test_resume_skips_finished_layers(tmp_path, probe_images, monkeypatch):
     both = tiny_describe(probe_images, tmp_path / "grow", layers=["conv1", "conv2"])
     assert extracted == [["conv1"], ["conv2"]] and described == ["conv1", "conv2"]
     assert both.select(range(4)).to_list() == first.to_list()
+
+
+def test_resume_survives_a_reinstalled_captioner(tmp_path, probe_images, monkeypatch):
+    """Settings are compared by content: new file times or an edited card change nothing."""
+    captioner = tmp_path / "captioner"
+    shutil.copytree(EMBEDDED_CAPTIONER, captioner)
+    first = tiny_describe(probe_images, tmp_path / "out", captioner=captioner, units=1)
+    for path in captioner.iterdir():
+        os.utime(path, (1, 1))
+    with open(captioner / "README.md", "a") as card:
+        card.write("\nEdited.\n")
+    calls = []
+    monkeypatch.setattr(describe_module, "extract_exemplars", lambda *a, **k: calls.append(a))
+    again = tiny_describe(probe_images, tmp_path / "out", captioner=captioner, units=1)
+    assert calls == [] and again.to_list() == first.to_list()
 
 
 def test_describe_without_output_dir_selects_units(tmp_path, probe_images, monkeypatch):
