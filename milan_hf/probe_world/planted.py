@@ -1,13 +1,14 @@
 """A model whose units compute fixed, documented functions of the pixels: known ground truth.
 
-``planted_units_model()`` builds ``PlantedUnitsNet``, a ``torch.nn.Module`` with three named
-layers whose outputs are full-resolution activation maps (so masks need no upsampling):
+``planted_units_model()`` builds ``PlantedUnitsNet``, a ``torch.nn.Module`` whose three
+described layers output full-resolution activation maps (so masks need no upsampling):
 
 - ``colour``: one unit per named colour, ``exp(-|rgb - c|^2 / (2 sigma^2))`` per pixel.
 - ``orientation``: oriented-stripe energy. Colour differences along a direction are pooled over
   a window; a unit fires where they are strong across one orientation and weak along it
   (horizontal, vertical, diagonal stripes).
-- ``logic``: compositions of the two: disjunctions ``max(red, blue)`` ("red or blue"), spatial
+- ``logic``: compositions of the two: disjunctions ``max(red, blue)`` of per-pixel colour
+  responses with local support ("red or blue"), spatial
   gates ``red * top-half`` ("red in the top half"), and conjunctions ``red * vertical`` ("red
   vertical stripes").
 
@@ -86,20 +87,18 @@ def planted_units() -> list[PlantedUnit]:
     return units
 
 
-class ColourDetectors(nn.Module):
-    """One unit per named colour: a (cut-off) Gaussian bump around its reference RGB, averaged
-    over a small window so that colour *regions* fire and isolated pixels (noise) do not."""
+class ColourPixels(nn.Module):
+    """Per-pixel colour responses: a cut-off Gaussian bump around each named colour's RGB."""
 
-    def __init__(self, sigma: float = 0.12, window: int = 5):
+    def __init__(self, sigma: float = 0.12):
         super().__init__()
         centres = torch.tensor(list(COLOUR_RGB.values()), dtype=torch.float32) / 255.0
         self.register_buffer("centres", centres[:, :, None, None])  # (colours, 3, 1, 1) filters
         self.sigma = sigma
-        self.window = window
         self.cutoff = 0.05  # exp(-d^2 / 2 sigma^2) below this (d > 2.45 sigma) counts as 0
 
-    def pixel_bumps(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The unsmoothed per-pixel response, (B, colours, H, W), exactly 0 far from the colour.
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, colours, H, W), exactly 0 far from the colour.
 
         The cut-off matters for rare colours: their 0.99-quantile threshold is then 0, and
         masks (activation > threshold) keep only pixels of the colour, not its faint tail.
@@ -111,10 +110,18 @@ class ColourDetectors(nn.Module):
         bump = torch.exp(-squared / (2 * self.sigma**2))
         return F.relu(bump - self.cutoff) / (1 - self.cutoff)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        bumps = self.pixel_bumps(pixels)
+
+class ColourDetectors(nn.Module):
+    """One unit per named colour: the per-pixel responses averaged over a small window, so that
+    colour *regions* fire and isolated pixels (noise, speckles in cut-outs) do not."""
+
+    def __init__(self, window: int = 5):
+        super().__init__()
+        self.window = window
+
+    def forward(self, colour_pixels: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(
-            bumps, self.window, stride=1, padding=self.window // 2, count_include_pad=False
+            colour_pixels, self.window, stride=1, padding=self.window // 2, count_include_pad=False
         )
 
 
@@ -180,31 +187,44 @@ class PlantedLogic(nn.Module):
         self, colours: torch.Tensor, orientations: torch.Tensor, colour_pixels: torch.Tensor
     ) -> torch.Tensor:
         height, width = colours.shape[-2:]
-        maps = [torch.maximum(colours[:, a], colours[:, b]) for a, b in self.disjunctions]
-        maps += [
-            colours[:, c] * self.region_gate(region, height, width, colours.device)
-            for c, region in self.gates
-        ]
+        # Disjunctions read per-pixel colour, so that thin stripes and dots count as much as
+        # plain areas (a colour concept's mask covers them too), times its local support
+        # over 3x3 pixels, which silences isolated noise pixels that happen to match.
+        support = F.avg_pool2d(colour_pixels, 3, stride=1, padding=1, count_include_pad=False)
+        supported = colour_pixels * (2 * support).clamp(max=1.0)
+        first, second = zip(*self.disjunctions)
+        disjunctions = torch.maximum(supported[:, list(first)], supported[:, list(second)])
+        gate_colours = [c for c, _ in self.gates]
+        gate_masks = torch.stack(
+            [self.region_gate(r, height, width, colours.device) for _, r in self.gates]
+        )
+        gates = colours[:, gate_colours] * gate_masks
+        # Stripes are thinner than the colour layer's window: use the per-pixel colour response.
         # Stripe energy is normalised to about [0, 1] so the colour term sets the scale.
         energy = (orientations / 0.6).clamp(max=1.0)
-        # Stripes are thinner than the colour layer's window: use the per-pixel colour response.
-        maps += [colour_pixels[:, c] * energy[:, o] for c, o in self.conjunctions]
-        return torch.stack(maps, dim=1)
+        conjunction_colours, conjunction_orientations = zip(*self.conjunctions)
+        conjunctions = (
+            colour_pixels[:, list(conjunction_colours)] * energy[:, list(conjunction_orientations)]
+        )
+        return torch.cat([disjunctions, gates, conjunctions], dim=1)
 
 
 class PlantedUnitsNet(nn.Module):
-    """Planted units in three named layers: ``colour``, ``orientation``, ``logic``."""
+    """Planted units in named layers: ``colour``, ``orientation``, ``logic`` (described), and
+    ``colour_pixels`` (the unsmoothed colour responses both ``colour`` and ``logic`` read)."""
 
     def __init__(self):
         super().__init__()
+        self.colour_pixels = ColourPixels()
         self.colour = ColourDetectors()
         self.orientation = OrientedStripeEnergy()
         self.logic = PlantedLogic()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        colours = self.colour(pixels)
+        colour_pixels = self.colour_pixels(pixels)
+        colours = self.colour(colour_pixels)
         orientations = self.orientation(pixels)
-        logic = self.logic(colours, orientations, self.colour.pixel_bumps(pixels))
+        logic = self.logic(colours, orientations, colour_pixels)
         # A global max per unit: what an image-level readout of these detectors would see.
         return torch.cat([colours, orientations, logic], dim=1).amax(dim=(2, 3))
 
