@@ -4,6 +4,7 @@ an interruption, bad arguments, and publishing (HfApi patched)."""
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import shutil
@@ -16,7 +17,6 @@ import torch
 from huggingface_hub import HfApi
 from PIL import Image
 
-from milan_hf import describe as describe_module
 from milan_hf.cli import main as cli_main
 from milan_hf.describe import (
     DEFAULT_IMAGE_SIZE,
@@ -29,6 +29,9 @@ from milan_hf.describe import (
     push_descriptions_to_hub,
 )
 from milan_hf.exemplar_storage import load_exemplars
+
+# The module itself (milan_hf/__init__.py may re-export the function `describe` under its name).
+describe_module = importlib.import_module("milan_hf.describe")
 
 NUM_BEAMS = 4  # small beams keep the tests fast; decoding itself is tested in test_captioner
 
