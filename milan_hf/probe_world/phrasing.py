@@ -140,8 +140,9 @@ def _concept(name: str, stamps_vocabulary: dict[str, C.Concept]) -> C.Concept:
         return stamps_vocabulary[name]
     if name in _VOCABULARY:
         return _VOCABULARY[name]
-    # An object category without an entry: its own name, pluralised.
-    return C.Concept(name, C.OBJECT, (name + "s",))
+    # Object categories: their nouns from the category table (whether or not cut-outs are
+    # installed here), else the name itself.
+    return C.Concept(name, C.OBJECT, C._OBJECT_NOUNS.get(name, (name,)))
 
 
 def _is_attribute(name: str) -> bool:
