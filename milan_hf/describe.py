@@ -56,6 +56,9 @@ from .vision_models import VisionModel, load_vision_model
 
 logger = logging.getLogger(__name__)
 
+#: Generation default of ``describe``: no trigram twice in a description.
+DEFAULT_NO_REPEAT_NGRAM_SIZE = 3
+
 #: The captioner embedded in the package: trained on the probe-world corpus.
 EMBEDDED_CAPTIONER = Path(__file__).resolve().parent / "resources" / "captioner"
 
@@ -136,6 +139,7 @@ def describe_exemplars(
     pmi_weight: float | None = None,
     pmi_strategy: str | None = None,
     num_beams: int | None = None,
+    no_repeat_ngram_size: int = 0,
     batch_size: int = 32,
     progress: bool = True,
 ) -> datasets.Dataset:
@@ -166,6 +170,7 @@ def describe_exemplars(
                 pmi_weight=pmi_weight,
                 pmi_strategy=pmi_strategy,
                 num_beams=num_beams,
+                no_repeat_ngram_size=no_repeat_ngram_size,
             )
         descriptions = output.descriptions
         if descriptions is None:
@@ -200,6 +205,7 @@ def describe(
     pmi_weight: float | None = None,
     pmi_strategy: str | None = None,
     num_beams: int | None = None,
+    no_repeat_ngram_size: int = DEFAULT_NO_REPEAT_NGRAM_SIZE,
     batch_size: int = 32,
     checkpoint: str | os.PathLike | None = None,
     pretrained: bool = False,
@@ -233,6 +239,9 @@ def describe(
             plain p(d|E) decoding.
         pmi_strategy: ``"rerank"`` (the original) or ``"token"``.
         num_beams: beam width (default: the captioner's, 50).
+        no_repeat_ngram_size: no n-gram of this size may repeat within a description (default
+            3; 0 disables it, as in the original). PMI favours improbable strings, and
+            degenerate repeats ("in the bottom in the bottom") are the commonest of them.
         batch_size: images per forward pass, and units per generate call.
         checkpoint, pretrained, transform, input_size, image_column, split: as in
             :func:`milan_hf.exemplars.extract_exemplars`.
@@ -249,6 +258,10 @@ def describe(
     _check_settings(
         k=k, quantile=quantile, batch_size=batch_size, num_beams=num_beams, pmi_weight=pmi_weight
     )
+    if not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0:
+        raise ValueError(
+            f"no_repeat_ngram_size must be an integer >= 0, got {no_repeat_ngram_size!r}"
+        )
     vision_model = load_vision_model(
         model,
         pretrained=pretrained,
@@ -262,7 +275,12 @@ def describe(
         raise ValueError(f"k={k} is larger than the number of probe images ({len(probe)})")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     captioner_model, processor = load_captioner(captioner, device=device)
-    generation = {"pmi_weight": pmi_weight, "pmi_strategy": pmi_strategy, "num_beams": num_beams}
+    generation = {
+        "pmi_weight": pmi_weight,
+        "pmi_strategy": pmi_strategy,
+        "num_beams": num_beams,
+        "no_repeat_ngram_size": no_repeat_ngram_size,
+    }
     settings = {
         "model": _model_fingerprint(model, vision_model, checkpoint, pretrained),
         "images": _probe_fingerprint(probe),

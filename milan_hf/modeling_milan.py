@@ -29,6 +29,8 @@ from transformers import (
     AutoModel,
     GenerationMixin,
     LogitsProcessor,
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
     PreTrainedModel,
 )
 from transformers import initialization as init
@@ -582,6 +584,7 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         pmi_strategy: str | None = None,
         num_beams: int | None = None,
         max_length: int | None = None,
+        no_repeat_ngram_size: int = 0,
         tokenizer=None,
         **kwargs,
     ) -> MilanGenerationOutput:
@@ -597,6 +600,10 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
             pmi_strategy: ``"rerank"`` or ``"token"`` (default ``config.pmi_strategy``).
             num_beams: beam width (default ``config.beam_size``, 50).
             max_length: most generated tokens (default ``config.max_description_length``).
+            no_repeat_ngram_size: if > 0, no n-gram of this size appears twice in a
+                description. Off by default (the original had no such rule); PMI rewards
+                improbable strings, and degenerate repeats ("in the bottom in the bottom")
+                are the commonest, so ``describe`` turns it on.
             tokenizer: decodes the descriptions (default: the one loaded with the model).
         """
         if kwargs:
@@ -616,9 +623,14 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
             pixel_values, masks, exemplar_features, exemplar_mask
         )
 
-        processor = None
+        if no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}")
+        processors = LogitsProcessorList()
         if pmi_strategy == "token" and pmi_weight != 0.0:
-            processor = PriorLogitsProcessor(self.prior, pmi_weight)
+            processors.append(PriorLogitsProcessor(self.prior, pmi_weight))
+        if no_repeat_ngram_size > 0:
+            processors.append(NoRepeatNGramLogitsProcessor(no_repeat_ngram_size))
+        processor = processors if processors else None
         beam_sequences, beam_captioner_log_probs = self._beam_search(
             features, exemplar_mask, num_beams, max_length, processor
         )

@@ -340,3 +340,28 @@ def test_prior_scores_shared_prefixes_exactly(tokenizer):
     torch.testing.assert_close(
         prior.sequence_log_probs(sequences), prior_log_probs_by_hand(prior, sequences)
     )
+
+
+def test_no_repeat_ngram_size_forbids_repeats(tokenizer, features):
+    model = tiny_captioner(tokenizer)
+    red, eos = tokenizer.convert_tokens_to_ids("red"), model.config.eos_token_id
+    with torch.no_grad():  # a decoder that wants "red" forever and never to stop
+        model.output.weight.zero_()
+        model.output.bias.zero_()
+        model.output.bias[red], model.output.bias[eos] = 5.0, -5.0
+    plain = model.generate(exemplar_features=features, pmi_weight=0.0, num_beams=4, max_length=6)
+    assert plain.sequences[0].tolist()[1:] == [red] * 6
+    for size in (1, 2):
+        output = model.generate(
+            exemplar_features=features,
+            pmi_weight=0.0,
+            num_beams=4,
+            max_length=6,
+            no_repeat_ngram_size=size,
+        )
+        for sequence in output.sequences.tolist():
+            tokens = [t for t in sequence if t not in (model.config.pad_token_id,)]
+            grams = [tuple(tokens[i : i + size]) for i in range(len(tokens) - size + 1)]
+            assert len(grams) == len(set(grams)), (size, tokens)
+    with pytest.raises(ValueError, match="no_repeat_ngram_size must be >= 0"):
+        model.generate(exemplar_features=features, no_repeat_ngram_size=-1)

@@ -60,6 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--num-beams", type=int, help="beam width (default: the captioner's)")
     parser.add_argument(
+        "--no-repeat-ngram-size",
+        type=int,
+        default=3,
+        help="no n-gram of this size twice in a description (default 3; 0: off, as the original)",
+    )
+    parser.add_argument(
         "--max-units",
         type=int,
         help="describe only units 0..N-1 of each layer (default: every unit)",
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         "pmi_weight": args.pmi_weight,
         "pmi_strategy": args.pmi_strategy,
         "num_beams": args.num_beams,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
         "batch_size": args.batch_size,
         "overwrite": args.overwrite,
         "report": not args.no_report,
