@@ -55,6 +55,17 @@ _LAZY = {
     "push_eval_results": "evaluation",
     # report
     "write_report": "report",
+    # describe: exemplars -> descriptions, end to end
+    "describe": "describer",
+    "describe_default": "describer",
+    "describe_exemplars": "describer",
+    "load_captioner": "describer",
+    "load_description_outputs": "describer",
+    "push_descriptions_to_hub": "describer",
+    "EMBEDDED_CAPTIONER": "describer",
+    # generation internals worth reaching
+    "PriorLogitsProcessor": "modeling_milan",
+    "MilanGenerationOutput": "modeling_milan",
 }
 
 __all__ = [

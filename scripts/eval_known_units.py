@@ -31,7 +31,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from milan_hf.describe import load_captioner
+from milan_hf.describer import load_captioner
 from milan_hf.evaluation import ConceptMatcher, concept_accuracy
 from milan_hf.milannotations import load_milannotations
 from milan_hf.probe_world import SceneMasks, all_concepts, build_scene_dataset, describe_by_iou

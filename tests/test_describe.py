@@ -18,7 +18,7 @@ from huggingface_hub import HfApi
 from PIL import Image
 
 from milan_hf.cli import main as cli_main
-from milan_hf.describe import (
+from milan_hf.describer import (
     DEFAULT_IMAGE_SIZE,
     DESCRIPTION_COLUMNS,
     EMBEDDED_CAPTIONER,
@@ -31,7 +31,7 @@ from milan_hf.describe import (
 from milan_hf.exemplar_storage import load_exemplars
 
 # The module itself (milan_hf/__init__.py may re-export the function `describe` under its name).
-describe_module = importlib.import_module("milan_hf.describe")
+describe_module = importlib.import_module("milan_hf.describer")
 
 NUM_BEAMS = 4  # small beams keep the tests fast; decoding itself is tested in test_captioner
 

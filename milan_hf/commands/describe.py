@@ -97,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..describe import (
+    from ..describer import (
         DEFAULT_OUTPUT_DIR,
         describe,
         describe_default,
