@@ -309,18 +309,19 @@ def expression_concept(expression: Sequence[str]) -> tuple[str, str]:
 
 
 def probe_world_concept_phrases() -> dict[str, list[str]]:
-    """Concept -> the phrases the probe world uses for it (nouns, adjectives, captions).
+    """Concept -> the phrases the probe world's grammar uses for it (nouns, adjectives, captions).
 
     Feeds :class:`milan_hf.evaluation.ConceptMatcher`, so that "crimson discs" names
     "red circle" and "great blue herons" names "bird".
     """
     from milan_hf.probe_world.concepts import all_concepts, load_stamps
-    from milan_hf.probe_world.phrasing import PATTERN_ADJECTIVES
+    from milan_hf.probe_world.phrasing import EXTRA_ADJECTIVES, EXTRA_NOUNS, PATTERN_ADJECTIVES
 
     stamps = load_stamps()
     phrases: dict[str, list[str]] = {}
     for name, concept in all_concepts(stamps).items():
         words = [*concept.nouns, *concept.adjectives, *PATTERN_ADJECTIVES.get(name, ())]
+        words += [*EXTRA_NOUNS.get(name, ()), *EXTRA_ADJECTIVES.get(name, ())]
         words += [stamp.caption for stamp in stamps if stamp.category == name]
         phrases[name] = list(dict.fromkeys(words))
     return phrases
