@@ -53,6 +53,9 @@ def test_readme_command_lines_parse(arguments):
 @pytest.mark.parametrize("index", range(len(code_blocks("python"))))
 def test_readme_python_examples_run(index, tmp_path):
     source = code_blocks("python")[index]
+    if "path/to/" in source:  # needs the reader's own data: check that it is valid Python
+        compile(source, f"README block {index}", "exec")
+        return
     result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True,
                             cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
