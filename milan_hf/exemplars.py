@@ -49,7 +49,7 @@ from .probe_images import (
     probe_images_from_source,
 )
 from .quantile_sketch import UnitHistogram
-from .vision_models import VisionModel, geometry_transform, load_vision_model
+from .vision_models import VisionModel, fit_input_size, geometry_transform, load_vision_model
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,10 @@ def extract_exemplars(
         k: exemplars per unit.
         quantile: the quantile of a unit's activations over the whole probe set that becomes
             its mask threshold.
-        transform: preprocessing override (PIL -> normalised tensor); masks take its size.
+        transform: preprocessing override (PIL -> normalised tensor); masks take the size of
+            its output on the first probe image (or ``input_size``). Its geometry cannot be
+            read from a callable, so materialised images are resized to the mask size: pass
+            ``geometry=`` to :func:`materialize_images` if the transform crops.
         materialize: embed the exemplar images (``images`` column) instead of ids alone.
         accelerator: an existing ``Accelerator``; one is created (on the CPU when no GPU is
             present) otherwise.
@@ -245,6 +248,7 @@ def extract_exemplars(
     probe = load_probe_images(images, split=split, image_column=image_column)
     if k > len(probe):
         raise ValueError(f"k={k} is larger than the number of probe images ({len(probe)})")
+    _fit_custom_transform_size(vision_model, probe)
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
     vision_model.module.to(device)
@@ -361,6 +365,16 @@ def pass_one(
                 scores = scores.nan_to_num(nan=float("-inf"))
             top[layer].update(scores.T.contiguous(), ids)
     return top, histograms, skipped
+
+
+def _fit_custom_transform_size(model: VisionModel, probe: ProbeImages) -> None:
+    for index in range(min(len(probe), 16)):  # the first readable image
+        try:
+            image = probe.open_image(index)
+        except OSError:
+            continue
+        fit_input_size(model, image)
+        return
 
 
 def _shard(indices: list[int], accelerator: Accelerator) -> list[int]:

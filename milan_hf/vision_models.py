@@ -95,8 +95,20 @@ def load_vision_model(
         loaded.input_size = size  # type: ignore[assignment]
         if loaded.geometry.get("type") != "resize":
             loaded.geometry = {"type": "resize", "size": list(size)}
+        # A transform that does not resize gives tensors the size of its input: measure it on
+        # a real probe image (fit_input_size) rather than trusting the blank image above.
+        loaded.extra["size_from_first_image"] = input_size is None
     loaded.module.eval()
     return loaded
+
+
+def fit_input_size(model: VisionModel, image: Image.Image) -> None:
+    """Set the input (and mask) size of a model with a custom transform from a real image."""
+    if not model.extra.pop("size_from_first_image", False):
+        return
+    size = tuple(model.transform(image).shape[-2:])
+    model.input_size = size  # type: ignore[assignment]
+    model.geometry = {"type": "resize", "size": list(size)}
 
 
 def load_checkpoint(module: torch.nn.Module, checkpoint: str | Path) -> None:

@@ -368,3 +368,14 @@ def test_cli_end_to_end_with_checkpoint(tmp_path, probe_folder):
         timeout=300,
     )
     assert bad.returncode == 2 and "unknown layer 'layer9'" in bad.stderr
+
+
+def test_custom_transform_without_resize_sizes_masks_from_the_images(probe_folder):
+    from torchvision import transforms as T
+
+    to_tensor = T.Compose([T.CenterCrop(36), T.ToTensor()])  # no resize: masks must be 36 px
+    exemplars = extract_exemplars(
+        TinyNet(), ["conv2"], str(probe_folder), k=2, transform=to_tensor, progress=False
+    )
+    assert np.asarray(exemplars[0][schema.MASKS]).shape == (2, 36, 36)
+    assert exemplar_metadata(exemplars)["geometry"] == {"type": "resize", "size": [36, 36]}
