@@ -398,36 +398,6 @@ def check_annotations_against_references(
 PER_UNIT_ONLY_METRICS = ("bertscore", "embedding_cosine")
 
 
-def _empty_tolerant_bertscore():
-    """``DescriptionBertScore`` that gives an empty prediction F1 0 instead of crashing.
-
-    A captioner may end a description at once (an empty string). bert-score's own rule for an
-    empty candidate is a raw score of 0, but under transformers 5 it crashes before applying
-    it (its empty-sentence branch calls ``build_inputs_with_special_tokens``, which tokenizers
-    no longer have). Empty predictions are therefore scored 0 here and the rest by bert-score.
-    """
-    from milan_hf.metrics import DescriptionBertScore
-
-    class EmptyTolerantBertScore(DescriptionBertScore):
-        def _compute(self, predictions, references, **kwargs):
-            kept = [index for index, text in enumerate(predictions) if text.strip()]
-            if len(kept) == len(predictions):
-                return super()._compute(predictions, references, **kwargs)
-            result: dict[str, Any] = {"bertscore_hashcode": None}
-            if kept:
-                result = super()._compute(
-                    [predictions[i] for i in kept], [references[i] for i in kept], **kwargs
-                )
-            for key in self.per_prediction_keys:
-                scores = [0.0] * len(predictions)
-                for index, value in zip(kept, result.get(key, [])):
-                    scores[index] = value
-                result[key] = scores
-            return result
-
-    return EmptyTolerantBertScore(keep_in_memory=True)
-
-
 def _qualified_layers(exemplars: datasets.Dataset) -> list[str]:
     # Two networks may share layer names (conv1): key units by set and layer when sets differ.
     layers = list(exemplars[schema.LAYER])
@@ -469,10 +439,7 @@ def score_methods(
     # embedded once. Corpus-level metrics (BLEU, ROUGE) score one method at a time.
     joint_names = [name for name in metrics if name in PER_UNIT_ONLY_METRICS]
     separate_names = [name for name in metrics if name not in PER_UNIT_ONLY_METRICS]
-    joint_modules = [
-        _empty_tolerant_bertscore() if name == "bertscore" else load_metric(name)
-        for name in joint_names
-    ]
+    joint_modules = [load_metric(name) for name in joint_names]
     separate_modules = [load_metric(name) for name in separate_names]
     # score_descriptions finds a metric's kwargs by the module's name.
     joint_kwargs = {

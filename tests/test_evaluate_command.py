@@ -26,7 +26,6 @@ from milan_hf.benchmark import (
     IOU_LABELLED,
     NETDISSECT,
     PLANTED,
-    _empty_tolerant_bertscore,
     annotate_probe_world_units,
     check_annotations_against_references,
     decoding_settings,
@@ -38,6 +37,7 @@ from milan_hf.benchmark import (
     rerank_beam,
     score_methods,
 )
+from milan_hf.metrics import load_metric
 from milan_hf.milannotations import load_milannotations
 from milan_hf.probe_world.corpus import build_corpus
 from milan_hf.probe_world.planted import planted_units
@@ -179,7 +179,7 @@ def test_lambda_sweep_reranks_one_beam_like_generate(captioner_dir, test_split):
 
 
 def test_empty_descriptions_score_zero_bertscore_instead_of_crashing():
-    bertscore = _empty_tolerant_bertscore()
+    bertscore = load_metric("bertscore")
     result = bertscore.compute(
         predictions=["", "red circles", " "], references=[["red"], ["red circles"], ["blue"]]
     )
@@ -201,7 +201,7 @@ def test_joint_scoring_of_methods_equals_scoring_each_alone(test_split):
             {"layer": units["layer"], "unit": units["unit"], "description": method_texts}
         )
         alone, summary = score_descriptions(
-            predictions, references, metrics=[_empty_tolerant_bertscore(), "rouge"]
+            predictions, references, metrics=[load_metric("bertscore"), "rouge"]
         )
         assert per_unit[method]["bertscore_f1"] == pytest.approx(alone["bertscore_f1"])
         assert rows[method]["bertscore_f1"] == pytest.approx(summary["bertscore_f1"])

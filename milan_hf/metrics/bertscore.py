@@ -100,6 +100,31 @@ class DescriptionBertScore(evaluate.Metric):
         for index, unit_references in enumerate(references):
             if len(unit_references) == 0:
                 raise ValueError(f"Prediction {index} has no reference descriptions (got []).")
+        # A captioner may end a description at once. bert-score's rule for an empty candidate
+        # is a score of 0, but under transformers 5 it crashes before applying it (its
+        # empty-sentence branch calls a tokenizer method that no longer exists): apply the
+        # rule here and score the rest.
+        kept = [index for index, text in enumerate(predictions) if str(text).strip()]
+        if len(kept) < len(predictions):
+            result = {"bertscore_hashcode": None}
+            if kept:
+                result = self._compute(
+                    [predictions[i] for i in kept],
+                    [references[i] for i in kept],
+                    model_type=model_type,
+                    num_layers=num_layers,
+                    idf=idf,
+                    rescale_with_baseline=rescale_with_baseline,
+                    lang=lang,
+                    batch_size=batch_size,
+                    device=device,
+                )
+            for key in ("bertscore_precision", "bertscore_recall", "bertscore_f1"):
+                scores = [0.0] * len(predictions)
+                for index, value in zip(kept, result.get(key, [])):
+                    scores[index] = value
+                result[key] = scores
+            return result
         uses_default_model = model_type is None
         if uses_default_model:
             model_type = default_sentence_model_path()
