@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import schema
+from .exemplars import add_extraction_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,15 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with the same settings resumes it. With no --model, runs the embedded offline "
         "default: ImageNet EfficientNet-Lite0 on probe-world scenes and real photographs.",
     )
-    parser.add_argument(
-        "--model",
-        help="timm model name, or a local timm/transformers model directory (or a "
-        "transformers hub id when online); default: the embedded EfficientNet-Lite0 demo",
-    )
-    parser.add_argument("--layers", help="comma-separated module names as in model.named_modules()")
-    parser.add_argument(
-        "--images",
-        help="probe images: image folder, save_to_disk directory, parquet, or a hub dataset id",
+    add_extraction_arguments(
+        parser, required=False, model_default="; default: the embedded EfficientNet-Lite0 demo"
     )
     parser.add_argument(
         "--captioner",
@@ -41,14 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output",
         type=Path,
         help="output directory (default: ./milan-hf-output for the embedded demo)",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="local weights for --model (safetensors or a state dict; never unpickles code)",
-    )
-    parser.add_argument(
-        "--pretrained", action="store_true", help="load the timm model's pretrained weights"
     )
     parser.add_argument(
         "--pmi-weight",
@@ -70,18 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="describe only units 0..N-1 of each layer (default: every unit)",
     )
-    parser.add_argument("--k", type=int, default=schema.DEFAULT_K, help="exemplars per unit")
-    parser.add_argument(
-        "--quantile",
-        type=float,
-        default=schema.DEFAULT_QUANTILE,
-        help="activation quantile that becomes each unit's mask threshold",
-    )
     parser.add_argument(
         "--batch-size", type=int, default=32, help="images per forward pass, units per decode"
     )
-    parser.add_argument("--split", help="split of a multi-split probe dataset")
-    parser.add_argument("--image-column", help="image column of the probe dataset")
     parser.add_argument(
         "--push-to-hub",
         metavar="REPO",

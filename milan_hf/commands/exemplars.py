@@ -15,40 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Find each unit's top-k exemplar images and the regions where it fires. "
         "Runs on several processes/GPUs under `accelerate launch` or `torchrun`.",
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="timm model name, or a local timm/transformers model directory "
-        "(or a transformers hub id when online)",
-    )
-    parser.add_argument(
-        "--layers", required=True, help="comma-separated module names as in model.named_modules()"
-    )
-    parser.add_argument(
-        "--images",
-        required=True,
-        help="probe images: image folder, save_to_disk directory, parquet, or a hub dataset id",
-    )
+    add_extraction_arguments(parser, required=True)
     parser.add_argument("--output", required=True, type=Path, help="output directory")
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="local weights (safetensors or a state dict; never unpickles code)",
-    )
-    parser.add_argument(
-        "--pretrained", action="store_true", help="load the timm model's pretrained weights"
-    )
-    parser.add_argument("--k", type=int, default=schema.DEFAULT_K, help="exemplars per unit")
-    parser.add_argument(
-        "--quantile",
-        type=float,
-        default=schema.DEFAULT_QUANTILE,
-        help="activation quantile that becomes each unit's mask threshold",
-    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0, help="image-decoding workers")
-    parser.add_argument("--split", help="split of a multi-split probe dataset")
-    parser.add_argument("--image-column", help="image column of the probe dataset")
     parser.add_argument(
         "--materialize-images",
         action="store_true",
@@ -64,6 +34,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace a complete output directory"
     )
     parser.set_defaults(func=run)
+
+
+def add_extraction_arguments(
+    parser: argparse.ArgumentParser, *, required: bool, model_default: str = ""
+) -> None:
+    """The model, layer and probe-image options shared by ``exemplars`` and ``describe``."""
+    parser.add_argument(
+        "--model",
+        required=required,
+        help="timm model name, or a local timm/transformers model directory "
+        "(or a transformers hub id when online)" + model_default,
+    )
+    parser.add_argument(
+        "--layers",
+        required=required,
+        help="comma-separated module names as in model.named_modules()",
+    )
+    parser.add_argument(
+        "--images",
+        required=required,
+        help="probe images: image folder, save_to_disk directory, parquet, or a hub dataset id",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="local weights for --model (safetensors or a state dict; never unpickles code)",
+    )
+    parser.add_argument(
+        "--pretrained", action="store_true", help="load the timm model's pretrained weights"
+    )
+    parser.add_argument("--k", type=int, default=schema.DEFAULT_K, help="exemplars per unit")
+    parser.add_argument(
+        "--quantile",
+        type=float,
+        default=schema.DEFAULT_QUANTILE,
+        help="activation quantile that becomes each unit's mask threshold",
+    )
+    parser.add_argument("--split", help="split of a multi-split probe dataset")
+    parser.add_argument("--image-column", help="image column of the probe dataset")
 
 
 def run(args: argparse.Namespace) -> int:
