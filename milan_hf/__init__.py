@@ -53,6 +53,7 @@ _LAZY = {
     "save_evaluation": "evaluation",
     "add_eval_results_to_card": "evaluation",
     "push_eval_results": "evaluation",
+    "run_benchmark": "benchmark",
     # report
     "write_report": "report",
     # describe: exemplars -> descriptions, end to end
