@@ -12,7 +12,8 @@ Steps:
    is left out whole (checked row by row), so it can measure generalisation to unseen networks.
 3. ``scripts/train_captioner.py`` (frozen ImageNet EfficientNet-Lite0 encoder, Show-Attend-Tell
    decoder, LSTM prior, early stopping on validation BLEU) with small decoder sizes.
-4. The weights are stored in float16 (half the size; the config keeps ``dtype: float32`` so
+4. The trained weights are stored in float16, without the frozen backbone, which
+   ``from_pretrained`` rebuilds from the offline package (the config keeps ``dtype: float32`` so
    ``from_pretrained`` computes in float32), with the processor, tokenizer, training metrics,
    the held-out concept accuracy (``scripts/eval_known_units.py``) and a model card rendered
    from ``hub_cards/embedded_captioner.md``; the output directory is replaced atomically.
@@ -161,6 +162,9 @@ def store_half_precision(trained: Path, output: Path) -> None:
     from milan_hf.processing_milan import MilanProcessor
 
     model = MilanCaptionerModel.from_pretrained(trained, dtype=torch.float32)
+    # The frozen backbone is the installed EfficientNet-Lite0 package's: from_pretrained
+    # rebuilds it from there, so the checkpoint holds only what was trained (3.3 MB, not 9.5).
+    model.config.save_backbone_weights = False
     model.half().save_pretrained(output)
     config_file = output / "config.json"
     config = json.loads(config_file.read_text())
