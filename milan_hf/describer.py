@@ -49,9 +49,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import schema
-from .exemplar_storage import load_exemplars, replace_directory, save_exemplars
+from .exemplar_storage import load_exemplars, save_exemplars
 from .exemplars import LayerTaps, exemplar_metadata, extract_exemplars, materialize_images
 from .probe_images import ProbeImages, load_probe_images
+from .staged_output import staged_directory, write_text_atomically
 from .vision_models import VisionModel, load_vision_model
 
 logger = logging.getLogger(__name__)
@@ -546,7 +547,7 @@ def _prepare_output(
     if same and finished is not None and not (state / RUN_FILE).is_file():
         # A finished run asked for other layers: start from its committed results.
         _seed_state_from_outputs(output_dir, state)
-    _write_text_atomically(state / RUN_FILE, json.dumps(record, indent=2))
+    write_text_atomically(state / RUN_FILE, json.dumps(record, indent=2))
     for stale in state.glob("*/.*.partial-*"):  # left by an interrupted commit
         shutil.rmtree(stale, ignore_errors=True)
     return state, False
@@ -601,7 +602,7 @@ def _write_outputs(
         title = report_title or f"MILAN descriptions of {exemplar_metadata(exemplars)['model']}"
         write_report(exemplars, descriptions, output_dir, title=title)
     record = {"settings": _json_ready(settings), "layers": exemplar_metadata(exemplars)["layers"]}
-    _write_text_atomically(output_dir / RUN_FILE, json.dumps(record, indent=2))
+    write_text_atomically(output_dir / RUN_FILE, json.dumps(record, indent=2))
     # Everything is committed: the per-layer state is no longer needed.
     shutil.rmtree(output_dir / STATE_DIR, ignore_errors=True)
 
@@ -635,19 +636,8 @@ def _csv_value(value: Any) -> Any:
 
 
 def _save_dataset_atomically(dataset: datasets.Dataset, target: Path) -> None:
-    partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        dataset.save_to_disk(str(partial))
-        replace_directory(partial, target)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    with staged_directory(target) as staging:
+        dataset.save_to_disk(str(staging))
 
 
 def _read_json(path: Path) -> dict | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from rouge_score.tokenizers import DefaultTokenizer
 
 from milan_hf import schema
 from milan_hf.metrics import METRICS, load_metric
+from milan_hf.staged_output import staged_directory
 
 #: Column of the generated description in a predictions dataset.
 DESCRIPTION = "description"
@@ -532,9 +532,7 @@ def save_evaluation(
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} exists; pass overwrite=True to replace it.")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
-    try:
+    with staged_directory(output_dir) as staging:
         title = (metadata or {}).get("title")
         table = results_table(rows)
         (staging / "results.md").write_text(f"# {title}\n\n{table}" if title else table)
@@ -545,12 +543,6 @@ def save_evaluation(
                 for method, dataset in per_unit.items()
             ]
             datasets.concatenate_datasets(tables).save_to_disk(str(staging / "per_unit"))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output_dir
 
 

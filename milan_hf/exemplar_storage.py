@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import schema
 from .exemplars import METADATA_KEY, exemplar_metadata, materialize_images
+from .staged_output import staged_directory
 
 METADATA_FILE = "milan_exemplars.json"
 DATASET_DIR = "exemplars"
@@ -34,28 +33,11 @@ def save_exemplars(
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} already exists and is not empty; pass overwrite")
-    partial = output_dir.parent / f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     _remove_stale_partials(output_dir)
-    try:
-        partial.mkdir(parents=True)
-        exemplars.save_to_disk(str(partial / DATASET_DIR))
-        (partial / METADATA_FILE).write_text(json.dumps(exemplar_metadata(exemplars), indent=2))
-        replace_directory(partial, output_dir)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+    with staged_directory(output_dir) as staging:
+        exemplars.save_to_disk(str(staging / DATASET_DIR))
+        (staging / METADATA_FILE).write_text(json.dumps(exemplar_metadata(exemplars), indent=2))
     return output_dir
-
-
-def replace_directory(source: Path, target: Path) -> None:
-    """Move the complete ``source`` directory to ``target``, replacing what was there."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-        os.replace(source, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(source, target)
 
 
 def _remove_stale_partials(output_dir: Path) -> None:
@@ -88,21 +70,13 @@ def export_original_layout(
     output_dir = Path(output_dir)
     if with_images and schema.IMAGES not in exemplars.column_names:
         exemplars = materialize_images(exemplars)
-    partial = output_dir.parent / f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    partial.mkdir(parents=True)
-    try:
-        layers = list(dict.fromkeys(exemplars[schema.LAYER]))
-        for layer in layers:
+    with staged_directory(output_dir) as staging:
+        for layer in dict.fromkeys(exemplars[schema.LAYER]):
             rows = exemplars.filter(
                 lambda layer_name, wanted=layer: layer_name == wanted,
                 input_columns=[schema.LAYER],
             )
-            rows = rows.sort(schema.UNIT)
-            _write_layer(rows, partial / layer, with_images)
-        replace_directory(partial, output_dir)
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
+            _write_layer(rows.sort(schema.UNIT), staging / layer, with_images)
     return output_dir
 
 

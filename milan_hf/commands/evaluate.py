@@ -14,9 +14,6 @@ model-index ``EvalResult`` entries), all at once (staged, then renamed into plac
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 DEFAULT_OUTPUT = "milan_evaluation"
@@ -229,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics import PAPER_BERTSCORE_SETTINGS
     from ..modeling_milan import MilanCaptionerModel
     from ..processing_milan import MilanProcessor
+    from ..staged_output import staged_directory
 
     settings = decoding_settings(pmi_weights, args.num_beams)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -270,12 +268,10 @@ def run(args: argparse.Namespace) -> int:
         "notes": _notes(args, result.metadata.get("probe_world", {})),
     }
 
-    # Stage everything, then rename: an interrupted run leaves nothing that looks complete.
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}."))
-    try:
-        staged = save_evaluation(staging / "evaluation", result.rows, result.per_unit, metadata)
-        (staged / "results.md").write_text(results_markdown(result.rows, metadata))
+    # Stage everything, then swap it in: an interrupted run leaves nothing that looks complete.
+    with staged_directory(output) as staging:
+        save_evaluation(staging, result.rows, result.per_unit, metadata, overwrite=True)
+        (staging / "results.md").write_text(results_markdown(result.rows, metadata))
         card = add_eval_results_to_card(
             _captioner_card(args.captioner),
             result.rows,
@@ -284,12 +280,7 @@ def run(args: argparse.Namespace) -> int:
             dataset_config=",".join(held_out) or None,
             model_name=Path(args.captioner).name or args.captioner,
         )
-        (staged / "model_card.md").write_text(str(card))
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staged, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "model_card.md").write_text(str(card))
     print((output / "results.md").read_text())
     if args.push_to_hub:
         push_eval_results(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..probe_world.concepts import load_stamps
     from ..probe_world.scenes import build_scene_dataset
+    from ..staged_output import staged_directory
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     stamps = () if args.no_objects else load_stamps(args.stamps)
-    with tempfile.TemporaryDirectory() as cache:
+    # Written next to the target, then swapped in: an interrupted run leaves nothing that loads.
+    with tempfile.TemporaryDirectory() as cache, staged_directory(output) as staging:
         dataset = build_scene_dataset(
             args.num_images,
             seed=args.seed,
@@ -58,13 +59,7 @@ def run(args: argparse.Namespace) -> int:
             use_stamps=not args.no_objects,
             cache_dir=cache,
         )
-        # Written next to the target, then renamed: an interrupted run leaves nothing that loads.
-        output.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
         dataset.save_to_disk(str(staging))
-    if output.exists():
-        shutil.rmtree(output)
-    staging.rename(output)
     categories = sorted({stamp.category for stamp in stamps})
     print(
         f"wrote {args.num_images} scenes ({args.size}px, seed {args.seed}, "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..staged_output import staged_directory
 from . import concepts as C
 from .annotation import SceneMasks, describe_by_iou, iter_exemplar_rows
 from .planted import planted_transform, planted_units_model
@@ -228,10 +228,8 @@ def build_corpus(
     )
     from milan_hf.exemplars import extract_exemplars
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     records = []
-    try:
+    with staged_directory(output) as staging:
         with tempfile.TemporaryDirectory() as cache:
             scene_sets: dict[int, tuple] = {}
             for network in networks:
@@ -302,10 +300,4 @@ def build_corpus(
             "build_seconds": round(time.perf_counter() - started, 1),
         }
         (staging / "corpus.json").write_text(json.dumps(corpus, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return corpus
