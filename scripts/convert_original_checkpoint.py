@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import shutil
 import sys
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +42,7 @@ from milan_hf.configuration_milan import (
 )
 from milan_hf.modeling_milan import MilanCaptionerModel
 from milan_hf.processing_milan import MilanProcessor
+from milan_hf.staged_output import staged_directory
 from milan_hf.tokenization_milan import SPECIAL_TOKENS, MilanTokenizer
 
 DECODER_PROPERTIES = {
@@ -220,15 +219,9 @@ def save_atomically(
     """Write into a temporary folder beside ``output_dir``, then move it into place."""
     if output_dir.exists():
         raise FileExistsError(f"{output_dir} exists; choose another --output-dir.")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        model.save_pretrained(temporary)
-        MilanProcessor.from_model_config(model.config, tokenizer).save_pretrained(temporary)
-        os.replace(temporary, output_dir)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary)
+    with staged_directory(output_dir) as staging:
+        model.save_pretrained(staging)
+        MilanProcessor.from_model_config(model.config, tokenizer).save_pretrained(staging)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

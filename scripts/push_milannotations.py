@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from milan_hf.milannotations import (
     discover_milannotations,
     load_milannotations,
 )
+from milan_hf.staged_output import staged_directory
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_cards" / "milannotations.md"
 MAX_SHARD_BYTES = 500 * 2**20
@@ -247,16 +247,9 @@ def export_milannotations(
         sets = list(discover_milannotations(data_dir)) if data_dir else list(MILANNOTATIONS_SETS)
     loaded = load_sets(sets, data_dir, imagenet_dir, cache_dir, seed, test_fraction, with_images)
     configs = hub_configs(loaded)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
-    try:
+    with staged_directory(output_dir) as staging:
         write_parquet(loaded, staging)
-        card = render_card(repo_id, loaded, configs, seed, test_fraction)
-        card.save(staging / "README.md")
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        render_card(repo_id, loaded, configs, seed, test_fraction).save(staging / "README.md")
     return output_dir
 
 

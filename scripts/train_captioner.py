@@ -24,9 +24,7 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from string import Template
@@ -45,6 +43,7 @@ from milan_hf import schema
 from milan_hf.configuration_milan import MilanCaptionerConfig, MilanPriorConfig
 from milan_hf.modeling_milan import MilanCaptionerModel
 from milan_hf.processing_milan import MilanProcessor
+from milan_hf.staged_output import staged_directory
 from milan_hf.tokenization_milan import MilanTokenizer
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_cards" / "captioner.md"
@@ -488,23 +487,11 @@ def save_atomically(
     loads as complete."""
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it.")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        model.save_pretrained(temporary)
-        processor.save_pretrained(temporary)
-        (temporary / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        (temporary / "README.md").write_text(card)
-        if output_dir.exists():
-            previous = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-            os.replace(output_dir, previous)
-            os.replace(temporary, output_dir)
-            shutil.rmtree(previous)
-        else:
-            os.replace(temporary, output_dir)
-    finally:
-        if temporary.exists():
-            shutil.rmtree(temporary)
+    with staged_directory(output_dir) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        (staging / "README.md").write_text(card)
 
 
 def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | None = None) -> Any:

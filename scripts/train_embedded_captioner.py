@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -40,6 +39,7 @@ import torch
 from PIL import Image
 
 from milan_hf import schema
+from milan_hf.staged_output import staged_directory
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPOSITORY / "milan_hf" / "resources" / "captioner"
@@ -215,9 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
     )  # fmt: skip
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{args.output.name}.", dir=args.output.parent))
-    try:
+    with staged_directory(args.output) as staging:
         store_half_precision(trained, staging)
         evaluation = None
         if not args.skip_evaluation:
@@ -232,16 +230,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         staging.chmod(0o755)
         for path in staging.iterdir():
             path.chmod(0o644)
-        if args.output.exists():
-            previous = args.output.with_name(f".{args.output.name}.old-{os.getpid()}")
-            os.replace(args.output, previous)
-            os.replace(staging, args.output)
-            shutil.rmtree(previous)
-        else:
-            os.replace(staging, args.output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     size = sum(p.stat().st_size for p in args.output.iterdir()) / 1e6
     print(
         f"embedded captioner at {args.output} ({size:.1f} MB), "
