@@ -19,10 +19,8 @@ from .test_exemplars import SIZE, TinyNet, write_images
 LAYERS = ["conv1", "conv2", "fc"]
 
 
-def extract_in_process(folder: str, output: str) -> None:
-    """Runs in each of the launched processes."""
-    accelerator = Accelerator(cpu=True)
-    exemplars = extract_exemplars(
+def extract(folder: str, accelerator: Accelerator | None = None):
+    return extract_exemplars(
         TinyNet(),
         LAYERS,
         folder,
@@ -33,6 +31,12 @@ def extract_in_process(folder: str, output: str) -> None:
         progress=False,
         accelerator=accelerator,
     )
+
+
+def extract_in_process(folder: str, output: str) -> None:
+    """Runs in each of the launched processes."""
+    accelerator = Accelerator(cpu=True)
+    exemplars = extract(folder, accelerator)
     assert accelerator.num_processes == 2
     if accelerator.is_main_process:
         save_exemplars(exemplars, output)
@@ -57,16 +61,7 @@ def test_two_processes_equal_one(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
-    single = extract_exemplars(
-        TinyNet(),
-        LAYERS,
-        folder,
-        k=4,
-        quantile=0.95,
-        input_size=SIZE,
-        batch_size=4,
-        progress=False,
-    )
+    single = extract(folder)
     two = load_exemplars(tmp_path / "two")
     assert len(two) == len(single)
     assert two[schema.LAYER] == single[schema.LAYER]
