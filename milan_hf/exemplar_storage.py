@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +19,37 @@ from tqdm.auto import tqdm
 
 from . import schema
 from .exemplars import METADATA_KEY, exemplar_metadata, materialize_images
-from .staged_output import staged_directory
+from .staged_output import remove_stale_staging, require_own_output, staged_directory
 
 METADATA_FILE = "milan_exemplars.json"
 DATASET_DIR = "exemplars"
+#: ``milan-hf exemplars --export-original`` writes the original MILAN layout here.
+ORIGINAL_DIR = "original"
+#: What an exemplar output directory holds when milan_hf wrote it (and may replace).
+OWNED_ENTRIES = (METADATA_FILE, DATASET_DIR, ORIGINAL_DIR)
 
 
 def save_exemplars(
     exemplars: datasets.Dataset, output_dir: str | Path, *, overwrite: bool = False
 ) -> Path:
-    """Write ``exemplars`` to ``output_dir`` atomically (temporary sibling, then rename)."""
+    """Write ``exemplars`` to ``output_dir`` atomically (temporary sibling, then rename).
+
+    ``overwrite`` replaces an earlier exemplar set there, and only that: a directory that
+    also holds other files is refused, naming them (nothing is touched).
+    """
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} already exists and is not empty; pass overwrite")
-    _remove_stale_partials(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output {str(output_dir)!r} is a file, not a directory")
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{output_dir} already exists and is not empty; pass overwrite")
+        require_own_output(output_dir, metadata_file=METADATA_FILE, owned=OWNED_ENTRIES,
+                           what="exemplar output")  # fmt: skip
+    remove_stale_staging(output_dir.parent, output_dir.name)
     with staged_directory(output_dir) as staging:
         exemplars.save_to_disk(str(staging / DATASET_DIR))
         (staging / METADATA_FILE).write_text(json.dumps(exemplar_metadata(exemplars), indent=2))
     return output_dir
-
-
-def _remove_stale_partials(output_dir: Path) -> None:
-    if output_dir.parent.is_dir():
-        for stale in output_dir.parent.glob(f".{output_dir.name}.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
 
 
 def load_exemplars(directory: str | Path) -> datasets.Dataset:

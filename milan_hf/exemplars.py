@@ -29,6 +29,7 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 # Sorts after every real image id, so padding never wins a tie.
 _NO_IMAGE = torch.iinfo(torch.int64).max
-METADATA_KEY = "milan_hf_exemplars"
+METADATA_KEY = schema.EXEMPLAR_METADATA_KEY
 
 
 class _StopForward(Exception):
@@ -187,6 +188,69 @@ def _select_top(
     return scores.gather(1, order), ids.gather(1, order)
 
 
+@dataclass
+class ExtractionInputs:
+    """What an extraction runs on, checked and resolved once (see :func:`prepare_extraction`)."""
+
+    model: VisionModel
+    layers: list[str]
+    probe: ProbeImages
+
+
+def layer_list(layers: Sequence[str] | str) -> list[str]:
+    """Layer names from a list or a comma-separated string; at least one, none twice."""
+    if isinstance(layers, str):
+        layers = layers.split(",")
+    names = [name.strip() for name in layers if name and name.strip()]
+    if not names:
+        raise ValueError(f"no layers given ({layers!r}): name at least one module of the model")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"layers {duplicates} are given more than once")
+    return names
+
+
+def prepare_extraction(
+    model: str | torch.nn.Module | VisionModel,
+    layers: Sequence[str] | str,
+    images: str | Path | datasets.Dataset | ProbeImages,
+    *,
+    k: int = schema.DEFAULT_K,
+    quantile: float = schema.DEFAULT_QUANTILE,
+    batch_size: int = 32,
+    pretrained: bool = False,
+    checkpoint: str | Path | None = None,
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    image_column: str | None = None,
+    split: str | None = None,
+) -> ExtractionInputs:
+    """The one preparation step of extraction and description: check the settings, resolve
+    the model and its layers and the probe images, before any expensive work. Resolved inputs
+    (a ``VisionModel``, a ``ProbeImages``) pass through unchanged, so calling it twice is cheap.
+    """
+    layers = layer_list(layers)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be strictly between 0 and 1, got {quantile!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    vision_model = load_vision_model(
+        model,
+        pretrained=pretrained,
+        checkpoint=checkpoint,
+        input_size=input_size,
+        transform=transform,
+    )
+    LayerTaps(vision_model, layers)  # validates every layer name
+    probe = load_probe_images(images, split=split, image_column=image_column)
+    if k > len(probe):
+        raise ValueError(f"k={k} is larger than the number of probe images ({len(probe)})")
+    _fit_custom_transform_size(vision_model, probe)
+    return ExtractionInputs(model=vision_model, layers=layers, probe=probe)
+
+
 def extract_exemplars(
     model: str | torch.nn.Module | VisionModel,
     layers: Sequence[str] | str,
@@ -230,25 +294,21 @@ def extract_exemplars(
         process; ``None`` on the other processes of a distributed run. Unreadable probe images
         are skipped; their names are in the metadata (:func:`exemplar_metadata`).
     """
-    if isinstance(layers, str):
-        layers = [name.strip() for name in layers.split(",") if name.strip()]
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile must be strictly between 0 and 1, got {quantile!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    vision_model = load_vision_model(
+    inputs = prepare_extraction(
         model,
+        layers,
+        images,
+        k=k,
+        quantile=quantile,
+        batch_size=batch_size,
         pretrained=pretrained,
         checkpoint=checkpoint,
-        input_size=input_size,
         transform=transform,
+        input_size=input_size,
+        image_column=image_column,
+        split=split,
     )
-    probe = load_probe_images(images, split=split, image_column=image_column)
-    if k > len(probe):
-        raise ValueError(f"k={k} is larger than the number of probe images ({len(probe)})")
-    _fit_custom_transform_size(vision_model, probe)
+    vision_model, layers, probe = inputs.model, inputs.layers, inputs.probe
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
     vision_model.module.to(device)

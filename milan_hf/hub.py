@@ -2,17 +2,21 @@
 
 The folder written here is exactly what ``load_dataset(repo_id)`` reads back (``data/*.parquet``
 and a ``README.md`` whose YAML header declares the split), so pushing is one ``upload_folder``.
+Descriptions go up with their exemplar sets in one repo (:func:`push_descriptions_to_hub`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import datasets
 from huggingface_hub import HfApi
+
+from . import schema
 
 
 def write_dataset_folder(
@@ -68,3 +72,80 @@ def push_dataset(
     with tempfile.TemporaryDirectory(prefix="milan_hf_push_") as folder:
         write_dataset_folder(dataset, folder, card)
         return push_dataset_folder(folder, repo_id, private=private, token=token)
+
+
+def push_descriptions_to_hub(
+    descriptions: datasets.Dataset,
+    exemplars: datasets.Dataset,
+    repo_id: str,
+    *,
+    captioner: str | os.PathLike | None = None,
+    private: bool = False,
+    token: str | None = None,
+) -> Any:
+    """Push the descriptions (config ``default``) and the exemplar sets with their images
+    materialised (config ``exemplars``) to one dataset repo, with a card from
+    ``hub_cards/descriptions.md``."""
+    from .exemplars import materialize_images
+
+    if schema.IMAGES not in exemplars.column_names:
+        exemplars = materialize_images(exemplars)
+    card = descriptions_card(descriptions, exemplars, captioner=captioner)
+    with tempfile.TemporaryDirectory(prefix="milan_hf_push_") as folder:
+        write_dataset_folder(descriptions, folder, card, split="train")
+        write_dataset_folder(exemplars, folder, card, split="exemplars")
+        return push_dataset_folder(
+            folder,
+            repo_id,
+            private=private,
+            token=token,
+            commit_message="Upload MILAN unit descriptions with milan_hf",
+        )
+
+
+def descriptions_card(
+    descriptions: datasets.Dataset,
+    exemplars: datasets.Dataset,
+    *,
+    captioner: Any = None,
+    examples: int = 10,
+) -> str:
+    """The dataset card of a descriptions dataset, with a table of example descriptions."""
+    from .hub_cards import render_card
+
+    metadata = schema.exemplar_metadata(exemplars)
+    source = metadata.get("probe_source", {})
+    rows = descriptions.select(range(min(examples, len(descriptions))))
+    table = "\n".join(
+        f"| `{_markdown_cell(row[schema.LAYER])}` | {row[schema.UNIT]} | "
+        f"{_markdown_cell(row[schema.DESCRIPTION])} | {_score_cell(row[schema.SCORE])} |"
+        for row in rows
+    )
+    return render_card(
+        "descriptions",
+        model=metadata.get("model", "a vision model"),
+        num_units=len(descriptions),
+        layers=", ".join(f"`{layer}`" for layer in metadata.get("layers", [])),
+        captioner=_captioner_name(captioner),
+        k=metadata.get("k", schema.DEFAULT_K),
+        quantile=metadata.get("quantile", schema.DEFAULT_QUANTILE),
+        num_images=metadata.get("num_images", "?"),
+        probe_source=source.get("id") or source.get("path") or source.get("kind", "unknown"),
+        examples=table,
+    )
+
+
+def _captioner_name(captioner: Any) -> str:
+    if captioner is None:
+        return "the captioner embedded in milan_hf (trained on the probe-world corpus)"
+    if hasattr(captioner, "state_dict"):  # a loaded model
+        return f"`{getattr(captioner, 'name_or_path', '') or type(captioner).__name__}`"
+    return f"`{captioner}`"
+
+
+def _score_cell(score: float | None) -> str:
+    return "–" if score is None or not math.isfinite(score) else f"{score:.2f}"
+
+
+def _markdown_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")

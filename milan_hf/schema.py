@@ -1,13 +1,22 @@
-"""The exemplar-set schema shared by extraction, MILANNOTATIONS, training and evaluation.
+"""The schema shared by extraction, MILANNOTATIONS, training, description and evaluation.
 
-One row per unit. Extraction output, the MILANNOTATIONS loader and the probe-world corpus all
-produce this schema, so every downstream consumer (captioner processor, trainer, evaluator,
-report) reads one type. See ``shared/DESIGN.md`` ("Exemplar-set row").
+Exemplar sets: one row per unit. Extraction output, the MILANNOTATIONS loader and the
+probe-world corpus all produce this schema, so every downstream consumer (captioner processor,
+trainer, evaluator, report) reads one type. See ``shared/DESIGN.md`` ("Exemplar-set row"). The
+extraction metadata travels as JSON in ``info.description`` under
+:data:`EXEMPLAR_METADATA_KEY`; read and write it with :func:`exemplar_metadata` and
+:func:`metadata_description`.
+
+Descriptions: one row per unit, :data:`DESCRIPTION_COLUMNS` (what the captioner gives) and, in
+the output of a ``describe`` run, :data:`DEAD` as well (:data:`RUN_DESCRIPTION_COLUMNS`).
 """
 
 from __future__ import annotations
 
-from datasets import Array2D, Features, Image, List, Value
+import json
+from typing import Any
+
+from datasets import Array2D, Dataset, Features, Image, List, Value
 
 #: Column names, in the order they appear.
 LAYER = "layer"
@@ -19,6 +28,33 @@ THRESHOLD = "threshold"
 DEAD = "dead"
 IMAGES = "images"
 DESCRIPTIONS = "descriptions"
+#: The probe-world network / MILANNOTATIONS set a unit comes from (corpora of several models).
+SOURCE = "source"
+
+#: Key of the extraction metadata in an exemplar set's ``info.description`` JSON.
+EXEMPLAR_METADATA_KEY = "milan_hf_exemplars"
+
+#: Columns of a descriptions dataset.
+DESCRIPTION = "description"
+SCORE = "score"
+CAPTIONER_LOG_PROB = "captioner_log_prob"
+PRIOR_LOG_PROB = "prior_log_prob"
+DESCRIPTION_COLUMNS = (LAYER, UNIT, DESCRIPTION, SCORE, CAPTIONER_LOG_PROB, PRIOR_LOG_PROB)
+DESCRIPTION_FEATURES = Features(
+    {
+        LAYER: Value("string"),
+        UNIT: Value("int64"),
+        DESCRIPTION: Value("string"),
+        SCORE: Value("float32"),
+        CAPTIONER_LOG_PROB: Value("float32"),
+        PRIOR_LOG_PROB: Value("float32"),
+    }
+)
+#: A ``describe`` run also says which units are dead (constant, NaN or inf over the probe set).
+RUN_DESCRIPTION_COLUMNS = (*DESCRIPTION_COLUMNS, DEAD)
+RUN_DESCRIPTION_FEATURES = Features({**DESCRIPTION_FEATURES, DEAD: Value("bool")})
+#: The description of a dead unit: a marker, never a concept (its scores are NaN).
+DEAD_UNIT_DESCRIPTION = "(dead unit)"
 
 #: The original MILAN conventions.
 DEFAULT_K = 15
@@ -54,3 +90,17 @@ def exemplar_features(
     if with_descriptions:
         features[DESCRIPTIONS] = List(Value("string"))
     return Features(features)
+
+
+def exemplar_metadata(exemplars: Dataset) -> dict[str, Any]:
+    """The extraction metadata (model, layers, k, quantile, geometry, probe source...) of an
+    exemplar set; ``{}`` when it has none."""
+    try:
+        return dict(json.loads(exemplars.info.description or "{}")[EXEMPLAR_METADATA_KEY])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return {}
+
+
+def metadata_description(metadata: dict[str, Any]) -> str:
+    """The ``info.description`` text that carries an exemplar set's ``metadata``."""
+    return json.dumps({EXEMPLAR_METADATA_KEY: metadata})

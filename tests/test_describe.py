@@ -20,7 +20,6 @@ from PIL import Image
 from milan_hf.cli import main as cli_main
 from milan_hf.describer import (
     DEFAULT_IMAGE_SIZE,
-    DESCRIPTION_COLUMNS,
     EMBEDDED_CAPTIONER,
     describe,
     describe_default,
@@ -29,6 +28,7 @@ from milan_hf.describer import (
     push_descriptions_to_hub,
 )
 from milan_hf.exemplar_storage import load_exemplars
+from milan_hf.schema import RUN_DESCRIPTION_COLUMNS as DESCRIPTION_COLUMNS
 
 # The module itself (milan_hf/__init__.py may re-export the function `describe` under its name).
 describe_module = importlib.import_module("milan_hf.describer")

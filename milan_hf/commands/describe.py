@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         load_description_outputs,
         push_descriptions_to_hub,
     )
+    from ..staged_output import check_output_location
 
     common = {
         "captioner": args.captioner,
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{', '.join(unused + (['--pretrained'] if args.pretrained else []))} need(s) "
                 "--model; without --model the embedded default model and images are used"
             )
-        output = args.output or Path(DEFAULT_OUTPUT_DIR)
+        output = check_output_location(args.output or DEFAULT_OUTPUT_DIR, flag="--output")
         print(
             "describing EfficientNet-Lite0 (ImageNet weights) on probe-world scenes and "
             "scikit-image photographs with the embedded captioner",
@@ -121,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         ]
         if missing:
             raise ValueError(f"--model needs {', '.join(missing)} as well")
-        output = args.output
+        inputs = [args.images, args.model, args.checkpoint, args.captioner]
+        output = check_output_location(args.output, inputs, flag="--output")
         descriptions = describe(
             args.model,
             args.layers,

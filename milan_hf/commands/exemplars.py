@@ -80,17 +80,27 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     from ..exemplar_storage import (
+        METADATA_FILE,
+        ORIGINAL_DIR,
+        OWNED_ENTRIES,
         export_original_layout,
         push_exemplars_to_hub,
         save_exemplars,
     )
     from ..exemplars import extract_exemplars
+    from ..staged_output import check_output_location, require_own_output
 
-    output: Path = args.output
-    if output.exists() and any(output.iterdir()) and not args.overwrite:
-        raise FileExistsError(
-            f"{output} already exists and is not empty; pass --overwrite to replace it"
-        )
+    # Before any work: where the results go must be free, or hold only an earlier run's.
+    output = check_output_location(
+        args.output, [args.images, args.model, args.checkpoint], flag="--output"
+    )
+    if output.exists() and any(output.iterdir()):
+        if not args.overwrite:
+            raise FileExistsError(
+                f"{output} already exists and is not empty; pass --overwrite to replace it"
+            )
+        require_own_output(output, metadata_file=METADATA_FILE, owned=OWNED_ENTRIES,
+                           what="--output")  # fmt: skip
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     exemplars = extract_exemplars(
         args.model,
@@ -111,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     save_exemplars(exemplars, output, overwrite=args.overwrite)
     if args.export_original:
-        export_original_layout(exemplars, output / "original", with_images=args.materialize_images)
+        export_original_layout(
+            exemplars, output / ORIGINAL_DIR, with_images=args.materialize_images
+        )
     if args.push_to_hub:
         push_exemplars_to_hub(exemplars, args.push_to_hub)
     layers = sorted(set(exemplars[schema.LAYER]))
