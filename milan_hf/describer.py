@@ -233,16 +233,16 @@ def describe(
         report, report_title: write ``index.html`` (with ``output_dir``), and its title.
         device: where the model and captioner run (default: CUDA when available).
 
-    Returns the descriptions (``schema.RUN_DESCRIPTION_COLUMNS``), one row per unit.
-    """
+    Returns one row per unit: ``schema.RUN_DESCRIPTION_COLUMNS``."""
     generation = _generation_settings(pmi_weight, pmi_strategy, num_beams, no_repeat_ngram_size)
     _check_units(units)
     if output_dir is not None:  # never into the working directory or the inputs
         output_dir = check_output_location(output_dir, [images, model, checkpoint, captioner])
     inputs = prepare_extraction(
         model, layers, images, k=k, quantile=quantile, batch_size=batch_size,
-        pretrained=pretrained, checkpoint=checkpoint, transform=transform,
-        input_size=input_size, image_column=image_column, split=split,
+        model_options=dict(pretrained=pretrained, checkpoint=checkpoint, transform=transform,
+                           input_size=input_size),
+        probe_options=dict(split=split, image_column=image_column),
     )  # fmt: skip
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     captioner_model, processor = load_captioner(captioner, device=device)

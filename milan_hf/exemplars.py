@@ -218,16 +218,16 @@ def prepare_extraction(
     k: int = schema.DEFAULT_K,
     quantile: float = schema.DEFAULT_QUANTILE,
     batch_size: int = 32,
-    pretrained: bool = False,
-    checkpoint: str | Path | None = None,
-    transform: Callable[[Image.Image], torch.Tensor] | None = None,
-    input_size: int | tuple[int, int] | None = None,
-    image_column: str | None = None,
-    split: str | None = None,
+    model_options: dict[str, Any] | None = None,
+    probe_options: dict[str, Any] | None = None,
 ) -> ExtractionInputs:
     """The one preparation step of extraction and description: check the settings, resolve
-    the model and its layers and the probe images, before any expensive work. Resolved inputs
-    (a ``VisionModel``, a ``ProbeImages``) pass through unchanged, so calling it twice is cheap.
+    the model and its layers and the probe images, before any expensive work.
+
+    ``model_options`` go to :func:`~milan_hf.vision_models.load_vision_model` (``pretrained``,
+    ``checkpoint``, ``input_size``, ``transform``), ``probe_options`` to
+    :func:`~milan_hf.probe_images.load_probe_images` (``split``, ``image_column``). Resolved
+    inputs (a ``VisionModel``, a ``ProbeImages``) pass through, so calling it twice is cheap.
     """
     layers = layer_list(layers)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -236,15 +236,9 @@ def prepare_extraction(
         raise ValueError(f"quantile must be strictly between 0 and 1, got {quantile!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    vision_model = load_vision_model(
-        model,
-        pretrained=pretrained,
-        checkpoint=checkpoint,
-        input_size=input_size,
-        transform=transform,
-    )
+    vision_model = load_vision_model(model, **(model_options or {}))
     LayerTaps(vision_model, layers)  # validates every layer name
-    probe = load_probe_images(images, split=split, image_column=image_column)
+    probe = load_probe_images(images, **(probe_options or {}))
     if k > len(probe):
         raise ValueError(f"k={k} is larger than the number of probe images ({len(probe)})")
     _fit_custom_transform_size(vision_model, probe)
@@ -301,12 +295,10 @@ def extract_exemplars(
         k=k,
         quantile=quantile,
         batch_size=batch_size,
-        pretrained=pretrained,
-        checkpoint=checkpoint,
-        transform=transform,
-        input_size=input_size,
-        image_column=image_column,
-        split=split,
+        model_options=dict(
+            pretrained=pretrained, checkpoint=checkpoint, transform=transform, input_size=input_size
+        ),
+        probe_options=dict(split=split, image_column=image_column),
     )
     vision_model, layers, probe = inputs.model, inputs.layers, inputs.probe
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
