@@ -147,8 +147,9 @@ def require_own_output(
         return
     if not (directory / metadata_file).is_file():
         raise FileExistsError(
-            f"{directory} was not written by milan_hf (no {metadata_file} there) and is not "
-            f"empty; refusing to replace it: choose a new or empty {what} directory"
+            f"{directory} holds no {metadata_file}, so milan_hf did not write it, and is not "
+            f"empty; refusing to replace it, nothing was touched: choose a new or empty {what} "
+            "directory"
         )
     foreign = foreign_entries(directory, [metadata_file, *owned])
     if foreign:

@@ -99,7 +99,7 @@ def test_exemplars_overwrite_keeps_a_users_files(tmp_path, images, capsys):
 
     # A directory milan_hf did not write at all (no metadata file) is refused too.
     photos = write_images(tmp_path / "photos", count=2)
-    with pytest.raises(FileExistsError, match="not written by milan_hf"):
+    with pytest.raises(FileExistsError, match="milan_hf did not write it"):
         save_exemplars(exemplars, photos, overwrite=True)
     assert sorted(p.name for p in photos.iterdir()) == ["0.png", "1.png"]
 

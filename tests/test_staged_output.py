@@ -78,7 +78,7 @@ def test_foreign_entries_and_the_ownership_rule(tmp_path):
     with pytest.raises(FileExistsError, match=r"notes\.txt, thumbs/mine/.*nothing was touched"):
         require_own_output(out, metadata_file="meta.json", owned=owned)
     (out / "meta.json").unlink()
-    with pytest.raises(FileExistsError, match="no meta.json there"):
+    with pytest.raises(FileExistsError, match="holds no meta.json"):
         require_own_output(out, metadata_file="meta.json", owned=owned)
     require_own_output(tmp_path / "new", metadata_file="meta.json", owned=owned)  # missing: ok
 
