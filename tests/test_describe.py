@@ -313,3 +313,32 @@ def test_push_escapes_descriptions_in_the_card(tmp_path, probe_images, monkeypat
     assert "| a \\| b c |" in cards[0]
     assert "`my/captioner`" in cards[0]
     assert json.loads(json.dumps(descriptions.to_list()))  # plain data, nothing exotic
+
+
+def test_hub_folder_is_what_load_dataset_reads_and_push_is_one_commit(tmp_path, monkeypatch):
+    from milan_hf.hub import descriptions_card, push_dataset, write_dataset_folder
+
+    rows = datasets.Dataset.from_dict({"layer": ["a"] * 5, "unit": list(range(5))})
+    paths = write_dataset_folder(rows, tmp_path / "folder", "card text", max_rows_per_shard=2)
+    assert [p.name for p in paths] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    assert datasets.Dataset.from_parquet([str(p) for p in paths])["unit"] == list(range(5))
+    assert (tmp_path / "folder" / "README.md").read_text() == "card text"
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(repo_id))
+    monkeypatch.setattr(
+        HfApi,
+        "upload_folder",
+        lambda self, *, folder_path, repo_id, **kw: calls.append(
+            sorted(p.name for p in Path(folder_path).rglob("*") if p.is_file())
+        ),
+    )
+    push_dataset(rows, "someone/rows", "card")
+    assert calls == ["someone/rows", ["README.md", "train-00000-of-00001.parquet"]]
+
+    # A dead unit's NaN score is shown as no score in the card, never as "nan" or 3.4e38.
+    descriptions = datasets.Dataset.from_dict(
+        {"layer": ["l"], "unit": [0], "description": ["(dead unit)"], "score": [float("nan")]}
+    )
+    card = descriptions_card(descriptions, descriptions, captioner="x/y")
+    assert "| `l` | 0 | (dead unit) | – |" in card and "| nan |" not in card
