@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import schema
-from .exemplars import METADATA_KEY, exemplar_metadata, materialize_images
+from .exemplars import exemplar_metadata, materialize_images
 from .staged_output import remove_stale_staging, require_own_output, staged_directory
 
 METADATA_FILE = "milan_exemplars.json"
@@ -63,7 +63,7 @@ def load_exemplars(directory: str | Path) -> datasets.Dataset:
         )
     dataset = datasets.load_from_disk(str(directory / DATASET_DIR))
     metadata = json.loads(metadata_file.read_text())
-    dataset.info.description = json.dumps({METADATA_KEY: metadata})
+    dataset.info.description = schema.metadata_description(metadata)
     return dataset
 
 

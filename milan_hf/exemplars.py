@@ -24,7 +24,6 @@ registers) from the front and folding the rest into the patch grid, and vector o
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import math
 import tempfile
@@ -594,7 +593,9 @@ def write_rows(
     directory = Path(directory or tempfile.mkdtemp(prefix="milan_hf_exemplars_"))
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "exemplars.arrow"
-    info = datasets.DatasetInfo(description=json.dumps({METADATA_KEY: metadata}), features=features)
+    info = datasets.DatasetInfo(
+        description=schema.metadata_description(metadata), features=features
+    )
     # Small writer batches: a row holds k full-size masks (750 kB at 224 px, k=15).
     with ArrowWriter(features=features, path=str(path), writer_batch_size=16) as writer:
         for row in rows:
@@ -606,10 +607,7 @@ def write_rows(
 
 def exemplar_metadata(exemplars: datasets.Dataset) -> dict[str, Any]:
     """The extraction metadata (model, layers, k, quantile, geometry, probe source...)."""
-    try:
-        return json.loads(exemplars.info.description or "{}")[METADATA_KEY]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return {}
+    return schema.exemplar_metadata(exemplars)
 
 
 def materialize_images(
