@@ -67,7 +67,6 @@ DEFAULT_PMI_WEIGHTS = (0.0, 0.1, 0.2, 0.5, 1.0)
 DEFAULT_NUM_BEAMS = 50
 
 
-
 def pmi_method_name(pmi_weight: float) -> str:
     return f"PMI λ={pmi_weight:g}"
 

@@ -115,8 +115,7 @@ class UnitHistogram:
         """Add another histogram's counts (e.g. from another process) into this one."""
         if other.num_units != self.num_units:
             raise ValueError(
-                f"cannot merge a histogram of {other.num_units} units into one of "
-                f"{self.num_units}"
+                f"cannot merge a histogram of {other.num_units} units into one of {self.num_units}"
             )
         self.counts += other.counts
         self.minimum = torch.minimum(self.minimum, other.minimum)
