@@ -9,14 +9,18 @@ probe-world corpus, or any exemplar-set dataset with a ``descriptions`` column) 
    ``log p(d|E) − λ·log p(d)`` for each λ of a sweep. With the original "rerank" strategy one
    beam search per batch serves every λ: only the choice among its candidates changes;
 2. on a probe-world corpus (``corpus.json`` present), regenerates the scenes the exemplars were
-   cut from and re-runs the IoU annotator on them (:func:`annotate_probe_world_units`). This
-   yields the NetDissect-style baseline row and the ground truth of units of known meaning:
-   planted units (their function is fixed by construction) and IoU-labelled units (the
+   cut from and re-runs the IoU annotator on them (:mod:`milan_hf.probe_world.ground_truth`).
+   This yields the NetDissect-style baseline row and the ground truth of units of known
+   meaning: planted units (their function is fixed by construction) and IoU-labelled units (the
    annotator's concept expression). Re-annotating with the corpus seed must reproduce the
    corpus's own descriptions, which checks that the regenerated scenes are the right ones;
 3. scores every method with :func:`milan_hf.evaluation.score_descriptions` (BERTScore F1 is the
    paper's number) overall and per set (the paper's Table 2/3 layout: rows = methods, columns =
-   held-out sets), and with :func:`milan_hf.evaluation.concept_accuracy` by concept family.
+   held-out sets), and with ``ground_truth.known_unit_accuracy`` (strict and lenient) by
+   concept family.
+
+:func:`evaluate_known_units` is the known-unit accuracy alone, per held-out network of a
+probe-world corpus and per λ (``scripts/eval_known_units.py``).
 
 On the probe world the references ARE the IoU annotator's phrasings, so the NetDissect-style
 row is a ceiling there (same concept, other words), not a weak baseline as in the paper.
@@ -29,6 +33,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -48,12 +53,15 @@ from milan_hf.probe_world.ground_truth import (  # noqa: F401  (moved there; nam
     PLANTED,
     PLANTED_NETWORK,
     SOURCE,
+    KnownUnit,
     ProbeWorldCorpus,
     annotate_probe_world_units,
     check_annotations_against_references,
     expression_concept,
+    known_unit_accuracy,
     probe_world_concept_phrases,
     probe_world_ground_truth,
+    probe_world_known_units,
     read_probe_world_corpus,
 )
 from milan_hf.processing_milan import MilanProcessor
@@ -204,7 +212,7 @@ def _mean(values: Sequence[float]) -> float:
 def score_methods(
     exemplars: datasets.Dataset,
     descriptions: Mapping[str, Sequence[str]],
-    ground_truth: Sequence[dict[str, Any] | None] | None = None,
+    ground_truth: Sequence[KnownUnit | None] | None = None,
     metrics: Sequence[str] = ("bertscore", "bleu", "rouge", "embedding_cosine"),
     metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     concept_phrases: Mapping[str, Sequence[str]] | None = None,
@@ -213,12 +221,13 @@ def score_methods(
 
     Returns ``(rows, per_unit)``: per method a summary (``score_descriptions``'s, plus
     ``by_set`` {set: {mean of each per-unit score, units}} and, with ground truth,
-    ``accuracy`` over units of known meaning and ``ground_truth`` {planted|iou:
-    ``concept_accuracy`` summary}), and a
+    ``accuracy`` / ``lenient_accuracy`` over units of known meaning and ``ground_truth``
+    {planted|iou: summary} (:func:`milan_hf.probe_world.ground_truth.known_unit_accuracy`),
+    and a
     per-unit dataset (layer, unit, source, description, references, scores, concept, family,
     known_by, correct).
     """
-    from milan_hf.evaluation import concept_accuracy, score_descriptions
+    from milan_hf.evaluation import score_descriptions
     from milan_hf.metrics import load_metric
 
     for method, texts in descriptions.items():
@@ -273,7 +282,7 @@ def score_methods(
         list(exemplars[SOURCE]) if SOURCE in exemplars.column_names else ["(all)"] * len(exemplars)
     )
     truth = list(ground_truth) if ground_truth is not None else [None] * len(exemplars)
-    known = [index for index, item in enumerate(truth) if item is not None]
+    records = [unit.record() if unit else {} for unit in truth]
 
     rows: dict[str, dict[str, Any]] = {}
     per_unit: dict[str, datasets.Dataset] = {}
@@ -306,39 +315,20 @@ def score_methods(
             }
             for source in dict.fromkeys(sources)
         }
-        correct: list[bool | None] = [None] * len(exemplars)
-        if known:
-            summary["ground_truth"] = {}
-            for known_by in (PLANTED, IOU_LABELLED):
-                chosen = [i for i in known if truth[i][KNOWN_BY] == known_by]
-                if not chosen:
-                    continue
-                subset_predictions = predictions.select(chosen)
-                subset_truth = datasets.Dataset.from_dict(
-                    {
-                        schema.LAYER: [keyed_layers[i] for i in chosen],
-                        schema.UNIT: [units[i] for i in chosen],
-                        CONCEPT: [truth[i][CONCEPT] for i in chosen],
-                        FAMILY: [truth[i][FAMILY] for i in chosen],
-                    }
-                )
-                judged, accuracy = concept_accuracy(
-                    subset_predictions, subset_truth, concept_phrases=concept_phrases
-                )
-                summary["ground_truth"][known_by] = accuracy
-                for index, ok in zip(chosen, judged[CORRECT]):
-                    correct[index] = ok
-            judged_known = [correct[i] for i in known]
-            summary["accuracy"] = sum(judged_known) / len(judged_known)
-            summary["num_known_units"] = len(judged_known)
+        correct, accuracy = known_unit_accuracy(texts, truth, concept_phrases)
+        if accuracy:
+            summary["ground_truth"] = accuracy["ground_truth"]
+            summary["accuracy"] = accuracy["accuracy"]
+            summary["lenient_accuracy"] = accuracy["lenient_accuracy"]
+            summary["num_known_units"] = accuracy["num_known_units"]
         rows[method] = summary
         per_unit[method] = (
             scored.remove_columns([schema.LAYER])
             .add_column(schema.LAYER, layers)
             .add_column(SOURCE, sources)
-            .add_column(CONCEPT, [item[CONCEPT] if item else None for item in truth])
-            .add_column(FAMILY, [item[FAMILY] if item else None for item in truth])
-            .add_column(KNOWN_BY, [item[KNOWN_BY] if item else None for item in truth])
+            .add_column(CONCEPT, [record.get(CONCEPT) for record in records])
+            .add_column(FAMILY, [record.get(FAMILY) for record in records])
+            .add_column(KNOWN_BY, [record.get(KNOWN_BY) for record in records])
             .add_column(CORRECT, correct, feature=datasets.Value("bool"))
         )
     return rows, per_unit
@@ -398,38 +388,17 @@ def run_benchmark(
         logger.warning("No NetDissect baseline or ground-truth accuracy: %s.", problem)
         metadata["probe_world"] = {"corpus": str(probe_world.root), "skipped": problem}
     elif probe_world is not None:
-        reference_annotations = annotate_probe_world_units(
-            probe_world, exemplars, seed=probe_world.seed, progress=progress
-        )
-        concept_phrases = probe_world_concept_phrases()
-        agreement = check_annotations_against_references(
-            exemplars, reference_annotations, concept_phrases
-        )
+        known = probe_world_known_units(probe_world, exemplars, progress=progress)
+        ground_truth, concept_phrases = known.units, known.concept_phrases
         baseline = annotate_probe_world_units(
             probe_world, exemplars, seed=probe_world.seed + 1, num_descriptions=1, progress=False
         )
         descriptions[NETDISSECT] = [annotation.descriptions[0] for annotation in baseline]
-        ground_truth = probe_world_ground_truth(probe_world, exemplars, reference_annotations)
-        # An IoU label that the unit's corpus descriptions do not name is not trusted as truth.
-        ground_truth = [
-            item if item and (item[KNOWN_BY] == PLANTED or agrees) else None
-            for item, agrees in zip(ground_truth, agreement)
-        ]
-        identical = sum(
-            list(a.descriptions) == list(r)
-            for a, r in zip(reference_annotations, exemplars[schema.DESCRIPTIONS])
-        )
         metadata["probe_world"] = {
             "corpus": str(probe_world.root),
             "seed": probe_world.seed,
             "world_version": probe_world.info.get("world_version"),
-            "units_reannotated_identically": identical,
-            "units_whose_references_name_the_reannotated_concept": agreement.count(True),
-            "units_whose_references_do_not": agreement.count(False),
-            "known_units": {
-                known_by: sum(1 for item in ground_truth if item and item[KNOWN_BY] == known_by)
-                for known_by in (PLANTED, IOU_LABELLED)
-            },
+            **known.metadata(exemplars),
         }
         timings["annotation"] = time.perf_counter() - started
 
@@ -472,6 +441,101 @@ def run_benchmark(
         }
     )
     return BenchmarkResult(rows, per_unit, metadata)
+
+
+# ---- known-unit accuracy on the held-out networks of a probe-world corpus -------------------
+
+
+def _known_unit_network(
+    captioner: MilanCaptionerModel,
+    processor: MilanProcessor,
+    corpus: ProbeWorldCorpus,
+    network: Mapping[str, Any],
+    settings: Sequence[DecodingSetting],
+    batch_size: int,
+    progress: bool,
+) -> tuple[dict[str, Any], list[KnownUnit], dict[str, list[str]]]:
+    """Known-unit accuracy on one network: (its results, its known units, their descriptions)."""
+    from milan_hf.milannotations import load_milannotations
+
+    started = time.perf_counter()
+    rows = load_milannotations(network["set"], data_dir=corpus.root, split="all")
+    known = probe_world_known_units(corpus, rows, progress=False)
+    annotated = [agrees for agrees in known.agreement if agrees is not None]
+    keep = [index for index, unit in enumerate(known.units) if unit is not None]
+    units = [known.units[index] for index in keep]
+    descriptions = generate_descriptions(
+        captioner, processor, rows.select(keep), settings, batch_size=batch_size, progress=progress
+    )
+    result: dict[str, Any] = {
+        "units": network["units"],
+        "known_units": len(units),
+        "corpus_descriptions_name_the_concept": sum(annotated) / max(len(annotated), 1),
+    }
+    for setting in settings:
+        result[setting.method] = known_unit_accuracy(
+            descriptions[setting.method], units, known.concept_phrases
+        )[1]
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result, units, descriptions
+
+
+def evaluate_known_units(
+    captioner: str | Path | None,
+    corpus_dir: str | Path,
+    *,
+    pmi_weights: Sequence[float] = (0.2, 0.0),
+    num_beams: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Known-unit accuracy of ``captioner`` (a directory, Hub id, or None for the embedded one)
+    on the held-out networks of a probe-world corpus, per network and overall, per λ.
+
+    Units and the matching rule are those of :mod:`milan_hf.probe_world.ground_truth`; one beam
+    search (``num_beams``, default the captioner's) per batch serves every λ.
+    """
+    from milan_hf.describer import load_captioner
+
+    corpus = read_probe_world_corpus(corpus_dir)
+    if corpus is None:
+        raise FileNotFoundError(f"{corpus_dir} has no corpus.json: not a probe-world corpus")
+    if not corpus.held_out:
+        raise ValueError(f"{corpus.root / 'corpus.json'} lists no held-out networks")
+    problem = corpus.scene_problem()
+    if problem is not None:
+        raise ValueError(problem)
+    model, processor = load_captioner(captioner)
+    beams = num_beams or model.config.beam_size
+    settings = [DecodingSetting(f"lambda={float(w)}", beams, float(w)) for w in pmi_weights]
+    results: dict[str, Any] = {
+        "captioner": str(captioner) if captioner else "embedded",
+        "corpus": str(corpus.root),
+        "held_out": corpus.held_out,
+        "num_beams": beams,
+        "networks": {},
+    }
+    all_units: list[KnownUnit] = []
+    all_descriptions: dict[str, list[str]] = {setting.method: [] for setting in settings}
+    for network in corpus.info["networks"]:
+        if network["set"] in corpus.held_out:
+            result, units, descriptions = _known_unit_network(
+                model, processor, corpus, network, settings, batch_size, progress
+            )
+            results["networks"][network["name"]] = result
+            all_units += units
+            for method, texts in descriptions.items():
+                all_descriptions[method] += texts
+    phrases = probe_world_concept_phrases()
+    results["overall"] = {}
+    for method, texts in all_descriptions.items():
+        correct, summary = known_unit_accuracy(texts, all_units, phrases)
+        summary["examples"] = [
+            {"description": text, **unit.record(), CORRECT: ok}
+            for text, unit, ok in list(zip(texts, all_units, correct))[:12]
+        ]
+        results["overall"][method] = summary
+    return results
 
 
 # ---- markdown -------------------------------------------------------------------------------

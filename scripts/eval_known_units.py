@@ -5,16 +5,9 @@ networks held out of its training data, with PMI decoding and with p(d|E) alone.
     python scripts/eval_known_units.py --corpus data/probe_milannotations \\
         --captioner milan_hf/resources/captioner --output eval_known_units.json
 
-Ground truth: the units of the held-out networks listed in the corpus's ``corpus.json`` are
-annotated again by concept-mask IoU (``milan_hf.probe_world.describe_by_iou``) on the very
-scenes the corpus was built from (rebuilt from its seed), which gives each unit's concept
-expression (``red``, ``circle``, ``red AND top``...). Units whose best IoU is below the
-annotator's floor have no known meaning and are left out. As a check, the results record the
-fraction of those units whose corpus descriptions all name the re-annotated concept.
-
-Each description is correct when it names the unit's concept by the rule of
-``milan_hf.evaluation.concept_accuracy``, with the probe world's own nouns and adjectives for
-every concept ("crimson discs" names "red circle"); compound expressions need both parts.
+A thin caller of ``milan_hf.benchmark.evaluate_known_units``: the units of known meaning and
+the matching rule (strict, and lenient for ``a OR b`` units) are those of
+``milan_hf.probe_world.ground_truth``, the same as ``milan-hf evaluate`` reports.
 """
 
 from __future__ import annotations
@@ -27,11 +20,10 @@ from pathlib import Path
 
 import torch
 
-from milan_hf.probe_world.ground_truth import (
-    DEFAULT_PMI_WEIGHTS,
-    evaluate_known_units,
-    markdown_summary,
-)
+from milan_hf.benchmark import evaluate_known_units
+from milan_hf.probe_world.ground_truth import markdown_summary
+
+DEFAULT_PMI_WEIGHTS = (0.2, 0.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

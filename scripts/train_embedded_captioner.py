@@ -15,14 +15,14 @@ Steps:
 4. The trained weights are stored in float16, without the frozen backbone, which
    ``from_pretrained`` rebuilds from the offline package (the config keeps ``dtype: float32`` so
    ``from_pretrained`` computes in float32), with the processor, tokenizer, training metrics,
-   the held-out concept accuracy (``scripts/eval_known_units.py``) and a model card rendered
-   from ``hub_cards/embedded_captioner.md``; the output directory is replaced atomically.
+   the held-out concept accuracy (``milan_hf.benchmark.evaluate_known_units``) and a model
+   card rendered from ``hub_cards/embedded_captioner.md``; the output directory is replaced
+   atomically.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import shutil
@@ -38,21 +38,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from milan_hf import schema
+from milan_hf import schema, training
+from milan_hf.benchmark import evaluate_known_units
+from milan_hf.probe_world.ground_truth import markdown_summary
 from milan_hf.staged_output import staged_directory
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPOSITORY / "milan_hf" / "resources" / "captioner"
 EVALUATION_FILE = "held_out_evaluation.json"
-
-
-def load_script(name: str):
-    """Import a sibling script (``scripts/`` is not a package) as a module."""
-    path = Path(__file__).resolve().parent / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"milan_hf_scripts_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -190,12 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus = ensure_corpus(args.corpus)
     if args.evaluate_only:
         return evaluate_only(args, corpus)
-    train_captioner = load_script("train_captioner")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="milan_hf_embedded_captioner_"))
     work.mkdir(parents=True, exist_ok=True)
     data = training_sets(args.corpus, corpus, work / "train_data", args.image_size)
     trained = work / "trained"
-    metrics = train_captioner.main(
+    metrics = training.main(
         [
             "--dataset", str(data),
             "--output-dir", str(trained),
@@ -219,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         store_half_precision(trained, staging)
         evaluation = None
         if not args.skip_evaluation:
-            evaluation = load_script("eval_known_units").evaluate_known_units(
+            evaluation = evaluate_known_units(
                 staging, args.corpus, num_beams=args.eval_num_beams
             )
             (staging / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2, default=str))
@@ -243,14 +235,14 @@ def evaluate_only(args: argparse.Namespace, corpus: dict[str, Any]) -> int:
     if not (args.output / "training_metrics.json").is_file():
         raise FileNotFoundError(f"no trained captioner at {args.output}")
     metrics = json.loads((args.output / "training_metrics.json").read_text())
-    evaluation = load_script("eval_known_units").evaluate_known_units(
+    evaluation = evaluate_known_units(
         args.output, args.corpus, num_beams=args.eval_num_beams
     )
     (args.output / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2, default=str))
     # The card's reproduction command is the training run's (the defaults, on this corpus).
     card = card_text(args, ["--corpus", str(args.corpus)], corpus, metrics, evaluation, args.output)
     (args.output / "README.md").write_text(card)
-    print(load_script("eval_known_units").markdown_summary(evaluation))
+    print(markdown_summary(evaluation))
     return 0
 
 
@@ -270,7 +262,7 @@ def card_text(args, argv, corpus, metrics, evaluation, folder: Path) -> str:
 
     accuracy = "not measured (trained with --skip-evaluation)"
     if evaluation is not None:
-        accuracy = load_script("eval_known_units").markdown_summary(evaluation)
+        accuracy = markdown_summary(evaluation)
     command = "python scripts/train_embedded_captioner.py " + shlex.join(
         list(argv) if argv is not None else sys.argv[1:]
     )

@@ -1,30 +1,45 @@
-"""Ground truth of the probe world: units of known meaning and how often descriptions name them.
+"""Ground truth of the probe world: units of known meaning, and whether descriptions name them.
 
-Moved from ``milan_hf.benchmark`` and ``scripts/eval_known_units.py``.
+The one home of known-unit accuracy, used by ``milan-hf evaluate`` (``milan_hf.benchmark``)
+and ``scripts/eval_known_units.py`` alike.
+
+**Units of known meaning.** A probe-world corpus (``probe_world.corpus``) records its seed, so
+its scenes can be regenerated and the IoU annotator re-run on its units
+(:func:`annotate_probe_world_units`). A unit's meaning is known when
+
+- it is a *planted* unit (the corpus's ``planted`` network): its function is fixed by
+  construction (``probe_world.planted``), or
+- the annotator found a concept expression for it *and* the unit's corpus descriptions name
+  that concept (:func:`check_annotations_against_references`): an IoU label the references do
+  not name is not trusted.
+
+**The matching rule.** A description names a concept by the rule of
+:class:`milan_hf.evaluation.ConceptMatcher` (stemmed words, synonyms), widened by the probe
+world's own vocabulary for every concept (:func:`probe_world_concept_phrases`: "crimson discs"
+names "red circle", "great blue herons" names "bird"). For a unit's expression:
+
+- ``c``: the description names ``c``;
+- ``a AND b``, ``a OR b``: *strict* (``accuracy``): it names both ``a`` and ``b``; *lenient*
+  (``lenient_accuracy``): for ``a OR b`` naming either operand suffices (the unit fires for
+  either), ``a AND b`` stays strict.
+
+Families: a single concept's family (``concept_family``: colour, shape, texture, ...); two-term
+expressions are family ``composition``. :func:`known_unit_accuracy` reports both scores overall,
+per family and per way of knowing (planted / IoU-labelled).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-import torch
-from tqdm.auto import tqdm
 
 from milan_hf import schema
-from milan_hf.describer import load_captioner
-from milan_hf.evaluation import ConceptMatcher, concept_accuracy
-from milan_hf.milannotations import load_milannotations
-from milan_hf.probe_world.annotation import SceneMasks, describe_by_iou
-from milan_hf.probe_world.concepts import all_concepts, concept_family, load_stamps
-from milan_hf.probe_world.scenes import build_scene_dataset
 
-DEFAULT_PMI_WEIGHTS = (0.2, 0.0)
 #: Column naming the set a unit comes from (``"alexnet/imagenet"``), as MILANNOTATIONS has it.
 SOURCE = "source"
 #: Ground-truth columns of the per-unit results.
@@ -36,7 +51,7 @@ COMPOSITION = "composition"
 PLANTED_NETWORK = "planted"
 
 
-# ---- the probe world: scenes, IoU annotations, ground truth ---------------------------------
+# ---- the corpus and its scenes --------------------------------------------------------------
 
 
 @dataclass
@@ -169,6 +184,33 @@ def expression_concept(expression: Sequence[str]) -> tuple[str, str]:
     raise ValueError(f"Expression {tuple(expression)} names no concept.")
 
 
+@dataclass(frozen=True)
+class KnownUnit:
+    """What a unit of known meaning computes, and how that is known (planted or IoU)."""
+
+    expression: tuple[str, ...]
+    known_by: str
+
+    @property
+    def concept(self) -> str:
+        return expression_concept(self.expression)[0]
+
+    @property
+    def family(self) -> str:
+        return expression_concept(self.expression)[1]
+
+    @property
+    def lenient_concepts(self) -> list[str]:
+        """Concepts any one of which the lenient rule accepts: either operand of ``a OR b``."""
+        if self.expression[0] == "or":
+            return list(self.expression[1:])
+        return [self.concept]
+
+    def record(self) -> dict[str, str]:
+        """``{concept, family, known_by}``: the unit's columns in per-unit results."""
+        return {CONCEPT: self.concept, FAMILY: self.family, KNOWN_BY: self.known_by}
+
+
 def probe_world_concept_phrases() -> dict[str, list[str]]:
     """Concept -> the phrases the probe world's grammar uses for it (nouns, adjectives, captions).
 
@@ -188,10 +230,10 @@ def probe_world_concept_phrases() -> dict[str, list[str]]:
     return phrases
 
 
-def probe_world_ground_truth(
+def known_units(
     corpus: ProbeWorldCorpus, exemplars: datasets.Dataset, annotations: Sequence
-) -> list[dict[str, Any] | None]:
-    """Per row of ``exemplars``: ``{concept, family, known_by}``, or None when not known.
+) -> list[KnownUnit | None]:
+    """Per row of ``exemplars``: what the unit computes, or None when that is not known.
 
     Planted units (the corpus's ``planted`` network) take the expression they compute by
     construction; other units take their IoU annotation when it found a concept.
@@ -199,7 +241,7 @@ def probe_world_ground_truth(
     from milan_hf.probe_world.planted import planted_units
 
     planted = {(unit.layer, unit.unit): unit.expression for unit in planted_units()}
-    truth: list[dict[str, Any] | None] = []
+    truth: list[KnownUnit | None] = []
     for row, annotation in zip(
         exemplars.select_columns([schema.LAYER, schema.UNIT, SOURCE]), annotations
     ):
@@ -207,12 +249,17 @@ def probe_world_ground_truth(
             expression, known_by = planted.get((row[schema.LAYER], row[schema.UNIT])), PLANTED
         else:
             expression, known_by = annotation.expression, IOU_LABELLED
-        if expression is None or expression[0] == "none":
-            truth.append(None)
-            continue
-        concept, family = expression_concept(expression)
-        truth.append({CONCEPT: concept, FAMILY: family, KNOWN_BY: known_by})
+        known = expression is not None and expression[0] != "none"
+        truth.append(KnownUnit(tuple(expression), known_by) if known else None)
     return truth
+
+
+def probe_world_ground_truth(
+    corpus: ProbeWorldCorpus, exemplars: datasets.Dataset, annotations: Sequence
+) -> list[dict[str, Any] | None]:
+    """Per row of ``exemplars``: ``{concept, family, known_by}``, or None when not known
+    (:func:`known_units` as records)."""
+    return [unit.record() if unit else None for unit in known_units(corpus, exemplars, annotations)]
 
 
 def check_annotations_against_references(
@@ -252,159 +299,120 @@ def check_annotations_against_references(
     return agreement
 
 
-def grammar_concept_phrases(stamps: Sequence = ()) -> dict[str, list[str]]:
-    """Every probe-world concept with the nouns and adjectives the world's grammar uses."""
-    return {
-        name: [*concept.nouns, *concept.adjectives]
-        for name, concept in all_concepts(stamps).items()
-    }
+@dataclass
+class GroundTruth:
+    """The units of known meaning among some exemplar rows of a probe-world corpus."""
 
+    units: list[KnownUnit | None]
+    #: The corpus-seed re-annotation of every row (it reproduces the corpus descriptions).
+    annotations: list
+    #: Per row: whether its references name the re-annotated concept (None: no concept).
+    agreement: list[bool | None]
+    concept_phrases: dict[str, list[str]]
 
-def known_unit_concepts(
-    rows: datasets.Dataset, corpus: dict[str, Any], scenes: SceneMasks, matcher: ConceptMatcher
-) -> tuple[datasets.Dataset, float]:
-    """The concept of each unit of known meaning (re-annotated by IoU on the corpus scenes),
-    and the fraction of those units all of whose corpus descriptions name that concept (a
-    check that the re-annotation agrees with the corpus)."""
-    annotations = describe_by_iou(rows, scenes, seed=corpus["seed"], progress=False)
-    truth: dict[str, list] = {
-        "layer": [], "unit": [], "concept": [], "any_concept": [], "family": []
-    }  # fmt: skip
-    agreeing = 0
-    for annotation, corpus_descriptions in zip(annotations, rows["descriptions"]):
-        kind, *operands = annotation.expression
-        if kind == "none":
-            continue
-        concept = " ".join(operands)
-        truth["layer"].append(annotation.layer)
-        truth["unit"].append(annotation.unit)
-        truth["concept"].append(concept)
-        # "a OR b" units fire for either: the lenient score accepts naming one of them.
-        truth["any_concept"].append(list(operands) if kind == "or" else [concept])
-        truth["family"].append(concept_family(operands[0]) if kind == "concept" else kind)
-        agreeing += all(matcher.names(text, concept) for text in corpus_descriptions)
-    return datasets.Dataset.from_dict(truth), agreeing / max(len(truth["unit"]), 1)
-
-
-def describe_with_weights(
-    rows: datasets.Dataset,
-    model,
-    processor,
-    pmi_weights: Sequence[float],
-    num_beams: int | None,
-    batch_size: int,
-    progress: bool,
-) -> dict[float, datasets.Dataset]:
-    """Descriptions of every row for each λ, from one beam search per batch.
-
-    With the rerank strategy the beam search runs on p(d|E) alone and λ only picks among the
-    final candidates, so every λ is read off the same beam: exactly what ``generate`` with
-    that ``pmi_weight`` returns, at a fraction of the cost.
-    """
-    columns: dict[float, dict[str, list]] = {
-        weight: {"layer": [], "unit": [], "description": []} for weight in pmi_weights
-    }
-    for start in tqdm(range(0, len(rows), batch_size), desc="describing", disable=not progress):
-        batch = rows.select(range(start, min(start + batch_size, len(rows))))
-        inputs = processor([batch[i] for i in range(len(batch))])
-        with torch.inference_mode():
-            output = model.generate(
-                pixel_values=inputs["pixel_values"],
-                masks=inputs["masks"],
-                exemplar_mask=inputs["exemplar_mask"],
-                pmi_strategy="rerank",
-                num_beams=num_beams,
-            )
-        alive = output.beam_captioner_log_probs > float("-inf")
-        for weight in pmi_weights:
-            scores = output.beam_captioner_log_probs - weight * output.beam_prior_log_probs
-            chosen = scores.masked_fill(~alive, float("-inf")).argmax(dim=-1)
-            sequences = output.beam_sequences[torch.arange(len(chosen)), chosen]
-            texts = processor.batch_decode(sequences.tolist())
-            columns[weight]["layer"] += batch["layer"]
-            columns[weight]["unit"] += batch["unit"]
-            columns[weight]["description"] += [text.strip() for text in texts]
-    return {weight: datasets.Dataset.from_dict(data) for weight, data in columns.items()}
-
-
-def evaluate_known_units(
-    captioner: str | Path | None,
-    corpus_dir: str | Path,
-    *,
-    pmi_weights: Sequence[float] = DEFAULT_PMI_WEIGHTS,
-    num_beams: int | None = None,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Concept accuracy of ``captioner`` on the held-out networks of the corpus, per λ."""
-    corpus_dir = Path(corpus_dir)
-    corpus = json.loads((corpus_dir / "corpus.json").read_text())
-    if not corpus.get("held_out"):
-        raise ValueError(f"{corpus_dir}/corpus.json lists no held-out networks")
-    stamps = load_stamps() if corpus.get("object_categories") else ()
-    phrases = grammar_concept_phrases(stamps)
-    matcher = ConceptMatcher(concept_phrases=phrases)
-    model, processor = load_captioner(captioner)
-    results: dict[str, Any] = {
-        "captioner": str(captioner) if captioner else "embedded",
-        "corpus": str(corpus_dir),
-        "held_out": corpus["held_out"],
-        "num_beams": num_beams or model.config.beam_size,
-        "networks": {},
-    }
-    predictions = {weight: [] for weight in pmi_weights}
-    truths = []
-    scene_masks: dict[int, SceneMasks] = {}
-    for network in corpus["networks"]:
-        if network["set"] not in corpus["held_out"]:
-            continue
-        started = time.perf_counter()
-        rows = load_milannotations(network["set"], data_dir=corpus_dir, split="all")
-        size = network["image_size"]
-        if size not in scene_masks:  # the scenes the corpus probed this network with
-            scene_masks[size] = SceneMasks(
-                build_scene_dataset(
-                    corpus["num_images"], corpus["seed"], size, use_stamps=bool(stamps)
-                )
-            )
-        truth, agreement = known_unit_concepts(rows, corpus, scene_masks[size], matcher)
-        known = {(layer, unit) for layer, unit in zip(truth["layer"], truth["unit"])}
-        rows = rows.filter(
-            lambda layer, unit, known=known: (layer, unit) in known,
-            input_columns=["layer", "unit"],
+    def metadata(self, exemplars: datasets.Dataset) -> dict[str, Any]:
+        """How re-annotation compared with the corpus, and how many units are known."""
+        identical = sum(
+            list(a.descriptions) == list(r)
+            for a, r in zip(self.annotations, exemplars[schema.DESCRIPTIONS])
         )
-        truths.append(truth)
-        network_result: dict[str, Any] = {
-            "units": network["units"],
-            "known_units": len(truth),
-            "corpus_descriptions_name_the_concept": agreement,
+        return {
+            "units_reannotated_identically": identical,
+            "units_whose_references_name_the_reannotated_concept": self.agreement.count(True),
+            "units_whose_references_do_not": self.agreement.count(False),
+            "known_units": {
+                known_by: sum(1 for unit in self.units if unit and unit.known_by == known_by)
+                for known_by in (PLANTED, IOU_LABELLED)
+            },
         }
-        described_by_weight = describe_with_weights(
-            rows, model, processor, pmi_weights, num_beams, batch_size, progress
+
+
+def probe_world_known_units(
+    corpus: ProbeWorldCorpus, exemplars: datasets.Dataset, progress: bool = True
+) -> GroundTruth:
+    """Re-annotate ``exemplars`` (rows of ``corpus``) and find their units of known meaning.
+
+    Planted units are known by construction; an IoU-labelled unit only when its corpus
+    descriptions name the re-annotated concept (see the module docstring).
+    """
+    annotations = annotate_probe_world_units(corpus, exemplars, seed=corpus.seed, progress=progress)
+    phrases = probe_world_concept_phrases()
+    agreement = check_annotations_against_references(exemplars, annotations, phrases)
+    units = [
+        unit if unit and (unit.known_by == PLANTED or agrees) else None
+        for unit, agrees in zip(known_units(corpus, exemplars, annotations), agreement)
+    ]
+    return GroundTruth(units, annotations, agreement, phrases)
+
+
+# ---- accuracy -------------------------------------------------------------------------------
+
+
+def _strict_and_lenient(
+    descriptions: Sequence[str],
+    units: Sequence[KnownUnit],
+    concept_phrases: Mapping[str, Sequence[str]] | None,
+) -> tuple[list[bool], dict[str, Any]]:
+    from milan_hf.evaluation import concept_accuracy
+
+    # Rows keyed by position: concept_accuracy joins predictions and truth on (layer, unit).
+    keys = {schema.LAYER: [str(i) for i in range(len(units))], schema.UNIT: list(range(len(units)))}
+    predictions = datasets.Dataset.from_dict({**keys, "description": list(descriptions)})
+    families = [unit.family for unit in units]
+    summaries = []
+    for concepts in ([unit.concept for unit in units], [unit.lenient_concepts for unit in units]):
+        truth = datasets.Dataset.from_dict({**keys, CONCEPT: concepts, FAMILY: families})
+        summaries.append(concept_accuracy(predictions, truth, concept_phrases=concept_phrases))
+    (judged, strict), (_, lenient) = summaries
+    correct_by_row = dict(zip(judged[schema.UNIT], judged[CORRECT]))
+    summary = {
+        **strict,
+        "lenient_accuracy": lenient["accuracy"],
+        "lenient_by_family": lenient["by_family"],
+    }
+    return [correct_by_row[i] for i in range(len(units))], summary
+
+
+def known_unit_accuracy(
+    descriptions: Sequence[str],
+    ground_truth: Sequence[KnownUnit | None],
+    concept_phrases: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[list[bool | None], dict[str, Any]]:
+    """How often ``descriptions`` name the concept of their unit, where it is known.
+
+    ``descriptions`` and ``ground_truth`` are parallel (one per unit; None: meaning unknown).
+    Returns per unit whether it is correct by the strict rule (None where unknown), and
+    ``{accuracy, lenient_accuracy, num_known_units, by_family, lenient_by_family,
+    ground_truth: {planted|iou: the same for those units}}`` (``{}`` when no unit is known).
+    """
+    if len(descriptions) != len(ground_truth):
+        raise ValueError(
+            f"{len(descriptions)} descriptions for {len(ground_truth)} ground-truth units."
         )
-        for weight, described in described_by_weight.items():
-            predictions[weight].append(described)
-            _, summary = concept_accuracy(described, truth, concept_phrases=phrases)
-            _, lenient = concept_accuracy(
-                described, truth, concept_phrases=phrases, concept_column="any_concept"
+    units = list(ground_truth)
+    known = [index for index, unit in enumerate(units) if unit is not None]
+    correct: list[bool | None] = [None] * len(units)
+    if not known:
+        return correct, {}
+    summary: dict[str, Any] = {"ground_truth": {}}
+    for known_by in (PLANTED, IOU_LABELLED):
+        chosen = [index for index in known if units[index].known_by == known_by]
+        if chosen:
+            judged, by_kind = _strict_and_lenient(
+                [descriptions[i] for i in chosen], [units[i] for i in chosen], concept_phrases
             )
-            summary["lenient_accuracy"] = lenient["accuracy"]
-            network_result[f"lambda={weight}"] = summary
-        network_result["seconds"] = round(time.perf_counter() - started, 1)
-        results["networks"][network["name"]] = network_result
-    truth = datasets.concatenate_datasets(truths)
-    results["overall"] = {}
-    for weight in pmi_weights:
-        described = datasets.concatenate_datasets(predictions[weight])
-        per_unit, summary = concept_accuracy(described, truth, concept_phrases=phrases)
-        _, lenient = concept_accuracy(
-            described, truth, concept_phrases=phrases, concept_column="any_concept"
-        )
-        summary["lenient_accuracy"] = lenient["accuracy"]
-        summary["lenient_by_family"] = lenient["by_family"]
-        summary["examples"] = per_unit.select(range(min(12, len(per_unit)))).to_list()
-        results["overall"][f"lambda={weight}"] = summary
-    return results
+            summary["ground_truth"][known_by] = by_kind
+            for index, ok in zip(chosen, judged):
+                correct[index] = ok
+    _, overall = _strict_and_lenient(
+        [descriptions[i] for i in known], [units[i] for i in known], concept_phrases
+    )
+    summary.update(overall)
+    summary["num_known_units"] = len(known)
+    return correct, summary
+
+
+# ---- results of scripts/eval_known_units.py as markdown ------------------------------------
 
 
 def markdown_summary(results: dict[str, Any]) -> str:
@@ -416,7 +424,8 @@ def markdown_summary(results: dict[str, Any]) -> str:
     def cells(summaries: list[dict], bold: bool = False) -> str:
         mark = "**" if bold else ""
         return " | ".join(
-            f"{mark}{s['accuracy']:.3f}{mark} / {s['lenient_accuracy']:.3f}" for s in summaries
+            f"{mark}{s['accuracy']:.3f}{mark} / {s['lenient_accuracy']:.3f}" if s else "–"
+            for s in summaries  # {}: no unit of known meaning
         )
 
     for name, network in results["networks"].items():
@@ -433,6 +442,6 @@ def markdown_summary(results: dict[str, Any]) -> str:
         "",
         "Strict: the description names every part of the unit's concept (both operands of "
         "`a AND b` and `a OR b`). Lenient: naming either operand of an `a OR b` unit counts. "
-        "Families `and` / `or` are compound concepts.",
+        "Family `composition`: two-term concepts. The rule: `milan_hf.probe_world.ground_truth`.",
     ]
     return "\n".join(lines)
