@@ -13,8 +13,12 @@ rendered from ``hub_cards/captioner.md``; optionally push it to the Hub.
 
 Runs through ``accelerate`` (CPU when no GPU is present)::
 
-    python scripts/train_captioner.py --dataset corpus/ --output-dir milan-captioner \\
+    milan-hf train --dataset corpus/ --output-dir milan-captioner \\
         --image-size 64 --hidden-size 256 --embedding-size 64
+
+(``scripts/train_captioner.py`` takes the same options). :func:`train` runs the whole recipe
+from parsed options; the steps are public for other recipes (``scripts/
+train_embedded_captioner.py``).
 """
 
 from __future__ import annotations
@@ -22,9 +26,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -47,70 +50,8 @@ from milan_hf.tokenization_milan import MilanTokenizer
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_cards" / "captioner.md"
 METRICS_FILE = "training_metrics.json"
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        required=True,
-        help="save_to_disk folder, parquet file or "
-        "folder, or a MILANNOTATIONS name (with --data-dir)",
-    )
-    data.add_argument("--data-dir", help="MILANNOTATIONS-format directory of sets")
-    data.add_argument("--split", default="train", help="split to train on (default: train)")
-    data.add_argument("--validation-fraction", type=float, default=0.1)
-    data.add_argument("--min-word-frequency", type=int, default=1)
-    data.add_argument(
-        "--feature-cache-dir",
-        default=None,
-        help="where encoded exemplar features are cached (default: ~/.cache/milan_hf/features)",
-    )
-    model = parser.add_argument_group("model")
-    model.add_argument("--init-from", help="start from this captioner (directory or Hub id)")
-    model.add_argument("--backbone", default="tf_efficientnet_lite0")
-    model.add_argument(
-        "--no-pretrained-backbone", action="store_true", help="random backbone weights (tests only)"
-    )
-    model.add_argument(
-        "--backbone-out-indices",
-        type=int,
-        nargs="+",
-        help="feature stages to pool (default: all); fewer stages give a smaller model",
-    )
-    model.add_argument(
-        "--exclude-backbone-weights",
-        action="store_true",
-        help="leave the frozen pretrained backbone out of the checkpoint (reloaded from its "
-        "source by from_pretrained): a few MB instead of ~15 for the default backbone",
-    )
-    model.add_argument("--image-size", type=int, default=224)
-    model.add_argument("--embedding-size", type=int, default=128)
-    model.add_argument("--hidden-size", type=int, default=512)
-    model.add_argument("--dropout", type=float, default=0.5)
-    model.add_argument("--prior-layers", type=int, default=2)
-    training = parser.add_argument_group("training")
-    training.add_argument("--batch-size", type=int, default=64)
-    training.add_argument("--learning-rate", type=float, default=1e-3)
-    training.add_argument("--max-epochs", type=int, default=100)
-    training.add_argument("--patience", type=int, default=4)
-    training.add_argument("--prior-max-epochs", type=int, default=100)
-    training.add_argument("--prior-patience", type=int, default=4)
-    training.add_argument("--encode-batch-size", type=int, default=8, help="units per encoder pass")
-    training.add_argument("--seed", type=int, default=0)
-    training.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (default: torch's); 1 is often fastest on a busy shared CPU",
-    )
-    output = parser.add_argument_group("output")
-    output.add_argument("--output-dir", required=True)
-    output.add_argument("--overwrite", action="store_true")
-    output.add_argument("--push-to-hub", metavar="REPO", help="upload the result to this repo")
-    output.add_argument("--private", action="store_true")
-    output.add_argument("--dataset-name", help="name of the training data on the model card")
-    return parser.parse_args(argv)
+#: Inside a feature-cache entry (a directory, staged so that no reader sees half a file).
+FEATURES_FILE = "features.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +110,8 @@ def encode_exemplar_sets(
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask-pooled features (units, k, F) and exemplar mask (units, k) of every row, computed
-    once with the frozen encoder and cached on disk under a key of data and encoder."""
+    once with the frozen encoder and cached on disk under a key of data and encoder (one staged
+    directory per key, so an interrupted run leaves no half-written entry)."""
     backbone_digest = hashlib.sha256()
     for tensor in model.encoder.state_dict().values():
         backbone_digest.update(tensor.detach().cpu().numpy().tobytes())
@@ -179,11 +121,24 @@ def encode_exemplar_sets(
         "processor": processor.to_dict(),
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
-    cache_file = cache_dir / f"exemplar-features-{key}.safetensors"
-    if cache_file.exists():
-        cached = load_file(str(cache_file))
+    cache_entry = cache_dir / f"exemplar-features-{key}"
+    if (cache_entry / FEATURES_FILE).exists():
+        cached = load_file(str(cache_entry / FEATURES_FILE))
         return cached["features"], cached["exemplar_mask"].bool()
+    features, exemplar_mask = _encode(model, processor, dataset, batch_size, device)
+    with staged_directory(cache_entry) as staging:
+        tensors = {"features": features, "exemplar_mask": exemplar_mask.to(torch.uint8)}
+        save_file(tensors, str(staging / FEATURES_FILE))
+    return features, exemplar_mask
 
+
+def _encode(
+    model: MilanCaptionerModel,
+    processor: MilanProcessor,
+    dataset: datasets.Dataset,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
     model.encoder.to(device)
     rows = dataset.select_columns([schema.IMAGES, schema.MASKS, schema.LAYER, schema.UNIT])
     feature_batches, mask_batches = [], []
@@ -197,15 +152,7 @@ def encode_exemplar_sets(
         mask_batches.append(inputs["exemplar_mask"])
     k = max(batch.shape[1] for batch in feature_batches)
     features = torch.cat([_pad_exemplars(batch, k) for batch in feature_batches])
-    exemplar_mask = torch.cat([_pad_exemplars(batch, k) for batch in mask_batches])
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    temporary = cache_file.with_suffix(f".tmp-{os.getpid()}")
-    save_file(
-        {"features": features, "exemplar_mask": exemplar_mask.to(torch.uint8)}, str(temporary)
-    )
-    os.replace(temporary, cache_file)
-    return features, exemplar_mask
+    return features, torch.cat([_pad_exemplars(batch, k) for batch in mask_batches])
 
 
 def _pad_exemplars(batch: torch.Tensor, k: int) -> torch.Tensor:
@@ -262,75 +209,115 @@ class EarlyStopping:
         return self.epochs_without_improvement >= self.patience
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How one model is fitted: batches, step size, and when to stop."""
+
+    batch_size: int
+    learning_rate: float
+    max_epochs: int
+    patience: int
+
+
+def _fit(
+    prepared: torch.nn.Module,
+    loaders: tuple[Any, Any],
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    schedule: Schedule,
+    description: str,
+    score: Callable[[int, float, float], dict[str, float]],
+) -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+    """Epochs of training until ``schedule.patience`` epochs bring no better score.
+
+    ``score(epoch, train_loss, validation_loss)`` returns the epoch's history entry; its
+    ``"score"`` (a tuple, higher is better) decides, and is left out of the history. Returns
+    the history and the best epoch's state dict.
+    """
+    train_loader, validation_loader = loaders
+    stopper = EarlyStopping(schedule.patience)
+    best_state, history = None, []
+    epochs = tqdm(
+        range(schedule.max_epochs), desc=description, disable=not accelerator.is_main_process
+    )
+    for epoch in epochs:
+        prepared.train()
+        train_loss = _run_epoch(prepared, train_loader, accelerator, optimizer)
+        prepared.eval()
+        with torch.no_grad():
+            validation_loss = _run_epoch(prepared, validation_loader, accelerator, None)
+        entry = score(epoch, train_loss, validation_loss)
+        epoch_score = entry.pop("score")
+        history.append(entry)
+        epochs.set_postfix({key: f"{value:.3f}" for key, value in entry.items() if key != "epoch"})
+        if stopper.update(epoch_score):
+            unwrapped = accelerator.unwrap_model(prepared)
+            best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
+        if stopper.should_stop:
+            break
+    return history, best_state
+
+
+def _loaders(
+    train_items: list, validation_items: list, batch_size: int, pad_id: int
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    collate = collate_descriptions(pad_id)
+    return (
+        torch.utils.data.DataLoader(
+            train_items, batch_size=batch_size, shuffle=True, collate_fn=collate
+        ),
+        torch.utils.data.DataLoader(validation_items, batch_size=batch_size, collate_fn=collate),
+    )
+
+
+class _PriorOnDescriptions(torch.nn.Module):
+    """The prior as a model of (unit, ids) batches, like the captioner: one epoch loop fits both."""
+
+    def __init__(self, prior: torch.nn.Module):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, units: torch.Tensor, input_ids: torch.Tensor):
+        return self.prior(input_ids=input_ids, labels=input_ids)
+
+
 def train_prior(
     model: MilanCaptionerModel,
     train_ids: list[torch.Tensor],
     validation_ids: list[torch.Tensor],
-    args: argparse.Namespace,
+    schedule: Schedule,
     accelerator: Accelerator,
 ) -> list[dict[str, float]]:
     """Fit ``model.prior`` on the training descriptions; keep the best validation loss."""
     prior = model.prior
-    pad_id = prior.config.pad_token_id
-    collate = collate_descriptions(pad_id)
-    train_loader = torch.utils.data.DataLoader(
-        list(enumerate(train_ids)), batch_size=args.batch_size, shuffle=True, collate_fn=collate
+    loaders = _loaders(
+        list(enumerate(train_ids)),
+        list(enumerate(validation_ids)),
+        schedule.batch_size,
+        prior.config.pad_token_id,
     )
-    validation_loader = torch.utils.data.DataLoader(
-        list(enumerate(validation_ids)), batch_size=args.batch_size, collate_fn=collate
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=schedule.learning_rate)
+    prepared, optimizer, *loaders = accelerator.prepare(
+        _PriorOnDescriptions(prior), optimizer, *loaders
     )
-    optimizer = torch.optim.AdamW(prior.parameters(), lr=args.learning_rate)
-    prepared, optimizer, train_loader, validation_loader = accelerator.prepare(
-        prior, optimizer, train_loader, validation_loader
+
+    def score(epoch: int, train_loss: float, validation_loss: float) -> dict[str, Any]:
+        entry = {"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss}
+        return {**entry, "score": (-validation_loss,)}
+
+    history, best_state = _fit(
+        prepared, loaders, optimizer, accelerator, schedule, "train prior", score
     )
-    stopper = EarlyStopping(args.prior_patience)
-    best_state, history = None, []
-    progress = tqdm(
-        range(args.prior_max_epochs), desc="train prior", disable=not accelerator.is_main_process
-    )
-    for epoch in progress:
-        prepared.train()
-        train_loss = _run_epoch(prepared, train_loader, accelerator, optimizer, prior_inputs=True)
-        prepared.eval()
-        with torch.no_grad():
-            validation_loss = _run_epoch(
-                prepared, validation_loader, accelerator, None, prior_inputs=True
-            )
-        history.append(
-            {"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss}
-        )
-        progress.set_postfix(
-            train_loss=f"{train_loss:.3f}", validation_loss=f"{validation_loss:.3f}"
-        )
-        if stopper.update((-validation_loss,)):
-            best_state = {
-                k: v.detach().clone()
-                for k, v in accelerator.unwrap_model(prepared).state_dict().items()
-            }
-        if stopper.should_stop:
-            break
-    prior.load_state_dict(best_state)
+    accelerator.unwrap_model(prepared).load_state_dict(best_state)
     prior.eval()
     return history
 
 
-def _run_epoch(
-    model, loader, accelerator, optimizer, prior_inputs=False, features=None, exemplar_mask=None
-):
+def _run_epoch(model, loader, accelerator, optimizer) -> float:
     """Mean loss over ``loader``; one optimiser step per batch when ``optimizer`` is given."""
     total, batches = 0.0, 0
     for batch in loader:
-        ids = batch["input_ids"]
-        if prior_inputs:
-            loss = model(input_ids=ids, labels=ids).loss
-        else:
-            units = batch["units"].cpu()
-            loss = model(
-                exemplar_features=features[units].to(ids.device),
-                exemplar_mask=exemplar_mask[units].to(ids.device),
-                input_ids=ids,
-                labels=ids,
-            ).loss
+        loss = model(units=batch["units"], input_ids=batch["input_ids"]).loss
         if optimizer is not None:
             accelerator.backward(loss)
             optimizer.step()
@@ -338,6 +325,26 @@ def _run_epoch(
         total += accelerator.gather_for_metrics(loss.detach().reshape(1)).mean().item()
         batches += 1
     return total / max(batches, 1)
+
+
+class _CaptionerOnCachedFeatures(torch.nn.Module):
+    """The captioner fed (unit, ids) batches: each unit's exemplar features from the cache."""
+
+    def __init__(
+        self, captioner: MilanCaptionerModel, features: torch.Tensor, exemplar_mask: torch.Tensor
+    ):
+        super().__init__()
+        self.captioner = captioner
+        self.features, self.exemplar_mask = features, exemplar_mask
+
+    def forward(self, units: torch.Tensor, input_ids: torch.Tensor):
+        units = units.cpu()
+        return self.captioner(
+            exemplar_features=self.features[units].to(input_ids.device),
+            exemplar_mask=self.exemplar_mask[units].to(input_ids.device),
+            input_ids=input_ids,
+            labels=input_ids,
+        )
 
 
 def corpus_bleu(
@@ -378,79 +385,49 @@ def train_captioner(
     features: torch.Tensor,
     exemplar_mask: torch.Tensor,
     descriptions: list[list[str]],
-    train_units: list[int],
-    validation_units: list[int],
-    args: argparse.Namespace,
+    units: tuple[list[int], list[int]],
+    schedule: Schedule,
     accelerator: Accelerator,
 ) -> list[dict[str, float]]:
-    """Fit the decoder on (unit, description) pairs from cached features; keep the best
-    validation BLEU."""
+    """Fit the decoder on (unit, description) pairs from cached features (``units``: the train
+    and validation unit indices); keep the best validation BLEU, then loss."""
     max_tokens = model.config.max_description_length
-    pairs = {
-        name: [
+    train_units, validation_units = units
+    pairs = [
+        [
             (unit, ids)
-            for unit in units
+            for unit in chosen
             for ids in tokenize(tokenizer, descriptions[unit], max_tokens)
         ]
-        for name, units in (("train", train_units), ("validation", validation_units))
-    }
-    collate = collate_descriptions(tokenizer.pad_token_id)
-    train_loader = torch.utils.data.DataLoader(
-        pairs["train"], batch_size=args.batch_size, shuffle=True, collate_fn=collate
-    )
-    validation_loader = torch.utils.data.DataLoader(
-        pairs["validation"], batch_size=args.batch_size, collate_fn=collate
-    )
+        for chosen in (train_units, validation_units)
+    ]
+    loaders = _loaders(*pairs, schedule.batch_size, tokenizer.pad_token_id)
     # Only the decoder learns: the backbone is frozen and the prior is trained separately.
     if model.prior is not None:
         model.prior.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate)
-    prepared, optimizer, train_loader, validation_loader = accelerator.prepare(
-        model, optimizer, train_loader, validation_loader
+    optimizer = torch.optim.AdamW(trainable, lr=schedule.learning_rate)
+    prepared, optimizer, *loaders = accelerator.prepare(
+        _CaptionerOnCachedFeatures(model, features, exemplar_mask), optimizer, *loaders
     )
-    unwrapped = accelerator.unwrap_model(prepared)
-    stopper = EarlyStopping(args.patience)
-    best_state, history = None, []
-    progress = tqdm(
-        range(args.max_epochs), desc="train captioner", disable=not accelerator.is_main_process
-    )
-    for epoch in progress:
-        prepared.train()
-        train_loss = _run_epoch(
-            prepared, train_loader, accelerator, optimizer, False, features, exemplar_mask
-        )
-        prepared.eval()
-        with torch.no_grad():
-            validation_loss = _run_epoch(
-                prepared, validation_loader, accelerator, None, False, features, exemplar_mask
-            )
+    unwrapped = accelerator.unwrap_model(prepared).captioner
+
+    def score(epoch: int, train_loss: float, validation_loss: float) -> dict[str, Any]:
         bleu, _ = corpus_bleu(
             unwrapped,
             tokenizer,
             features[validation_units],
             exemplar_mask[validation_units],
             [descriptions[unit] for unit in validation_units],
-            args.batch_size,
+            schedule.batch_size,
         )
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "validation_loss": validation_loss,
-                "validation_bleu": bleu,
-            }
-        )
-        progress.set_postfix(
-            train_loss=f"{train_loss:.3f}",
-            validation_loss=f"{validation_loss:.3f}",
-            bleu=f"{bleu:.1f}",
-        )
-        if stopper.update((bleu, -validation_loss)):
-            best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()}
-        if stopper.should_stop:
-            break
-    model.load_state_dict(best_state)
+        entry = {"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss}
+        return {**entry, "validation_bleu": bleu, "score": (bleu, -validation_loss)}
+
+    history, best_state = _fit(
+        prepared, loaders, optimizer, accelerator, schedule, "train captioner", score
+    )
+    accelerator.unwrap_model(prepared).load_state_dict(best_state)
     if model.prior is not None:
         model.prior.requires_grad_(True)
     model.eval()
@@ -541,8 +518,19 @@ def build_model(args: argparse.Namespace, tokenizer: MilanTokenizer) -> MilanCap
     return MilanCaptionerModel(config)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def _read_descriptions(args: argparse.Namespace) -> tuple[datasets.Dataset, list[list[str]]]:
+    dataset = load_exemplar_dataset(args.dataset, args.data_dir, args.split)
+    descriptions = [list(texts) for texts in dataset[schema.DESCRIPTIONS]]
+    empty = [index for index, texts in enumerate(descriptions) if not texts]
+    if empty:
+        raise ValueError(f"Rows {empty[:10]} of {args.dataset!r} have no descriptions.")
+    return dataset, descriptions
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole recipe from ``milan-hf train``'s options (:mod:`milan_hf.commands.train`):
+    vocabulary, feature cache, prior, captioner, card, atomic save, optional push. Returns the
+    training metrics (also saved as ``training_metrics.json``)."""
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -551,15 +539,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if output_dir.exists() and not args.overwrite:
         raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it.")
 
-    dataset = load_exemplar_dataset(args.dataset, args.data_dir, args.split)
-    descriptions = [list(texts) for texts in dataset[schema.DESCRIPTIONS]]
-    empty = [index for index, texts in enumerate(descriptions) if not texts]
-    if empty:
-        raise ValueError(f"Rows {empty[:10]} of {args.dataset!r} have no descriptions.")
-    train_units, validation_units = split_units(len(dataset), args.validation_fraction, args.seed)
-
+    dataset, descriptions = _read_descriptions(args)
+    units = split_units(len(dataset), args.validation_fraction, args.seed)
     tokenizer = MilanTokenizer.from_descriptions(
-        (text for unit in train_units for text in descriptions[unit]),
+        (text for unit in units[0] for text in descriptions[unit]),
         min_frequency=args.min_word_frequency,
     )
     model = build_model(args, tokenizer)
@@ -570,32 +553,47 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     features, exemplar_mask = encode_exemplar_sets(
         model, processor, dataset, cache_dir, args.encode_batch_size, accelerator.device
     )
-
     max_tokens = model.config.max_description_length
-    prior_history = train_prior(
-        model,
-        tokenize(tokenizer, [t for u in train_units for t in descriptions[u]], max_tokens),
-        tokenize(tokenizer, [t for u in validation_units for t in descriptions[u]], max_tokens),
-        args,
-        accelerator,
+    prior_ids = [
+        tokenize(tokenizer, [text for unit in chosen for text in descriptions[unit]], max_tokens)
+        for chosen in units
+    ]
+    prior_schedule = Schedule(
+        args.batch_size, args.learning_rate, args.prior_max_epochs, args.prior_patience
     )
+    prior_history = train_prior(model, *prior_ids, prior_schedule, accelerator)
+    schedule = Schedule(args.batch_size, args.learning_rate, args.max_epochs, args.patience)
     captioner_history = train_captioner(
-        model,
-        tokenizer,
-        features,
-        exemplar_mask,
-        descriptions,
-        train_units,
-        validation_units,
-        args,
-        accelerator,
+        model, tokenizer, features, exemplar_mask, descriptions, units, schedule, accelerator
     )
     model.to("cpu")
+    metrics = training_metrics(units, descriptions, tokenizer, prior_history, captioner_history)
+    if accelerator.is_main_process:
+        card = render_model_card(_card_fields(args, model, metrics))
+        save_atomically(model, processor, output_dir, metrics, card, args.overwrite)
+        if args.push_to_hub:
+            push_to_hub(output_dir, args.push_to_hub, private=args.private)
+        print(
+            f"Saved to {output_dir}: validation BLEU {metrics['validation_bleu']:.2f}, "
+            f"validation loss {metrics['validation_loss']:.3f}, "
+            f"prior validation loss {metrics['prior_validation_loss']:.3f}"
+        )
+    return metrics
 
+
+def training_metrics(
+    units: tuple[list[int], list[int]],
+    descriptions: list[list[str]],
+    tokenizer: MilanTokenizer,
+    prior_history: list[dict[str, float]],
+    captioner_history: list[dict[str, float]],
+) -> dict[str, Any]:
+    """What ``training_metrics.json`` records: data sizes, the best epoch, both histories."""
     best = max(
         captioner_history, key=lambda entry: (entry["validation_bleu"], -entry["validation_loss"])
     )
-    metrics = {
+    train_units, validation_units = units
+    return {
         "train_units": len(train_units),
         "validation_units": len(validation_units),
         "train_descriptions": sum(len(descriptions[u]) for u in train_units),
@@ -606,37 +604,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "captioner_history": captioner_history,
         "prior_history": prior_history,
     }
+
+
+def _card_fields(
+    args: argparse.Namespace, model: MilanCaptionerModel, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    config = model.config
     parameters = sum(p.numel() for p in model.parameters())
-    card = render_model_card(
-        {
-            "repo_id": args.push_to_hub or output_dir.name,
-            "dataset_name": args.dataset_name or Path(args.dataset).name or args.dataset,
-            "backbone": model.config.backbone,
-            "image_size": model.config.image_size,
-            "feature_size": model.config.feature_size,
-            "embedding_size": model.config.embedding_size,
-            "hidden_size": model.config.hidden_size,
-            "prior_layers": model.config.prior_config.num_layers,
-            "parameters": f"{parameters / 1e6:.2f}M",
-            "vocabulary_size": len(tokenizer),
-            "train_units": metrics["train_units"],
-            "validation_units": metrics["validation_units"],
-            "train_descriptions": metrics["train_descriptions"],
-            "validation_bleu": f"{metrics['validation_bleu']:.2f}",
-            "validation_loss": f"{metrics['validation_loss']:.3f}",
-            "prior_validation_loss": f"{metrics['prior_validation_loss']:.3f}",
-            "epochs": len(captioner_history),
-            "pmi_weight": model.config.pmi_weight,
-            "beam_size": model.config.beam_size,
-        }
-    )
-    if accelerator.is_main_process:
-        save_atomically(model, processor, output_dir, metrics, card, args.overwrite)
-        if args.push_to_hub:
-            push_to_hub(output_dir, args.push_to_hub, private=args.private)
-        print(
-            f"Saved to {output_dir}: validation BLEU {metrics['validation_bleu']:.2f}, "
-            f"validation loss {metrics['validation_loss']:.3f}, "
-            f"prior validation loss {metrics['prior_validation_loss']:.3f}"
-        )
-    return metrics
+    return {
+        "repo_id": args.push_to_hub or Path(args.output_dir).name,
+        "dataset_name": args.dataset_name or Path(args.dataset).name or args.dataset,
+        "backbone": config.backbone,
+        "image_size": config.image_size,
+        "feature_size": config.feature_size,
+        "embedding_size": config.embedding_size,
+        "hidden_size": config.hidden_size,
+        "prior_layers": config.prior_config.num_layers,
+        "parameters": f"{parameters / 1e6:.2f}M",
+        "vocabulary_size": metrics["vocabulary_size"],
+        "train_units": metrics["train_units"],
+        "validation_units": metrics["validation_units"],
+        "train_descriptions": metrics["train_descriptions"],
+        "validation_bleu": f"{metrics['validation_bleu']:.2f}",
+        "validation_loss": f"{metrics['validation_loss']:.3f}",
+        "prior_validation_loss": f"{metrics['prior_validation_loss']:.3f}",
+        "epochs": len(metrics["captioner_history"]),
+        "pmi_weight": config.pmi_weight,
+        "beam_size": config.beam_size,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """:func:`train` with options parsed from ``argv`` as ``milan-hf train`` parses them."""
+    from milan_hf.commands.train import parse_args
+
+    return train(parse_args(argv))
