@@ -53,6 +53,7 @@ from milan_hf.probe_world.ground_truth import (  # noqa: F401  (moved there; nam
     PLANTED,
     PLANTED_NETWORK,
     SOURCE,
+    GroundTruth,
     KnownUnit,
     ProbeWorldCorpus,
     annotate_probe_world_units,
@@ -209,6 +210,111 @@ def _mean(values: Sequence[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+@dataclass(frozen=True)
+class _UnitKeys:
+    """(layer, unit) keys that stay unique across sets and across copies of the units."""
+
+    layers: list[str]
+    units: list[int]
+
+    @classmethod
+    def of(cls, exemplars: datasets.Dataset) -> _UnitKeys:
+        return cls(_qualified_layers(exemplars), list(exemplars[schema.UNIT]))
+
+    def dataset(self, column: str, values: list, copies: int = 1) -> datasets.Dataset:
+        # ``copies`` blocks of the units, block i keyed "i::<layer>" so that keys stay unique.
+        prefixes = [f"{copy}::" if copies > 1 else "" for copy in range(copies)]
+        return datasets.Dataset.from_dict(
+            {
+                schema.LAYER: [prefix + layer for prefix in prefixes for layer in self.layers],
+                schema.UNIT: self.units * copies,
+                column: values,
+            }
+        )
+
+
+#: Columns of ``score_descriptions``'s per-unit output that are not scores.
+_NOT_SCORES = (schema.LAYER, schema.UNIT, "description", "references")
+
+
+def _metric_groups(
+    metrics: Sequence[str], metric_kwargs: Mapping[str, Mapping[str, Any]] | None
+) -> tuple[tuple[list, dict], tuple[list, dict]]:
+    """((modules, kwargs) scored jointly over all methods, (modules, kwargs) one at a time)."""
+    from milan_hf.metrics import load_metric
+
+    joint_names = [name for name in metrics if name in PER_UNIT_ONLY_METRICS]
+    separate_names = [name for name in metrics if name not in PER_UNIT_ONLY_METRICS]
+    joint_modules = [load_metric(name) for name in joint_names]
+    # score_descriptions finds a metric's kwargs by the module's name.
+    joint_kwargs = {
+        (module.name if name == "bertscore" else name): (metric_kwargs or {}).get(name, {})
+        for name, module in zip(joint_names, joint_modules)
+    }
+    separate_kwargs = {name: (metric_kwargs or {}).get(name, {}) for name in separate_names}
+    return (joint_modules, joint_kwargs), (
+        [load_metric(n) for n in separate_names],
+        separate_kwargs,
+    )
+
+
+def _joint_scores(
+    keys: _UnitKeys,
+    descriptions: Mapping[str, Sequence[str]],
+    references: list,
+    joint: tuple[list, dict],
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Per-unit scores of every method, all methods scored in one call (method after method)."""
+    from milan_hf.evaluation import score_descriptions
+
+    modules, kwargs = joint
+    if not modules:
+        return {}, {}
+    methods = list(descriptions)
+    scored, summary = score_descriptions(
+        keys.dataset("description", [t for m in methods for t in descriptions[m]], len(methods)),
+        keys.dataset(schema.DESCRIPTIONS, references * len(methods), len(methods)),
+        metrics=modules,
+        metric_kwargs=kwargs,
+    )
+    scores = {c: list(scored[c]) for c in scored.column_names if c not in _NOT_SCORES}
+    return scores, summary
+
+
+def _by_set(scored: datasets.Dataset, sources: list[str]) -> dict[str, dict[str, Any]]:
+    """Mean of every per-unit score, and the number of units, per set."""
+    score_columns = [column for column in scored.column_names if column not in _NOT_SCORES]
+    return {
+        source: {
+            **{
+                column: _mean([v for v, s in zip(scored[column], sources) if s == source])
+                for column in score_columns
+            },
+            "num_units": sources.count(source),
+        }
+        for source in dict.fromkeys(sources)
+    }
+
+
+def _per_unit_results(
+    scored: datasets.Dataset,
+    layers: list[str],
+    sources: list[str],
+    truth: Sequence[KnownUnit | None],
+    correct: list[bool | None],
+) -> datasets.Dataset:
+    records = [unit.record() if unit else {} for unit in truth]
+    return (
+        scored.remove_columns([schema.LAYER])
+        .add_column(schema.LAYER, layers)
+        .add_column(SOURCE, sources)
+        .add_column(CONCEPT, [record.get(CONCEPT) for record in records])
+        .add_column(FAMILY, [record.get(FAMILY) for record in records])
+        .add_column(KNOWN_BY, [record.get(KNOWN_BY) for record in records])
+        .add_column(CORRECT, correct, feature=datasets.Value("bool"))
+    )
+
+
 def score_methods(
     exemplars: datasets.Dataset,
     descriptions: Mapping[str, Sequence[str]],
@@ -222,13 +328,11 @@ def score_methods(
     Returns ``(rows, per_unit)``: per method a summary (``score_descriptions``'s, plus
     ``by_set`` {set: {mean of each per-unit score, units}} and, with ground truth,
     ``accuracy`` / ``lenient_accuracy`` over units of known meaning and ``ground_truth``
-    {planted|iou: summary} (:func:`milan_hf.probe_world.ground_truth.known_unit_accuracy`),
-    and a
-    per-unit dataset (layer, unit, source, description, references, scores, concept, family,
-    known_by, correct).
+    {planted|iou: summary} (:func:`milan_hf.probe_world.ground_truth.known_unit_accuracy`)),
+    and a per-unit dataset (layer, unit, source, description, references, scores, concept,
+    family, known_by, correct).
     """
     from milan_hf.evaluation import score_descriptions
-    from milan_hf.metrics import load_metric
 
     for method, texts in descriptions.items():
         if len(texts) != len(exemplars):
@@ -236,60 +340,24 @@ def score_methods(
     # Metrics with only per-unit scores (the embedding ones, the slow ones) score every
     # method in one call: each reference, and each description several methods share, is
     # embedded once. Corpus-level metrics (BLEU, ROUGE) score one method at a time.
-    joint_names = [name for name in metrics if name in PER_UNIT_ONLY_METRICS]
-    separate_names = [name for name in metrics if name not in PER_UNIT_ONLY_METRICS]
-    joint_modules = [load_metric(name) for name in joint_names]
-    separate_modules = [load_metric(name) for name in separate_names]
-    # score_descriptions finds a metric's kwargs by the module's name.
-    joint_kwargs = {
-        (module.name if name == "bertscore" else name): (metric_kwargs or {}).get(name, {})
-        for name, module in zip(joint_names, joint_modules)
-    }
-    separate_kwargs = {name: (metric_kwargs or {}).get(name, {}) for name in separate_names}
-
-    keyed_layers = _qualified_layers(exemplars)
-    layers, units = list(exemplars[schema.LAYER]), list(exemplars[schema.UNIT])
+    joint, (separate_modules, separate_kwargs) = _metric_groups(metrics, metric_kwargs)
+    keys = _UnitKeys.of(exemplars)
     unit_references = list(exemplars[schema.DESCRIPTIONS])
-    methods = list(descriptions)
-
-    def keyed_dataset(copies: int, column: str, values: list) -> datasets.Dataset:
-        # ``copies`` blocks of the units, block i keyed "i::<layer>" so that keys stay unique.
-        prefixes = [f"{copy}::" if copies > 1 else "" for copy in range(copies)]
-        return datasets.Dataset.from_dict(
-            {
-                schema.LAYER: [prefix + layer for prefix in prefixes for layer in keyed_layers],
-                schema.UNIT: units * copies,
-                column: values,
-            }
-        )
-
-    joint_scores: dict[str, list[float]] = {}
-    joint_summary: dict[str, Any] = {}
-    if joint_modules:
-        joint_scored, joint_summary = score_descriptions(
-            keyed_dataset(
-                len(methods), "description", [t for m in methods for t in descriptions[m]]
-            ),
-            keyed_dataset(len(methods), schema.DESCRIPTIONS, unit_references * len(methods)),
-            metrics=joint_modules,
-            metric_kwargs=joint_kwargs,
-        )
-        for column in joint_scored.column_names:
-            if column not in (schema.LAYER, schema.UNIT, "description", "references"):
-                joint_scores[column] = list(joint_scored[column])
-    references = keyed_dataset(1, schema.DESCRIPTIONS, unit_references)
+    joint_scores, joint_summary = _joint_scores(keys, descriptions, unit_references, joint)
+    references = keys.dataset(schema.DESCRIPTIONS, unit_references)
     sources = (
         list(exemplars[SOURCE]) if SOURCE in exemplars.column_names else ["(all)"] * len(exemplars)
     )
     truth = list(ground_truth) if ground_truth is not None else [None] * len(exemplars)
-    records = [unit.record() if unit else {} for unit in truth]
 
     rows: dict[str, dict[str, Any]] = {}
     per_unit: dict[str, datasets.Dataset] = {}
     for position, (method, texts) in enumerate(descriptions.items()):
-        predictions = keyed_dataset(1, "description", list(texts))
         scored, summary = score_descriptions(
-            predictions, references, metrics=separate_modules, metric_kwargs=separate_kwargs
+            keys.dataset("description", list(texts)),
+            references,
+            metrics=separate_modules,
+            metric_kwargs=separate_kwargs,
         )
         block = slice(position * len(texts), (position + 1) * len(texts))
         for column, values in joint_scores.items():
@@ -300,37 +368,14 @@ def score_methods(
                 summary[key] = value
         # An empty description (the decoder ended at once) is a failure mode worth seeing.
         summary["empty_fraction"] = sum(not text.strip(". ") for text in texts) / len(texts)
-        score_columns = [
-            column
-            for column in scored.column_names
-            if column not in (schema.LAYER, schema.UNIT, "description", "references")
-        ]
-        summary["by_set"] = {
-            source: {
-                **{
-                    column: _mean([v for v, s in zip(scored[column], sources) if s == source])
-                    for column in score_columns
-                },
-                "num_units": sources.count(source),
-            }
-            for source in dict.fromkeys(sources)
-        }
+        summary["by_set"] = _by_set(scored, sources)
         correct, accuracy = known_unit_accuracy(texts, truth, concept_phrases)
-        if accuracy:
-            summary["ground_truth"] = accuracy["ground_truth"]
-            summary["accuracy"] = accuracy["accuracy"]
-            summary["lenient_accuracy"] = accuracy["lenient_accuracy"]
-            summary["num_known_units"] = accuracy["num_known_units"]
+        for key in ("ground_truth", "accuracy", "lenient_accuracy", "num_known_units"):
+            if key in accuracy:
+                summary[key] = accuracy[key]
         rows[method] = summary
-        per_unit[method] = (
-            scored.remove_columns([schema.LAYER])
-            .add_column(schema.LAYER, layers)
-            .add_column(SOURCE, sources)
-            .add_column(CONCEPT, [record.get(CONCEPT) for record in records])
-            .add_column(FAMILY, [record.get(FAMILY) for record in records])
-            .add_column(KNOWN_BY, [record.get(KNOWN_BY) for record in records])
-            .add_column(CORRECT, correct, feature=datasets.Value("bool"))
-        )
+        layers = list(exemplars[schema.LAYER])
+        per_unit[method] = _per_unit_results(scored, layers, sources, truth, correct)
     return rows, per_unit
 
 
@@ -348,6 +393,32 @@ class BenchmarkResult:
     def markdown(self) -> str:
         """Results as markdown: overall table, BERTScore by set, accuracy by concept family."""
         return results_markdown(self.rows, self.metadata)
+
+
+def _probe_world_truth(
+    probe_world: ProbeWorldCorpus | None, exemplars: datasets.Dataset, progress: bool
+) -> tuple[GroundTruth | None, list[str] | None, dict[str, Any]]:
+    """(units of known meaning, NetDissect-style descriptions, metadata) on the probe world;
+    None for both where there is no corpus or its scenes cannot be regenerated here."""
+    if probe_world is None:
+        return None, None, {}
+    problem = probe_world.scene_problem()
+    if problem is not None:
+        # The reference metrics stand without concept masks; the baseline and accuracy do not.
+        logger.warning("No NetDissect baseline or ground-truth accuracy: %s.", problem)
+        return None, None, {"probe_world": {"corpus": str(probe_world.root), "skipped": problem}}
+    known = probe_world_known_units(probe_world, exemplars, progress=progress)
+    # Another seed words the same concepts differently from the references.
+    baseline = annotate_probe_world_units(
+        probe_world, exemplars, seed=probe_world.seed + 1, num_descriptions=1, progress=False
+    )
+    metadata = {
+        "corpus": str(probe_world.root),
+        "seed": probe_world.seed,
+        "world_version": probe_world.info.get("world_version"),
+        **known.metadata(exemplars),
+    }
+    return known, [a.descriptions[0] for a in baseline], {"probe_world": metadata}
 
 
 def run_benchmark(
@@ -379,27 +450,9 @@ def run_benchmark(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     descriptions: dict[str, list[str]] = {}
-    ground_truth = None
-    concept_phrases = None
-    metadata: dict[str, Any] = {}
-    problem = probe_world.scene_problem() if probe_world is not None else None
-    if problem is not None:
-        # The reference metrics stand without concept masks; the baseline and accuracy do not.
-        logger.warning("No NetDissect baseline or ground-truth accuracy: %s.", problem)
-        metadata["probe_world"] = {"corpus": str(probe_world.root), "skipped": problem}
-    elif probe_world is not None:
-        known = probe_world_known_units(probe_world, exemplars, progress=progress)
-        ground_truth, concept_phrases = known.units, known.concept_phrases
-        baseline = annotate_probe_world_units(
-            probe_world, exemplars, seed=probe_world.seed + 1, num_descriptions=1, progress=False
-        )
-        descriptions[NETDISSECT] = [annotation.descriptions[0] for annotation in baseline]
-        metadata["probe_world"] = {
-            "corpus": str(probe_world.root),
-            "seed": probe_world.seed,
-            "world_version": probe_world.info.get("world_version"),
-            **known.metadata(exemplars),
-        }
+    known, baseline, metadata = _probe_world_truth(probe_world, exemplars, progress)
+    if baseline is not None:
+        descriptions[NETDISSECT] = baseline
         timings["annotation"] = time.perf_counter() - started
 
     generation_started = time.perf_counter()
@@ -422,10 +475,10 @@ def run_benchmark(
     rows, per_unit = score_methods(
         exemplars,
         descriptions,
-        ground_truth,
+        known.units if known else None,
         metrics=metrics,
         metric_kwargs=metric_kwargs,
-        concept_phrases=concept_phrases,
+        concept_phrases=known.concept_phrases if known else None,
     )
     timings["scoring"] = time.perf_counter() - scoring_started
     sources = list(exemplars[SOURCE]) if SOURCE in exemplars.column_names else []
