@@ -40,7 +40,7 @@ from PIL import Image
 from milan_hf import schema, training
 from milan_hf.benchmark import evaluate_known_units
 from milan_hf.probe_world.ground_truth import markdown_summary
-from milan_hf.staged_output import staged_directory
+from milan_hf.staged_output import staged_directory, write_text_atomically
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "resources" / "captioner"
 EVALUATION_FILE = "held_out_evaluation.json"
@@ -232,15 +232,26 @@ def evaluate_only(args: argparse.Namespace, corpus: dict[str, Any]) -> int:
         raise FileNotFoundError(f"no trained captioner at {args.output}")
     metrics = json.loads((args.output / "training_metrics.json").read_text())
     evaluation = evaluate_known_units(args.output, args.corpus, num_beams=args.eval_num_beams)
-    (args.output / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2, default=str))
+    # Rewritten in place, each file atomically: the captioner stays loadable throughout.
+    write_text_atomically(
+        args.output / EVALUATION_FILE, json.dumps(evaluation, indent=2, default=str)
+    )
     # The card's reproduction command is the training run's (the defaults, on this corpus).
     card = card_text(args, ["--corpus", str(args.corpus)], corpus, metrics, evaluation, args.output)
-    (args.output / "README.md").write_text(card)
+    write_text_atomically(args.output / "README.md", card)
     print(markdown_summary(evaluation))
     return 0
 
 
-def card_text(args, argv, corpus, metrics, evaluation, folder: Path) -> str:
+def card_text(
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    corpus: dict[str, Any],
+    metrics: dict[str, Any],
+    evaluation: dict[str, Any] | None,
+    folder: Path,
+) -> str:
+    """The embedded captioner's model card (``hub_cards/embedded_captioner.md`` filled in)."""
     from milan_hf.modeling_milan import MilanCaptionerModel
 
     model = MilanCaptionerModel.from_pretrained(folder)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import HfApi
@@ -113,9 +114,7 @@ def test_training_inputs_are_checked(tmp_path, capsys):
             ]
         )
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        training.main(
-            ["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o")]
-        )
+        training.main(["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o")])
     # Through the command line: one line naming the bad value, exit code 2.
     capsys.readouterr()
     assert cli.main(["train", "--dataset", str(tmp_path / "nowhere"), "--output-dir", "o"]) == 2
@@ -129,9 +128,7 @@ def test_training_inputs_are_checked(tmp_path, capsys):
         training.split_units(1, 0.1, seed=0)
     train, validation = training.split_units(10, 0.2, seed=0)
     assert len(validation) == 2 and sorted(train + validation) == list(range(10))
-    assert torch.equal(
-        torch.tensor(training.split_units(10, 0.2, seed=0)[0]), torch.tensor(train)
-    )
+    assert torch.equal(torch.tensor(training.split_units(10, 0.2, seed=0)[0]), torch.tensor(train))
 
 
 def test_reads_milannotations_format_directories(tmp_path):
@@ -145,3 +142,17 @@ def test_reads_milannotations_format_directories(tmp_path):
     assert len(row["descriptions"]) == 3 and len(row["images"]) == len(row["masks"])
     batch = MilanProcessor(image_size=MASK_SIZE)(row)
     assert batch["pixel_values"].shape[1:] == (len(row["images"]), 3, MASK_SIZE, MASK_SIZE)
+
+
+def test_embedded_recipe_brings_exemplar_sets_to_the_captioner_size():
+    from milan_hf.embedded_training import resize_exemplar_set
+
+    corpus = colour_corpus(units_per_colour=1, size=32)
+    resized = resize_exemplar_set(corpus, 16)
+    for original, row in zip(corpus, resized):
+        assert row["images"][0].size == (16, 16)
+        mask = np.asarray(row["masks"][0])
+        assert mask.shape == (16, 16) and set(np.unique(mask)) <= {0, 1}
+        # A 16-pixel square at 32 pixels is about an 8-pixel square at 16, wherever it was.
+        assert abs(int(mask.sum()) - int(np.asarray(original["masks"][0]).sum()) // 4) <= 16
+    assert resize_exemplar_set(resized, 16) is resized  # already that size: untouched
