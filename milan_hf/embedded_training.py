@@ -9,8 +9,9 @@ Steps:
    networks on first use; tens of minutes on 2 CPU cores).
 2. Its training networks only: every network listed under ``held_out`` in ``corpus.json``
    is left out whole (checked row by row), so it can measure generalisation to unseen networks.
-3. ``scripts/train_captioner.py`` (frozen ImageNet EfficientNet-Lite0 encoder, Show-Attend-Tell
-   decoder, LSTM prior, early stopping on validation BLEU) with small decoder sizes.
+3. ``milan_hf.training`` (``milan-hf train``: frozen ImageNet EfficientNet-Lite0 encoder,
+   Show-Attend-Tell decoder, LSTM prior, early stopping on validation BLEU) with small decoder
+   sizes.
 4. The trained weights are stored in float16, without the frozen backbone, which
    ``from_pretrained`` rebuilds from the offline package (the config keeps ``dtype: float32`` so
    ``from_pretrained`` computes in float32), with the processor, tokenizer, training metrics,

@@ -17,8 +17,8 @@ Runs through ``accelerate`` (CPU when no GPU is present)::
         --image-size 64 --hidden-size 256 --embedding-size 64
 
 (``scripts/train_captioner.py`` takes the same options). :func:`train` runs the whole recipe
-from parsed options; the steps are public for other recipes (``scripts/
-train_embedded_captioner.py``).
+from parsed options (:mod:`milan_hf.commands.train`); :func:`main` parses them first. The
+embedded captioner's recipe (:mod:`milan_hf.embedded_training`) builds on it.
 """
 
 from __future__ import annotations
