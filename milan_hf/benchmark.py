@@ -9,14 +9,18 @@ probe-world corpus, or any exemplar-set dataset with a ``descriptions`` column) 
    ``log p(d|E) − λ·log p(d)`` for each λ of a sweep. With the original "rerank" strategy one
    beam search per batch serves every λ: only the choice among its candidates changes;
 2. on a probe-world corpus (``corpus.json`` present), regenerates the scenes the exemplars were
-   cut from and re-runs the IoU annotator on them (:func:`annotate_probe_world_units`). This
-   yields the NetDissect-style baseline row and the ground truth of units of known meaning:
-   planted units (their function is fixed by construction) and IoU-labelled units (the
+   cut from and re-runs the IoU annotator on them (:mod:`milan_hf.probe_world.ground_truth`).
+   This yields the NetDissect-style baseline row and the ground truth of units of known
+   meaning: planted units (their function is fixed by construction) and IoU-labelled units (the
    annotator's concept expression). Re-annotating with the corpus seed must reproduce the
    corpus's own descriptions, which checks that the regenerated scenes are the right ones;
 3. scores every method with :func:`milan_hf.evaluation.score_descriptions` (BERTScore F1 is the
    paper's number) overall and per set (the paper's Table 2/3 layout: rows = methods, columns =
-   held-out sets), and with :func:`milan_hf.evaluation.concept_accuracy` by concept family.
+   held-out sets), and with ``ground_truth.known_unit_accuracy`` (strict and lenient) by
+   concept family.
+
+:func:`evaluate_known_units` is the known-unit accuracy alone, per held-out network of a
+probe-world corpus and per λ (``scripts/eval_known_units.py``).
 
 On the probe world the references ARE the IoU annotator's phrasings, so the NetDissect-style
 row is a ceiling there (same concept, other words), not a weak baseline as in the paper.
@@ -24,12 +28,11 @@ row is a ceiling there (same concept, other words), not a weak baseline as in th
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,28 @@ from tqdm.auto import tqdm
 
 from milan_hf import schema
 from milan_hf.modeling_milan import MilanCaptionerModel, MilanGenerationOutput
+from milan_hf.probe_world.ground_truth import (  # noqa: F401  (moved there; names kept here)
+    COMPOSITION,
+    CONCEPT,
+    CORRECT,
+    FAMILY,
+    IOU_LABELLED,
+    KNOWN_BY,
+    PLANTED,
+    PLANTED_NETWORK,
+    SOURCE,
+    GroundTruth,
+    KnownUnit,
+    ProbeWorldCorpus,
+    annotate_probe_world_units,
+    check_annotations_against_references,
+    expression_concept,
+    known_unit_accuracy,
+    probe_world_concept_phrases,
+    probe_world_ground_truth,
+    probe_world_known_units,
+    read_probe_world_corpus,
+)
 from milan_hf.processing_milan import MilanProcessor
 
 logger = logging.getLogger(__name__)
@@ -49,16 +74,6 @@ BEAM = "p(d|E) beam"
 NETDISSECT = "NetDissect (IoU)"
 DEFAULT_PMI_WEIGHTS = (0.0, 0.1, 0.2, 0.5, 1.0)
 DEFAULT_NUM_BEAMS = 50
-
-#: Column naming the set a unit comes from (``"alexnet/imagenet"``), as MILANNOTATIONS has it.
-SOURCE = "source"
-#: Ground-truth columns of the per-unit results.
-CONCEPT, FAMILY, KNOWN_BY, CORRECT = "concept", "family", "known_by", "correct"
-PLANTED, IOU_LABELLED = "planted", "iou"
-#: Family of a concept expression with two terms ("red AND top", "red OR blue").
-COMPOSITION = "composition"
-#: Name of the planted-units network in a probe-world corpus (``probe_world.corpus``).
-PLANTED_NETWORK = "planted"
 
 
 def pmi_method_name(pmi_weight: float) -> str:
@@ -175,222 +190,6 @@ def generate_descriptions(
     return descriptions
 
 
-# ---- the probe world: scenes, IoU annotations, ground truth ---------------------------------
-
-
-@dataclass
-class ProbeWorldCorpus:
-    """A probe-world corpus directory (``milan_hf.probe_world.corpus``) and its ``corpus.json``."""
-
-    root: Path
-    info: dict[str, Any]
-    _scene_masks: dict[int, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def seed(self) -> int:
-        return int(self.info["seed"])
-
-    @property
-    def held_out(self) -> list[str]:
-        return list(self.info.get("held_out", []))
-
-    def network(self, source: str) -> dict[str, Any]:
-        for record in self.info["networks"]:
-            if record["set"] == source or record["name"] == source:
-                return record
-        raise ValueError(
-            f"Set {source!r} is not in {self.root / 'corpus.json'}; it lists "
-            f"{[record['set'] for record in self.info['networks']]}."
-        )
-
-    def scene_problem(self) -> str | None:
-        """Why this corpus's scenes cannot be regenerated here, or None when they can.
-
-        Scenes are drawn by seed, so they come back exactly when the probe-world code
-        (``world_version``) and the installed photographic cut-outs are those of the build.
-        """
-        from milan_hf.probe_world.concepts import load_stamps
-        from milan_hf.probe_world.scenes import world_version
-
-        if self.info.get("world_version") != world_version():
-            return (
-                f"{self.root / 'corpus.json'} was built by probe-world version "
-                f"{self.info.get('world_version')!r}, this code draws version "
-                f"{world_version()!r}: rebuild the corpus (scripts/make_probe_annotations.py) "
-                "to get its concept masks"
-            )
-        wanted = sorted(self.info.get("object_categories", []))
-        found = sorted({stamp.category for stamp in load_stamps()}) if wanted else []
-        if found != wanted:
-            return (
-                f"{self.root} was built with object categories {wanted}, but the installed "
-                f"cut-outs give {found}: its scenes cannot be regenerated here"
-            )
-        return None
-
-    def scene_masks(self, image_size: int):
-        """The concept masks of the corpus's scenes at ``image_size``, regenerated by seed."""
-        problem = self.scene_problem()
-        if problem is not None:
-            raise ValueError(problem)
-        if image_size not in self._scene_masks:
-            from milan_hf.probe_world.annotation import SceneMasks
-            from milan_hf.probe_world.concepts import load_stamps
-            from milan_hf.probe_world.scenes import generate_scenes
-
-            stamps = load_stamps() if self.info.get("object_categories") else ()
-            scenes = generate_scenes(int(self.info["num_images"]), self.seed, image_size, stamps)
-            self._scene_masks[image_size] = SceneMasks(list(scenes))
-        return self._scene_masks[image_size]
-
-
-def read_probe_world_corpus(path: str | Path) -> ProbeWorldCorpus | None:
-    """The probe-world corpus at ``path``, or None when ``path`` has no ``corpus.json``."""
-    corpus_file = Path(path) / "corpus.json"
-    if not corpus_file.is_file():
-        return None
-    return ProbeWorldCorpus(Path(path), json.loads(corpus_file.read_text()))
-
-
-def annotate_probe_world_units(
-    corpus: ProbeWorldCorpus,
-    exemplars: datasets.Dataset,
-    seed: int,
-    num_descriptions: int = 3,
-    progress: bool = True,
-) -> list:
-    """Re-run the corpus's IoU annotator (``describe_by_iou``) on the rows of ``exemplars``.
-
-    Rows need ``source`` (the corpus set), ``layer``, ``unit``, ``ids`` and ``masks``. Returns
-    one ``Annotation`` per row, in row order. ``seed`` picks the phrasings: the corpus seed
-    reproduces its descriptions, another seed words the same concepts differently.
-    """
-    from milan_hf.probe_world.annotation import describe_by_iou
-
-    needed = [schema.LAYER, schema.UNIT, schema.IDS, schema.MASKS, SOURCE]
-    missing = [column for column in needed if column not in exemplars.column_names]
-    if missing:
-        raise ValueError(f"Annotating probe-world units needs column(s) {missing}.")
-    annotations: list = [None] * len(exemplars)
-    sources = list(exemplars[SOURCE])
-    for source in dict.fromkeys(sources):
-        indices = [index for index, name in enumerate(sources) if name == source]
-        image_size = int(corpus.network(source)["image_size"])
-        columns = [schema.LAYER, schema.UNIT, schema.IDS, schema.MASKS]
-        if schema.DEAD in exemplars.column_names:
-            columns.append(schema.DEAD)
-        rows = exemplars.select(indices).select_columns(columns)
-        found = describe_by_iou(
-            rows,
-            corpus.scene_masks(image_size),
-            seed=seed,
-            num_descriptions=num_descriptions,
-            progress=progress,
-        )
-        for index, annotation in zip(indices, found):
-            annotations[index] = annotation
-    return annotations
-
-
-def expression_concept(expression: Sequence[str]) -> tuple[str, str]:
-    """(concept string for ``concept_accuracy``, family) of an annotator expression.
-
-    ``("concept", "red")`` -> ``("red", "colour")``; ``("and", "red", "top")`` and
-    ``("or", "red", "blue")`` -> ``("red top", "composition")``: a correct description names
-    both terms.
-    """
-    from milan_hf.probe_world.concepts import concept_family
-
-    if expression[0] == "concept":
-        return expression[1], concept_family(expression[1])
-    if expression[0] in ("and", "or"):
-        return " ".join(expression[1:]), COMPOSITION
-    raise ValueError(f"Expression {tuple(expression)} names no concept.")
-
-
-def probe_world_concept_phrases() -> dict[str, list[str]]:
-    """Concept -> the phrases the probe world's grammar uses for it (nouns, adjectives, captions).
-
-    Feeds :class:`milan_hf.evaluation.ConceptMatcher`, so that "crimson discs" names
-    "red circle" and "great blue herons" names "bird".
-    """
-    from milan_hf.probe_world.concepts import all_concepts, load_stamps
-    from milan_hf.probe_world.phrasing import EXTRA_ADJECTIVES, EXTRA_NOUNS, PATTERN_ADJECTIVES
-
-    stamps = load_stamps()
-    phrases: dict[str, list[str]] = {}
-    for name, concept in all_concepts(stamps).items():
-        words = [*concept.nouns, *concept.adjectives, *PATTERN_ADJECTIVES.get(name, ())]
-        words += [*EXTRA_NOUNS.get(name, ()), *EXTRA_ADJECTIVES.get(name, ())]
-        words += [stamp.caption for stamp in stamps if stamp.category == name]
-        phrases[name] = list(dict.fromkeys(words))
-    return phrases
-
-
-def probe_world_ground_truth(
-    corpus: ProbeWorldCorpus, exemplars: datasets.Dataset, annotations: Sequence
-) -> list[dict[str, Any] | None]:
-    """Per row of ``exemplars``: ``{concept, family, known_by}``, or None when not known.
-
-    Planted units (the corpus's ``planted`` network) take the expression they compute by
-    construction; other units take their IoU annotation when it found a concept.
-    """
-    from milan_hf.probe_world.planted import planted_units
-
-    planted = {(unit.layer, unit.unit): unit.expression for unit in planted_units()}
-    truth: list[dict[str, Any] | None] = []
-    for row, annotation in zip(
-        exemplars.select_columns([schema.LAYER, schema.UNIT, SOURCE]), annotations
-    ):
-        if corpus.network(row[SOURCE])["name"] == PLANTED_NETWORK:
-            expression, known_by = planted.get((row[schema.LAYER], row[schema.UNIT])), PLANTED
-        else:
-            expression, known_by = annotation.expression, IOU_LABELLED
-        if expression is None or expression[0] == "none":
-            truth.append(None)
-            continue
-        concept, family = expression_concept(expression)
-        truth.append({CONCEPT: concept, FAMILY: family, KNOWN_BY: known_by})
-    return truth
-
-
-def check_annotations_against_references(
-    exemplars: datasets.Dataset,
-    annotations: Sequence,
-    concept_phrases: Mapping[str, Sequence[str]],
-    min_agreement: float = 0.5,
-) -> list[bool | None]:
-    """Whether each unit's re-annotated concept is the one its corpus descriptions name.
-
-    True when re-annotation reproduced the descriptions word for word, or when every
-    reference description names the re-annotated concept (so a later change of the grammar's
-    wording does not matter); False when some reference does not name it; None when the
-    annotator found no concept (nothing to check). Raises ``ValueError`` when fewer than
-    ``min_agreement`` of the checkable units agree: the regenerated scenes are then not the
-    corpus's, or its annotator chose concepts differently.
-    """
-    from milan_hf.evaluation import ConceptMatcher
-
-    matcher = ConceptMatcher(concept_phrases=concept_phrases)
-    agreement: list[bool | None] = []
-    for annotation, references in zip(annotations, exemplars[schema.DESCRIPTIONS]):
-        if list(annotation.descriptions) == list(references):
-            agreement.append(True)
-        elif annotation.expression[0] == "none":
-            agreement.append(None)
-        else:
-            concept = expression_concept(annotation.expression)[0]
-            agreement.append(all(matcher.names(text, concept) for text in references))
-    agreeing, checked = agreement.count(True), len(agreement) - agreement.count(None)
-    if checked and agreeing < min_agreement * checked:
-        raise ValueError(
-            f"Re-annotating the corpus's units found the concept its descriptions name for "
-            f"only {agreeing}/{checked} of them: the regenerated scenes or the annotator "
-            "differ from the corpus's (was it built with other settings or code?)."
-        )
-    return agreement
-
-
 # ---- scoring --------------------------------------------------------------------------------
 
 
@@ -411,10 +210,115 @@ def _mean(values: Sequence[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+@dataclass(frozen=True)
+class _UnitKeys:
+    """(layer, unit) keys that stay unique across sets and across copies of the units."""
+
+    layers: list[str]
+    units: list[int]
+
+    @classmethod
+    def of(cls, exemplars: datasets.Dataset) -> _UnitKeys:
+        return cls(_qualified_layers(exemplars), list(exemplars[schema.UNIT]))
+
+    def dataset(self, column: str, values: list, copies: int = 1) -> datasets.Dataset:
+        # ``copies`` blocks of the units, block i keyed "i::<layer>" so that keys stay unique.
+        prefixes = [f"{copy}::" if copies > 1 else "" for copy in range(copies)]
+        return datasets.Dataset.from_dict(
+            {
+                schema.LAYER: [prefix + layer for prefix in prefixes for layer in self.layers],
+                schema.UNIT: self.units * copies,
+                column: values,
+            }
+        )
+
+
+#: Columns of ``score_descriptions``'s per-unit output that are not scores.
+_NOT_SCORES = (schema.LAYER, schema.UNIT, "description", "references")
+
+
+def _metric_groups(
+    metrics: Sequence[str], metric_kwargs: Mapping[str, Mapping[str, Any]] | None
+) -> tuple[tuple[list, dict], tuple[list, dict]]:
+    """((modules, kwargs) scored jointly over all methods, (modules, kwargs) one at a time)."""
+    from milan_hf.metrics import load_metric
+
+    joint_names = [name for name in metrics if name in PER_UNIT_ONLY_METRICS]
+    separate_names = [name for name in metrics if name not in PER_UNIT_ONLY_METRICS]
+    joint_modules = [load_metric(name) for name in joint_names]
+    # score_descriptions finds a metric's kwargs by the module's name.
+    joint_kwargs = {
+        (module.name if name == "bertscore" else name): (metric_kwargs or {}).get(name, {})
+        for name, module in zip(joint_names, joint_modules)
+    }
+    separate_kwargs = {name: (metric_kwargs or {}).get(name, {}) for name in separate_names}
+    return (joint_modules, joint_kwargs), (
+        [load_metric(n) for n in separate_names],
+        separate_kwargs,
+    )
+
+
+def _joint_scores(
+    keys: _UnitKeys,
+    descriptions: Mapping[str, Sequence[str]],
+    references: list,
+    joint: tuple[list, dict],
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Per-unit scores of every method, all methods scored in one call (method after method)."""
+    from milan_hf.evaluation import score_descriptions
+
+    modules, kwargs = joint
+    if not modules:
+        return {}, {}
+    methods = list(descriptions)
+    scored, summary = score_descriptions(
+        keys.dataset("description", [t for m in methods for t in descriptions[m]], len(methods)),
+        keys.dataset(schema.DESCRIPTIONS, references * len(methods), len(methods)),
+        metrics=modules,
+        metric_kwargs=kwargs,
+    )
+    scores = {c: list(scored[c]) for c in scored.column_names if c not in _NOT_SCORES}
+    return scores, summary
+
+
+def _by_set(scored: datasets.Dataset, sources: list[str]) -> dict[str, dict[str, Any]]:
+    """Mean of every per-unit score, and the number of units, per set."""
+    score_columns = [column for column in scored.column_names if column not in _NOT_SCORES]
+    return {
+        source: {
+            **{
+                column: _mean([v for v, s in zip(scored[column], sources) if s == source])
+                for column in score_columns
+            },
+            "num_units": sources.count(source),
+        }
+        for source in dict.fromkeys(sources)
+    }
+
+
+def _per_unit_results(
+    scored: datasets.Dataset,
+    layers: list[str],
+    sources: list[str],
+    truth: Sequence[KnownUnit | None],
+    correct: list[bool | None],
+) -> datasets.Dataset:
+    records = [unit.record() if unit else {} for unit in truth]
+    return (
+        scored.remove_columns([schema.LAYER])
+        .add_column(schema.LAYER, layers)
+        .add_column(SOURCE, sources)
+        .add_column(CONCEPT, [record.get(CONCEPT) for record in records])
+        .add_column(FAMILY, [record.get(FAMILY) for record in records])
+        .add_column(KNOWN_BY, [record.get(KNOWN_BY) for record in records])
+        .add_column(CORRECT, correct, feature=datasets.Value("bool"))
+    )
+
+
 def score_methods(
     exemplars: datasets.Dataset,
     descriptions: Mapping[str, Sequence[str]],
-    ground_truth: Sequence[dict[str, Any] | None] | None = None,
+    ground_truth: Sequence[KnownUnit | None] | None = None,
     metrics: Sequence[str] = ("bertscore", "bleu", "rouge", "embedding_cosine"),
     metric_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     concept_phrases: Mapping[str, Sequence[str]] | None = None,
@@ -423,13 +327,12 @@ def score_methods(
 
     Returns ``(rows, per_unit)``: per method a summary (``score_descriptions``'s, plus
     ``by_set`` {set: {mean of each per-unit score, units}} and, with ground truth,
-    ``accuracy`` over units of known meaning and ``ground_truth`` {planted|iou:
-    ``concept_accuracy`` summary}), and a
-    per-unit dataset (layer, unit, source, description, references, scores, concept, family,
-    known_by, correct).
+    ``accuracy`` / ``lenient_accuracy`` over units of known meaning and ``ground_truth``
+    {planted|iou: summary} (:func:`milan_hf.probe_world.ground_truth.known_unit_accuracy`)),
+    and a per-unit dataset (layer, unit, source, description, references, scores, concept,
+    family, known_by, correct).
     """
-    from milan_hf.evaluation import concept_accuracy, score_descriptions
-    from milan_hf.metrics import load_metric
+    from milan_hf.evaluation import score_descriptions
 
     for method, texts in descriptions.items():
         if len(texts) != len(exemplars):
@@ -437,60 +340,24 @@ def score_methods(
     # Metrics with only per-unit scores (the embedding ones, the slow ones) score every
     # method in one call: each reference, and each description several methods share, is
     # embedded once. Corpus-level metrics (BLEU, ROUGE) score one method at a time.
-    joint_names = [name for name in metrics if name in PER_UNIT_ONLY_METRICS]
-    separate_names = [name for name in metrics if name not in PER_UNIT_ONLY_METRICS]
-    joint_modules = [load_metric(name) for name in joint_names]
-    separate_modules = [load_metric(name) for name in separate_names]
-    # score_descriptions finds a metric's kwargs by the module's name.
-    joint_kwargs = {
-        (module.name if name == "bertscore" else name): (metric_kwargs or {}).get(name, {})
-        for name, module in zip(joint_names, joint_modules)
-    }
-    separate_kwargs = {name: (metric_kwargs or {}).get(name, {}) for name in separate_names}
-
-    keyed_layers = _qualified_layers(exemplars)
-    layers, units = list(exemplars[schema.LAYER]), list(exemplars[schema.UNIT])
+    joint, (separate_modules, separate_kwargs) = _metric_groups(metrics, metric_kwargs)
+    keys = _UnitKeys.of(exemplars)
     unit_references = list(exemplars[schema.DESCRIPTIONS])
-    methods = list(descriptions)
-
-    def keyed_dataset(copies: int, column: str, values: list) -> datasets.Dataset:
-        # ``copies`` blocks of the units, block i keyed "i::<layer>" so that keys stay unique.
-        prefixes = [f"{copy}::" if copies > 1 else "" for copy in range(copies)]
-        return datasets.Dataset.from_dict(
-            {
-                schema.LAYER: [prefix + layer for prefix in prefixes for layer in keyed_layers],
-                schema.UNIT: units * copies,
-                column: values,
-            }
-        )
-
-    joint_scores: dict[str, list[float]] = {}
-    joint_summary: dict[str, Any] = {}
-    if joint_modules:
-        joint_scored, joint_summary = score_descriptions(
-            keyed_dataset(
-                len(methods), "description", [t for m in methods for t in descriptions[m]]
-            ),
-            keyed_dataset(len(methods), schema.DESCRIPTIONS, unit_references * len(methods)),
-            metrics=joint_modules,
-            metric_kwargs=joint_kwargs,
-        )
-        for column in joint_scored.column_names:
-            if column not in (schema.LAYER, schema.UNIT, "description", "references"):
-                joint_scores[column] = list(joint_scored[column])
-    references = keyed_dataset(1, schema.DESCRIPTIONS, unit_references)
+    joint_scores, joint_summary = _joint_scores(keys, descriptions, unit_references, joint)
+    references = keys.dataset(schema.DESCRIPTIONS, unit_references)
     sources = (
         list(exemplars[SOURCE]) if SOURCE in exemplars.column_names else ["(all)"] * len(exemplars)
     )
     truth = list(ground_truth) if ground_truth is not None else [None] * len(exemplars)
-    known = [index for index, item in enumerate(truth) if item is not None]
 
     rows: dict[str, dict[str, Any]] = {}
     per_unit: dict[str, datasets.Dataset] = {}
     for position, (method, texts) in enumerate(descriptions.items()):
-        predictions = keyed_dataset(1, "description", list(texts))
         scored, summary = score_descriptions(
-            predictions, references, metrics=separate_modules, metric_kwargs=separate_kwargs
+            keys.dataset("description", list(texts)),
+            references,
+            metrics=separate_modules,
+            metric_kwargs=separate_kwargs,
         )
         block = slice(position * len(texts), (position + 1) * len(texts))
         for column, values in joint_scores.items():
@@ -501,56 +368,14 @@ def score_methods(
                 summary[key] = value
         # An empty description (the decoder ended at once) is a failure mode worth seeing.
         summary["empty_fraction"] = sum(not text.strip(". ") for text in texts) / len(texts)
-        score_columns = [
-            column
-            for column in scored.column_names
-            if column not in (schema.LAYER, schema.UNIT, "description", "references")
-        ]
-        summary["by_set"] = {
-            source: {
-                **{
-                    column: _mean([v for v, s in zip(scored[column], sources) if s == source])
-                    for column in score_columns
-                },
-                "num_units": sources.count(source),
-            }
-            for source in dict.fromkeys(sources)
-        }
-        correct: list[bool | None] = [None] * len(exemplars)
-        if known:
-            summary["ground_truth"] = {}
-            for known_by in (PLANTED, IOU_LABELLED):
-                chosen = [i for i in known if truth[i][KNOWN_BY] == known_by]
-                if not chosen:
-                    continue
-                subset_predictions = predictions.select(chosen)
-                subset_truth = datasets.Dataset.from_dict(
-                    {
-                        schema.LAYER: [keyed_layers[i] for i in chosen],
-                        schema.UNIT: [units[i] for i in chosen],
-                        CONCEPT: [truth[i][CONCEPT] for i in chosen],
-                        FAMILY: [truth[i][FAMILY] for i in chosen],
-                    }
-                )
-                judged, accuracy = concept_accuracy(
-                    subset_predictions, subset_truth, concept_phrases=concept_phrases
-                )
-                summary["ground_truth"][known_by] = accuracy
-                for index, ok in zip(chosen, judged[CORRECT]):
-                    correct[index] = ok
-            judged_known = [correct[i] for i in known]
-            summary["accuracy"] = sum(judged_known) / len(judged_known)
-            summary["num_known_units"] = len(judged_known)
+        summary["by_set"] = _by_set(scored, sources)
+        correct, accuracy = known_unit_accuracy(texts, truth, concept_phrases)
+        for key in ("ground_truth", "accuracy", "lenient_accuracy", "num_known_units"):
+            if key in accuracy:
+                summary[key] = accuracy[key]
         rows[method] = summary
-        per_unit[method] = (
-            scored.remove_columns([schema.LAYER])
-            .add_column(schema.LAYER, layers)
-            .add_column(SOURCE, sources)
-            .add_column(CONCEPT, [item[CONCEPT] if item else None for item in truth])
-            .add_column(FAMILY, [item[FAMILY] if item else None for item in truth])
-            .add_column(KNOWN_BY, [item[KNOWN_BY] if item else None for item in truth])
-            .add_column(CORRECT, correct, feature=datasets.Value("bool"))
-        )
+        layers = list(exemplars[schema.LAYER])
+        per_unit[method] = _per_unit_results(scored, layers, sources, truth, correct)
     return rows, per_unit
 
 
@@ -568,6 +393,32 @@ class BenchmarkResult:
     def markdown(self) -> str:
         """Results as markdown: overall table, BERTScore by set, accuracy by concept family."""
         return results_markdown(self.rows, self.metadata)
+
+
+def _probe_world_truth(
+    probe_world: ProbeWorldCorpus | None, exemplars: datasets.Dataset, progress: bool
+) -> tuple[GroundTruth | None, list[str] | None, dict[str, Any]]:
+    """(units of known meaning, NetDissect-style descriptions, metadata) on the probe world;
+    None for both where there is no corpus or its scenes cannot be regenerated here."""
+    if probe_world is None:
+        return None, None, {}
+    problem = probe_world.scene_problem()
+    if problem is not None:
+        # The reference metrics stand without concept masks; the baseline and accuracy do not.
+        logger.warning("No NetDissect baseline or ground-truth accuracy: %s.", problem)
+        return None, None, {"probe_world": {"corpus": str(probe_world.root), "skipped": problem}}
+    known = probe_world_known_units(probe_world, exemplars, progress=progress)
+    # Another seed words the same concepts differently from the references.
+    baseline = annotate_probe_world_units(
+        probe_world, exemplars, seed=probe_world.seed + 1, num_descriptions=1, progress=False
+    )
+    metadata = {
+        "corpus": str(probe_world.root),
+        "seed": probe_world.seed,
+        "world_version": probe_world.info.get("world_version"),
+        **known.metadata(exemplars),
+    }
+    return known, [a.descriptions[0] for a in baseline], {"probe_world": metadata}
 
 
 def run_benchmark(
@@ -599,48 +450,9 @@ def run_benchmark(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     descriptions: dict[str, list[str]] = {}
-    ground_truth = None
-    concept_phrases = None
-    metadata: dict[str, Any] = {}
-    problem = probe_world.scene_problem() if probe_world is not None else None
-    if problem is not None:
-        # The reference metrics stand without concept masks; the baseline and accuracy do not.
-        logger.warning("No NetDissect baseline or ground-truth accuracy: %s.", problem)
-        metadata["probe_world"] = {"corpus": str(probe_world.root), "skipped": problem}
-    elif probe_world is not None:
-        reference_annotations = annotate_probe_world_units(
-            probe_world, exemplars, seed=probe_world.seed, progress=progress
-        )
-        concept_phrases = probe_world_concept_phrases()
-        agreement = check_annotations_against_references(
-            exemplars, reference_annotations, concept_phrases
-        )
-        baseline = annotate_probe_world_units(
-            probe_world, exemplars, seed=probe_world.seed + 1, num_descriptions=1, progress=False
-        )
-        descriptions[NETDISSECT] = [annotation.descriptions[0] for annotation in baseline]
-        ground_truth = probe_world_ground_truth(probe_world, exemplars, reference_annotations)
-        # An IoU label that the unit's corpus descriptions do not name is not trusted as truth.
-        ground_truth = [
-            item if item and (item[KNOWN_BY] == PLANTED or agrees) else None
-            for item, agrees in zip(ground_truth, agreement)
-        ]
-        identical = sum(
-            list(a.descriptions) == list(r)
-            for a, r in zip(reference_annotations, exemplars[schema.DESCRIPTIONS])
-        )
-        metadata["probe_world"] = {
-            "corpus": str(probe_world.root),
-            "seed": probe_world.seed,
-            "world_version": probe_world.info.get("world_version"),
-            "units_reannotated_identically": identical,
-            "units_whose_references_name_the_reannotated_concept": agreement.count(True),
-            "units_whose_references_do_not": agreement.count(False),
-            "known_units": {
-                known_by: sum(1 for item in ground_truth if item and item[KNOWN_BY] == known_by)
-                for known_by in (PLANTED, IOU_LABELLED)
-            },
-        }
+    known, baseline, metadata = _probe_world_truth(probe_world, exemplars, progress)
+    if baseline is not None:
+        descriptions[NETDISSECT] = baseline
         timings["annotation"] = time.perf_counter() - started
 
     generation_started = time.perf_counter()
@@ -663,10 +475,10 @@ def run_benchmark(
     rows, per_unit = score_methods(
         exemplars,
         descriptions,
-        ground_truth,
+        known.units if known else None,
         metrics=metrics,
         metric_kwargs=metric_kwargs,
-        concept_phrases=concept_phrases,
+        concept_phrases=known.concept_phrases if known else None,
     )
     timings["scoring"] = time.perf_counter() - scoring_started
     sources = list(exemplars[SOURCE]) if SOURCE in exemplars.column_names else []
@@ -682,6 +494,101 @@ def run_benchmark(
         }
     )
     return BenchmarkResult(rows, per_unit, metadata)
+
+
+# ---- known-unit accuracy on the held-out networks of a probe-world corpus -------------------
+
+
+def _known_unit_network(
+    captioner: MilanCaptionerModel,
+    processor: MilanProcessor,
+    corpus: ProbeWorldCorpus,
+    network: Mapping[str, Any],
+    settings: Sequence[DecodingSetting],
+    batch_size: int,
+    progress: bool,
+) -> tuple[dict[str, Any], list[KnownUnit], dict[str, list[str]]]:
+    """Known-unit accuracy on one network: (its results, its known units, their descriptions)."""
+    from milan_hf.milannotations import load_milannotations
+
+    started = time.perf_counter()
+    rows = load_milannotations(network["set"], data_dir=corpus.root, split="all")
+    known = probe_world_known_units(corpus, rows, progress=False)
+    annotated = [agrees for agrees in known.agreement if agrees is not None]
+    keep = [index for index, unit in enumerate(known.units) if unit is not None]
+    units = [known.units[index] for index in keep]
+    descriptions = generate_descriptions(
+        captioner, processor, rows.select(keep), settings, batch_size=batch_size, progress=progress
+    )
+    result: dict[str, Any] = {
+        "units": network["units"],
+        "known_units": len(units),
+        "corpus_descriptions_name_the_concept": sum(annotated) / max(len(annotated), 1),
+    }
+    for setting in settings:
+        result[setting.method] = known_unit_accuracy(
+            descriptions[setting.method], units, known.concept_phrases
+        )[1]
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result, units, descriptions
+
+
+def evaluate_known_units(
+    captioner: str | Path | None,
+    corpus_dir: str | Path,
+    *,
+    pmi_weights: Sequence[float] = (0.2, 0.0),
+    num_beams: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Known-unit accuracy of ``captioner`` (a directory, Hub id, or None for the embedded one)
+    on the held-out networks of a probe-world corpus, per network and overall, per λ.
+
+    Units and the matching rule are those of :mod:`milan_hf.probe_world.ground_truth`; one beam
+    search (``num_beams``, default the captioner's) per batch serves every λ.
+    """
+    from milan_hf.describer import load_captioner
+
+    corpus = read_probe_world_corpus(corpus_dir)
+    if corpus is None:
+        raise FileNotFoundError(f"{corpus_dir} has no corpus.json: not a probe-world corpus")
+    if not corpus.held_out:
+        raise ValueError(f"{corpus.root / 'corpus.json'} lists no held-out networks")
+    problem = corpus.scene_problem()
+    if problem is not None:
+        raise ValueError(problem)
+    model, processor = load_captioner(captioner)
+    beams = num_beams or model.config.beam_size
+    settings = [DecodingSetting(f"lambda={float(w)}", beams, float(w)) for w in pmi_weights]
+    results: dict[str, Any] = {
+        "captioner": str(captioner) if captioner else "embedded",
+        "corpus": str(corpus.root),
+        "held_out": corpus.held_out,
+        "num_beams": beams,
+        "networks": {},
+    }
+    all_units: list[KnownUnit] = []
+    all_descriptions: dict[str, list[str]] = {setting.method: [] for setting in settings}
+    for network in corpus.info["networks"]:
+        if network["set"] in corpus.held_out:
+            result, units, descriptions = _known_unit_network(
+                model, processor, corpus, network, settings, batch_size, progress
+            )
+            results["networks"][network["name"]] = result
+            all_units += units
+            for method, texts in descriptions.items():
+                all_descriptions[method] += texts
+    phrases = probe_world_concept_phrases()
+    results["overall"] = {}
+    for method, texts in all_descriptions.items():
+        correct, summary = known_unit_accuracy(texts, all_units, phrases)
+        summary["examples"] = [
+            {"description": text, **unit.record(), CORRECT: ok}
+            for text, unit, ok in list(zip(texts, all_units, correct))[:12]
+        ]
+        results["overall"][method] = summary
+    return results
 
 
 # ---- markdown -------------------------------------------------------------------------------

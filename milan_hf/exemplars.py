@@ -333,10 +333,7 @@ def extract_exemplars(
                 _init_empty_state(taps, probe, vision_model, layer, k, device, top, histograms)
             _merge_across_processes(top[layer], histograms[layer], accelerator)
         thresholds = {layer: histograms[layer].quantile(quantile) for layer in taps.layers}
-        dead = {
-            layer: ((h.nan_count > 0) | ~(h.maximum > h.minimum)).cpu()
-            for layer, h in histograms.items()
-        }
+        dead = {layer: histogram.dead_units() for layer, histogram in histograms.items()}
 
         # Pass 2: only the images that are somebody's exemplar, for their full maps.
         needed = torch.unique(torch.cat([t.ids.flatten() for t in top.values()])).tolist()
@@ -412,8 +409,10 @@ def pass_one(
             histograms[layer].update(layer_maps)
             scores = layer_maps.amax(dim=(2, 3))
             if bool(torch.isnan(scores).any()):
-                scores = layer_maps.nan_to_num(nan=float("-inf")).amax(dim=(2, 3))
-                scores = scores.nan_to_num(nan=float("-inf"))
+                # NaN ranks last; infinities stay infinite (nan_to_num's default would turn
+                # them into ±3.4e38, which reads as a real activation).
+                scores = torch.where(torch.isnan(layer_maps), float("-inf"), layer_maps)
+                scores = scores.amax(dim=(2, 3))
             top[layer].update(scores.T.contiguous(), ids)
     return top, histograms, skipped
 
@@ -469,10 +468,7 @@ def _merge_across_processes(top: _TopK, histogram: UnitHistogram, accelerator: A
     top.scores, top.ids = _select_top(
         torch.cat(list(scores), dim=1), torch.cat(list(ids), dim=1), top.k
     )
-    histogram.counts = accelerator.gather(histogram.counts[None]).sum(dim=0)
-    histogram.nan_count = accelerator.gather(histogram.nan_count[None]).sum(dim=0)
-    histogram.minimum = accelerator.gather(histogram.minimum[None]).amin(dim=0)
-    histogram.maximum = accelerator.gather(histogram.maximum[None]).amax(dim=0)
+    histogram.merge_across_processes(accelerator)
 
 
 def _reduce_sum(tensor: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
@@ -559,15 +555,14 @@ def _write_dataset(
             scores = top[layer].scores.cpu()
             for start in range(0, ids.shape[0], 32):  # bound memory: 32 units' masks at a time
                 stop = min(start + 32, ids.shape[0])
-                masks = (
-                    masks_from_maps(
-                        exemplar_maps[layer][start:stop].cpu(),
-                        thresholds[layer][start:stop],
-                        model.input_size,
-                    )
-                    .to(torch.uint8)
-                    .numpy()
+                masks = masks_from_maps(
+                    exemplar_maps[layer][start:stop].cpu(),
+                    thresholds[layer][start:stop],
+                    model.input_size,
                 )
+                # No threshold describes a dead unit: whatever rounding leaves above it is noise.
+                masks[dead[layer][start:stop]] = False
+                masks = masks.to(torch.uint8).numpy()
                 for unit in range(start, stop):
                     yield {
                         schema.LAYER: layer,

@@ -17,11 +17,19 @@ clamped to the unit's exact running minimum and maximum, which are tracked along
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 MANTISSA_BITS = 7
 MIN_EXPONENT = -16
 MAX_EXPONENT = 16
+#: A unit whose activations span at most this fraction of their magnitude is constant (dead):
+#: about 100 float32 steps, far below any real variation and above rounding noise.
+CONSTANT_RELATIVE_RANGE = 1e-5
 _MAGNITUDE_BINS = (MAX_EXPONENT - MIN_EXPONENT) << MANTISSA_BITS
 #: bins per unit: negative magnitudes (mirrored), the shared near-zero bin, positive magnitudes
 NUM_BINS = 2 * _MAGNITUDE_BINS - 1
@@ -47,8 +55,9 @@ def _bin_lower_edges() -> torch.Tensor:
 class UnitHistogram:
     """Fixed-grid activation histograms for ``num_units`` units, updated batch by batch.
 
-    Also tracks each unit's exact minimum, maximum and count of NaN activations, which mark
-    dead units (constant or NaN everywhere).
+    Only finite activations are histogrammed. Each unit also tracks the exact minimum and
+    maximum of its finite activations and its counts of NaN and ±inf ones, from which
+    :meth:`dead_units` tells the units no threshold can describe.
     """
 
     def __init__(self, num_units: int, device: torch.device | str = "cpu"):
@@ -57,6 +66,7 @@ class UnitHistogram:
         self.minimum = torch.full((num_units,), float("inf"), dtype=torch.float32, device=device)
         self.maximum = torch.full((num_units,), float("-inf"), dtype=torch.float32, device=device)
         self.nan_count = torch.zeros(num_units, dtype=torch.int64, device=device)
+        self.inf_count = torch.zeros(num_units, dtype=torch.int64, device=device)
         # Added to each unit's signed magnitude index so that unit u's bins start at u*NUM_BINS.
         self._offsets = (
             torch.arange(num_units, dtype=torch.int32, device=device) * NUM_BINS
@@ -71,19 +81,22 @@ class UnitHistogram:
                 f"expected maps of shape (batch, {self.num_units}, height, width), "
                 f"got {tuple(maps.shape)}"
             )
-        nan = torch.isnan(maps)
-        if bool(nan.any()):
-            nan_per_unit = nan.sum(dim=(0, 2, 3))
+        nonfinite = ~torch.isfinite(maps)
+        if bool(nonfinite.any()):
+            nonfinite_per_unit = nonfinite.sum(dim=(0, 2, 3))
+            nan_per_unit = torch.isnan(maps).sum(dim=(0, 2, 3))
             self.nan_count += nan_per_unit
+            self.inf_count += nonfinite_per_unit - nan_per_unit
             self.minimum = torch.minimum(
-                self.minimum, maps.masked_fill(nan, float("inf")).amin(dim=(0, 2, 3))
+                self.minimum, maps.masked_fill(nonfinite, float("inf")).amin(dim=(0, 2, 3))
             )
             self.maximum = torch.maximum(
-                self.maximum, maps.masked_fill(nan, float("-inf")).amax(dim=(0, 2, 3))
+                self.maximum, maps.masked_fill(nonfinite, float("-inf")).amax(dim=(0, 2, 3))
             )
-            # Histogram NaNs as zeros, then take those zeros back out of the zero bins.
-            maps = maps.masked_fill(nan, 0.0)
-            self.counts.index_add_(0, self._offsets.view(-1).long(), -nan_per_unit)
+            # Histogram non-finite values as zeros, then take those zeros back out of the zero
+            # bins: the histogram and its quantiles describe the finite activations only.
+            maps = maps.masked_fill(nonfinite, 0.0)
+            self.counts.index_add_(0, self._offsets.view(-1).long(), -nonfinite_per_unit)
         else:
             self.minimum = torch.minimum(self.minimum, maps.amin(dim=(0, 2, 3)))
             self.maximum = torch.maximum(self.maximum, maps.amax(dim=(0, 2, 3)))
@@ -100,11 +113,44 @@ class UnitHistogram:
 
     def merge_(self, other: UnitHistogram) -> UnitHistogram:
         """Add another histogram's counts (e.g. from another process) into this one."""
+        if other.num_units != self.num_units:
+            raise ValueError(
+                f"cannot merge a histogram of {other.num_units} units into one of {self.num_units}"
+            )
         self.counts += other.counts
         self.minimum = torch.minimum(self.minimum, other.minimum)
         self.maximum = torch.maximum(self.maximum, other.maximum)
         self.nan_count += other.nan_count
+        self.inf_count += other.inf_count
         return self
+
+    def merge_across_processes(self, accelerator: Accelerator) -> UnitHistogram:
+        """Replace this process's histogram by the merge of every process's (in place; every
+        process ends with the same histogram). ``accelerator.gather`` concatenates along
+        dimension 0, as ``accelerate.Accelerator.gather`` does."""
+        if accelerator.num_processes == 1:
+            return self
+        self.counts = accelerator.gather(self.counts[None]).sum(dim=0)
+        self.nan_count = accelerator.gather(self.nan_count[None]).sum(dim=0)
+        self.inf_count = accelerator.gather(self.inf_count[None]).sum(dim=0)
+        self.minimum = accelerator.gather(self.minimum[None]).amin(dim=0)
+        self.maximum = accelerator.gather(self.maximum[None]).amax(dim=0)
+        return self
+
+    def dead_units(self) -> torch.Tensor:
+        """Per unit (bool, on the CPU): whether no threshold can describe it.
+
+        Dead are units with any non-finite activation (NaN, ±inf), with no activation at all,
+        and constant units: those whose finite activations span at most
+        ``CONSTANT_RELATIVE_RANGE`` of their magnitude, so that values equal up to
+        float rounding (which upsampling would turn into speckled masks) count as one.
+        """
+        minimum, maximum = self.minimum.double().cpu(), self.maximum.double().cpu()
+        magnitude = torch.maximum(minimum.abs(), maximum.abs())
+        seen = self.counts.view(self.num_units, NUM_BINS).sum(dim=1).cpu() > 0
+        constant = ~(maximum - minimum > CONSTANT_RELATIVE_RANGE * magnitude)
+        nonfinite = (self.nan_count + self.inf_count).cpu() > 0
+        return nonfinite | ~seen | constant
 
     def quantile(self, q: float) -> torch.Tensor:
         """Per-unit estimate of the q-quantile (linear interpolation, like ``torch.quantile``)."""

@@ -1,15 +1,17 @@
-"""scripts/train_captioner.py: a tiny captioner learns a tiny corpus; saving; the Hub push."""
+"""milan_hf.training (``milan-hf train``): a tiny captioner learns a tiny corpus; saving; the Hub
+push."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import HfApi
 
+from milan_hf import cli, training
 from milan_hf.modeling_milan import MilanCaptionerModel
 from milan_hf.processing_milan import MilanProcessor
 from tests.captioner_fixtures import (
@@ -20,16 +22,6 @@ from tests.captioner_fixtures import (
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_captioner.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_captioner", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 TINY_ARGS = [
     "--backbone", TINY_BACKBONE, "--no-pretrained-backbone", "--image-size", "32",
     "--embedding-size", "16", "--hidden-size", "32", "--dropout", "0", "--prior-layers", "1",
@@ -39,7 +31,6 @@ TINY_ARGS = [
 
 
 def test_tiny_captioner_learns_its_corpus_and_pushes_to_hub(tmp_path, monkeypatch):
-    train_captioner = load_script()
     corpus = colour_corpus(units_per_colour=4)
     corpus.save_to_disk(str(tmp_path / "corpus"))
     calls = {}
@@ -55,7 +46,7 @@ def test_tiny_captioner_learns_its_corpus_and_pushes_to_hub(tmp_path, monkeypatc
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
 
     output_dir = tmp_path / "captioner"
-    metrics = train_captioner.main(
+    metrics = training.main(
         [
             "--dataset",
             str(tmp_path / "corpus"),
@@ -110,12 +101,11 @@ def test_tiny_captioner_learns_its_corpus_and_pushes_to_hub(tmp_path, monkeypatc
     assert "hernandez2022natural" in card and "## Limitations" in card and "$" not in card
 
 
-def test_training_inputs_are_checked(tmp_path):
-    train_captioner = load_script()
+def test_training_inputs_are_checked(tmp_path, capsys):
     corpus = colour_corpus(units_per_colour=1)
     corpus.remove_columns("descriptions").to_parquet(str(tmp_path / "no_descriptions.parquet"))
     with pytest.raises(ValueError, match="lacks the 'descriptions' column"):
-        train_captioner.main(
+        training.main(
             [
                 "--dataset",
                 str(tmp_path / "no_descriptions.parquet"),
@@ -124,30 +114,45 @@ def test_training_inputs_are_checked(tmp_path):
             ]
         )
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        train_captioner.main(
-            ["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o")]
-        )
+        training.main(["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "o")])
+    # Through the command line: one line naming the bad value, exit code 2.
+    capsys.readouterr()
+    assert cli.main(["train", "--dataset", str(tmp_path / "nowhere"), "--output-dir", "o"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("milan-hf train: error: ") and "nowhere" in error
+    assert error.count("\n") == 1
     (tmp_path / "taken").mkdir()
     with pytest.raises(FileExistsError, match="--overwrite"):
-        train_captioner.main(["--dataset", "x", "--output-dir", str(tmp_path / "taken")])
+        training.main(["--dataset", "x", "--output-dir", str(tmp_path / "taken")])
     with pytest.raises(ValueError, match="at least 2 units"):
-        train_captioner.split_units(1, 0.1, seed=0)
-    train, validation = train_captioner.split_units(10, 0.2, seed=0)
+        training.split_units(1, 0.1, seed=0)
+    train, validation = training.split_units(10, 0.2, seed=0)
     assert len(validation) == 2 and sorted(train + validation) == list(range(10))
-    assert torch.equal(
-        torch.tensor(train_captioner.split_units(10, 0.2, seed=0)[0]), torch.tensor(train)
-    )
+    assert torch.equal(torch.tensor(training.split_units(10, 0.2, seed=0)[0]), torch.tensor(train))
 
 
 def test_reads_milannotations_format_directories(tmp_path):
     from tests.milannotations_fixture import MASK_SIZE, write_set
 
-    train_captioner = load_script()
     write_set(tmp_path, "alexnet/places365", seed=0)  # Places sets ship their images
-    dataset = train_captioner.load_exemplar_dataset(
+    dataset = training.load_exemplar_dataset(
         "alexnet/places365", data_dir=str(tmp_path), split="train"
     )
     row = dataset[0]
     assert len(row["descriptions"]) == 3 and len(row["images"]) == len(row["masks"])
     batch = MilanProcessor(image_size=MASK_SIZE)(row)
     assert batch["pixel_values"].shape[1:] == (len(row["images"]), 3, MASK_SIZE, MASK_SIZE)
+
+
+def test_embedded_recipe_brings_exemplar_sets_to_the_captioner_size():
+    from milan_hf.embedded_training import resize_exemplar_set
+
+    corpus = colour_corpus(units_per_colour=1, size=32)
+    resized = resize_exemplar_set(corpus, 16)
+    for original, row in zip(corpus, resized):
+        assert row["images"][0].size == (16, 16)
+        mask = np.asarray(row["masks"][0])
+        assert mask.shape == (16, 16) and set(np.unique(mask)) <= {0, 1}
+        # A 16-pixel square at 32 pixels is about an 8-pixel square at 16, wherever it was.
+        assert abs(int(mask.sum()) - int(np.asarray(original["masks"][0]).sum()) // 4) <= 16
+    assert resize_exemplar_set(resized, 16) is resized  # already that size: untouched
