@@ -7,7 +7,10 @@ report) reads one type. See ``shared/DESIGN.md`` ("Exemplar-set row").
 
 from __future__ import annotations
 
-from datasets import Array2D, Features, Image, List, Value
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datasets import Features
 
 #: Column names, in the order they appear.
 LAYER = "layer"
@@ -38,6 +41,9 @@ def exemplar_features(
         with_images: add the ``images`` column (k materialised exemplar images).
         with_descriptions: add the ``descriptions`` column (human or generated descriptions).
     """
+    # Imported here: the command line reads the column names without loading datasets.
+    from datasets import Array2D, Features, Image, List, Value
+
     height, width = (mask_size, mask_size) if isinstance(mask_size, int) else mask_size
     features = {
         LAYER: Value("string"),
