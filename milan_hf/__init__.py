@@ -167,7 +167,8 @@ class _RegisterWhenTransformersLoads(importlib.abc.MetaPathFinder):
             try:
                 register_with_transformers()
             except Exception as error:  # a broken optional install must not break transformers
-                warnings.warn(f"milan_hf could not register with transformers: {error}")
+                message = f"milan_hf could not register with transformers: {error}"
+                warnings.warn(message, stacklevel=2)
 
         spec.loader.exec_module = exec_module_then_register  # type: ignore[method-assign]
         return spec

@@ -27,7 +27,8 @@ def run_python(code: str) -> str:
 
 
 def loaded_heavy_modules(code: str) -> list[str]:
-    return run_python(f"{code}\nimport sys\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    listing = f"import sys\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    return run_python(f"{code}\n{listing}")
 
 
 def test_building_the_parser_imports_no_heavy_library():
@@ -67,7 +68,8 @@ def test_help_runs_as_a_subprocess_without_heavy_libraries():
 
 
 def test_schema_column_names_need_no_datasets():
-    assert loaded_heavy_modules("from milan_hf import schema\nschema.MASKS, schema.DEFAULT_K") == "[]"
+    code = "from milan_hf import schema\nschema.MASKS, schema.DEFAULT_K"
+    assert loaded_heavy_modules(code) == "[]"
 
 
 REGISTERED = """
