@@ -2,8 +2,12 @@
 
 An output directory holds ``exemplars/`` (``Dataset.save_to_disk``) and ``milan_exemplars.json``
 (the extraction metadata: model, layers, k, quantile, preprocessing geometry, probe source,
-skipped images). It is written to a temporary sibling and renamed into place only when
-complete, so an interrupted run never leaves a directory that :func:`load_exemplars` accepts.
+skipped images). On disk the masks are bit-packed and deflated (``milan_hf.mask_packing``,
+recorded as ``mask_storage`` in the metadata file): a set costs a small fraction of its uint8
+masks, and :func:`load_exemplars` gives back the identical masks. Sets written before that
+(uint8 masks on disk) still load. It is written to a temporary sibling and renamed into place
+only when complete, so an interrupted run never leaves a directory that :func:`load_exemplars`
+accepts.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import schema
+from . import mask_packing, schema
 from .exemplars import METADATA_KEY, exemplar_metadata, materialize_images
 from .staged_output import staged_directory
 
 METADATA_FILE = "milan_exemplars.json"
 DATASET_DIR = "exemplars"
+#: Key of the metadata file saying how masks are stored (absent: uint8 masks, the old format).
+MASK_STORAGE_KEY = "mask_storage"
 
 
 def save_exemplars(
@@ -34,9 +40,15 @@ def save_exemplars(
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} already exists and is not empty; pass overwrite")
     _remove_stale_partials(output_dir)
+    metadata = exemplar_metadata(exemplars)
+    metadata.pop(MASK_STORAGE_KEY, None)
+    shape = mask_packing.mask_shape(exemplars.features)
+    if shape is not None:
+        exemplars = mask_packing.pack_masks(exemplars, shape)
+        metadata[MASK_STORAGE_KEY] = {"format": mask_packing.FORMAT, "shape": list(shape)}
     with staged_directory(output_dir) as staging:
         exemplars.save_to_disk(str(staging / DATASET_DIR))
-        (staging / METADATA_FILE).write_text(json.dumps(exemplar_metadata(exemplars), indent=2))
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     return output_dir
 
 
@@ -57,6 +69,14 @@ def load_exemplars(directory: str | Path) -> datasets.Dataset:
         )
     dataset = datasets.load_from_disk(str(directory / DATASET_DIR))
     metadata = json.loads(metadata_file.read_text())
+    storage = metadata.pop(MASK_STORAGE_KEY, None)
+    if storage is not None:
+        if storage.get("format") != mask_packing.FORMAT:
+            raise ValueError(
+                f"{directory} stores masks as {storage.get('format')!r}; this version of "
+                f"milan_hf reads {mask_packing.FORMAT!r} (upgrade milan_hf)"
+            )
+        dataset = mask_packing.unpack_masks(dataset, tuple(storage["shape"]))
     dataset.info.description = json.dumps({METADATA_KEY: metadata})
     return dataset
 

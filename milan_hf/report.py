@@ -41,6 +41,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from milan_hf import schema
+from milan_hf.mask_packing import mask_shape as stored_mask_shape
+from milan_hf.mask_packing import masks_per_row
 from milan_hf.staged_output import staged_directory, write_text_atomically
 
 DEFAULT_TITLE = "MILAN unit descriptions"
@@ -316,7 +318,7 @@ def _write_thumbnails(
     ``thumbs_url/NAME``); return the layers and the page's unit entries."""
     layer_index: dict[str, int] = {}
     entries: dict[tuple[str, int], _UnitEntry] = {}
-    mask_shape = _mask_shape(exemplars.features[schema.MASKS])
+    mask_shape = stored_mask_shape(exemplars.features)
     wanted = [
         column
         for column in (
@@ -393,29 +395,11 @@ def _unit_entry(
     return entry
 
 
-def _mask_shape(feature: object) -> tuple[int, int] | None:
-    """(H, W) when masks are the schema's ``List(Array2D)``, which allows a zero-copy read."""
-    inner = getattr(feature, "feature", None)
-    if isinstance(inner, datasets.Array2D) and len(inner.shape) == 2:
-        return tuple(inner.shape)  # type: ignore[return-value]
-    return None
-
-
 def _masks_per_row(column: pa.ChunkedArray, mask_shape: tuple[int, int] | None) -> list[np.ndarray]:
     """Split a batch's ``masks`` column into one (k, H, W) uint8 array per row."""
     if mask_shape is None:
         return [np.asarray(row or [], dtype=np.uint8) for row in column.to_pylist()]
-    lists = column.combine_chunks()
-    lengths = lists.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
-    items = lists.flatten()
-    storage = items.storage if isinstance(items, pa.ExtensionArray) else items
-    pixels = storage.flatten().flatten().to_numpy(zero_copy_only=False)
-    stacked = pixels.reshape(-1, *mask_shape)
-    if len(stacked) != lengths.sum():
-        raise ValueError(
-            f"masks hold {len(stacked)} arrays of shape {mask_shape} for {lengths.sum()} images"
-        )
-    return np.split(stacked, np.cumsum(lengths)[:-1])
+    return masks_per_row(column, mask_shape)
 
 
 def _write_strip(
