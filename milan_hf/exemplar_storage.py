@@ -43,11 +43,17 @@ def save_exemplars(
     metadata = exemplar_metadata(exemplars)
     metadata.pop(MASK_STORAGE_KEY, None)
     shape = mask_packing.mask_shape(exemplars.features)
-    if shape is not None:
-        exemplars = mask_packing.pack_masks(exemplars, shape)
-        metadata[MASK_STORAGE_KEY] = {"format": mask_packing.FORMAT, "shape": list(shape)}
     with staged_directory(output_dir) as staging:
-        exemplars.save_to_disk(str(staging / DATASET_DIR))
+        if shape is not None:
+            # The packed table goes through a file inside the staging folder (removed with it).
+            packing_file = staging / ".packing.arrow"
+            packed = mask_packing.pack_masks(exemplars, shape, packing_file)
+            packed.save_to_disk(str(staging / DATASET_DIR))
+            del packed
+            packing_file.unlink()
+            metadata[MASK_STORAGE_KEY] = {"format": mask_packing.FORMAT, "shape": list(shape)}
+        else:
+            exemplars.save_to_disk(str(staging / DATASET_DIR))
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     return output_dir
 

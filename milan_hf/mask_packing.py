@@ -10,6 +10,7 @@ memory-mapped temporary file, so a large set costs page cache, not resident memo
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 import zlib
 
@@ -59,8 +60,11 @@ def mask_shape(features: datasets.Features) -> tuple[int, int] | None:
     return None
 
 
-def pack_masks(exemplars: datasets.Dataset, shape: tuple[int, int]) -> datasets.Dataset:
-    """``exemplars`` with its ``masks`` column replaced by :data:`PACKED_MASKS` (in memory)."""
+def pack_masks(
+    exemplars: datasets.Dataset, shape: tuple[int, int], cache_file: str | os.PathLike
+) -> datasets.Dataset:
+    """``exemplars`` with its ``masks`` column replaced by :data:`PACKED_MASKS`, written to
+    ``cache_file`` (an Arrow file: other columns, e.g. materialised images, can be large)."""
     features = datasets.Features(
         {
             (PACKED_MASKS if name == schema.MASKS else name): (
@@ -77,7 +81,15 @@ def pack_masks(exemplars: datasets.Dataset, shape: tuple[int, int]) -> datasets.
 
     return (
         exemplars.with_format("arrow")
-        .map(pack_batch, batched=True, batch_size=64, features=features, keep_in_memory=True)
+        .map(
+            pack_batch,
+            batched=True,
+            batch_size=64,
+            features=features,
+            cache_file_name=str(cache_file),
+            load_from_cache_file=False,
+            desc="Packing masks",
+        )
         .with_format(None)
     )
 

@@ -53,6 +53,11 @@ def assert_same_exemplars(loaded: datasets.Dataset, original: datasets.Dataset) 
 def test_saved_set_is_8x_smaller_with_identical_masks(tmp_path, extracted):
     assert sum(np.asarray(m).sum() for m in extracted[schema.MASKS][:3]) > 0  # not all empty
     save_exemplars(extracted, tmp_path / "compact")
+    # Nothing but the set: the packing's intermediate file went with the staging folder.
+    assert sorted(path.name for path in (tmp_path / "compact").iterdir()) == sorted(
+        [DATASET_DIR, METADATA_FILE]
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["compact"]
     extracted.save_to_disk(str(tmp_path / "uint8"))  # the masks as they were stored before
     compact, full = (
         folder_bytes(tmp_path / "compact" / DATASET_DIR),
