@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest import mock
 
 import datasets
 import numpy as np
@@ -15,6 +16,7 @@ from milan_hf.exemplar_storage import (
     METADATA_FILE,
     export_original_layout,
     load_exemplars,
+    push_exemplars_to_hub,
     save_exemplars,
 )
 from milan_hf.exemplars import exemplar_metadata, extract_exemplars
@@ -130,3 +132,27 @@ def test_an_unknown_storage_format_is_refused(tmp_path, extracted):
     metadata_file.write_text(json.dumps(metadata))
     with pytest.raises(ValueError, match="'run-length'"):
         load_exemplars(tmp_path / "out")
+
+
+def test_a_loaded_set_pushes_plain_uint8_masks_to_the_hub(tmp_path, extracted):
+    """The Hub copy needs no milan_hf: its parquet holds the masks as plain 0/1 arrays."""
+    save_exemplars(extracted.select(range(3)), tmp_path / "compact")
+    loaded = load_exemplars(tmp_path / "compact")
+    sent = {}
+
+    def fake_upload_folder(self, *, folder_path, repo_id, repo_type, **kwargs):
+        (parquet,) = Path(folder_path).rglob("*.parquet")
+        sent["table"] = datasets.Dataset.from_parquet(str(parquet))
+
+    with (
+        mock.patch("huggingface_hub.HfApi.create_repo"),
+        mock.patch("huggingface_hub.HfApi.upload_folder", fake_upload_folder),
+    ):
+        push_exemplars_to_hub(loaded, "someone/compact-exemplars", materialize=False)
+    pushed = sent["table"]
+    assert mask_packing.PACKED_MASKS not in pushed.column_names
+    assert pushed.features[schema.MASKS] == datasets.List(
+        datasets.Array2D((INPUT_SIZE, INPUT_SIZE), "uint8")
+    )
+    for got, want in zip(pushed[schema.MASKS], extracted.select(range(3))[schema.MASKS]):
+        assert np.array_equal(np.asarray(got, dtype=np.uint8), np.asarray(want, dtype=np.uint8))
