@@ -1,25 +1,34 @@
 """milan_hf: describe the neurons of vision models in natural language (MILAN), the Hugging Face
 way.
 
-Importing the package registers the captioner and prior with ``AutoConfig``/``AutoModel`` and
-the ``neuron-description`` pipeline, so ``from_pretrained`` and ``pipeline(...)`` need no
-``trust_remote_code``. Everything else is imported on first use: ``import milan_hf`` stays cheap
-for the command line.
+The captioner and prior are registered with ``AutoConfig``/``AutoModel``, and the
+``neuron-description`` pipeline with transformers, so ``from_pretrained`` and ``pipeline(...)``
+need no ``trust_remote_code``. Registering needs torch and transformers (seconds to import), so
+it happens when they are first needed: at ``import milan_hf`` if transformers is already
+imported, otherwise as soon as transformers is imported, or when a model, config or the
+pipeline is first read from ``milan_hf``. Everything else is imported on first use too, so
+``milan-hf --help`` starts without torch, transformers or datasets.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
 from typing import Any
-
-from . import schema
-from .configuration_milan import MilanCaptionerConfig, MilanPriorConfig
-from .modeling_milan import MilanCaptionerModel, MilanPriorModel
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily)
 _LAZY = {
+    "schema": None,  # the submodule itself
+    # captioner and prior (reading one registers them with the Auto classes)
+    "MilanCaptionerConfig": "configuration_milan",
+    "MilanPriorConfig": "configuration_milan",
+    "MilanCaptionerModel": "modeling_milan",
+    "MilanPriorModel": "modeling_milan",
     # exemplar extraction
     "extract_exemplars": "exemplars",
     "materialize_images": "exemplars",
@@ -74,21 +83,31 @@ _LAZY = {
     "MilanGenerationOutput": "modeling_milan",
 }
 
-__all__ = [
-    "schema",
-    "MilanCaptionerConfig",
-    "MilanPriorConfig",
-    "MilanCaptionerModel",
-    "MilanPriorModel",
-    *_LAZY,
-]
+__all__ = list(_LAZY)
+
+# Modules whose import needs transformers: reading a name from them registers milan_hf first.
+_TRANSFORMERS_MODULES = {
+    "configuration_milan",
+    "modeling_milan",
+    "tokenization_milan",
+    "processing_milan",
+    "pipeline_milan",
+    "describer",
+    "benchmark",
+    "evaluation",
+}
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
+    if name not in _LAZY:
         raise AttributeError(f"module 'milan_hf' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    module_name = _LAZY[name]
+    if module_name is None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        if module_name in _TRANSFORMERS_MODULES:
+            register_with_transformers()
+        value = getattr(importlib.import_module(f".{module_name}", __name__), name)
     globals()[name] = value
     return value
 
@@ -97,5 +116,70 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-# Registers the "neuron-description" pipeline task.
-importlib.import_module(".pipeline_milan", __name__)
+_registered = False
+
+
+def register_with_transformers() -> None:
+    """Register the captioner and prior with ``AutoConfig``/``AutoModel`` and the
+    ``neuron-description`` pipeline task (idempotent; imports torch and transformers)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    for finder in [f for f in sys.meta_path if isinstance(f, _RegisterWhenTransformersLoads)]:
+        sys.meta_path.remove(finder)
+    # modeling_milan registers the Auto classes, pipeline_milan the task, both on import.
+    importlib.import_module(".modeling_milan", __name__)
+    importlib.import_module(".pipeline_milan", __name__)
+
+
+def _milan_module_initializing() -> bool:
+    """Whether a milan_hf module is half-imported (it is what imports transformers now): then
+    registering would re-enter it, and that module registers what it defines itself."""
+    return any(
+        name.startswith(f"{__name__}.") and getattr(module.__spec__, "_initializing", False)
+        for name, module in list(sys.modules.items())
+        if getattr(module, "__spec__", None) is not None
+    )
+
+
+class _RegisterWhenTransformersLoads(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: when ``transformers`` (or its pipelines) is imported, it lets the
+    real finder load it and registers milan_hf right after, so ``AutoModel.from_pretrained`` and
+    ``pipeline("neuron-description")`` work after a bare ``import milan_hf``."""
+
+    _WATCHED = ("transformers", "transformers.pipelines")
+
+    def __init__(self) -> None:
+        self._finding = False
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in self._WATCHED or self._finding:
+            return None
+        self._finding = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._finding = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module_then_register(module: Any) -> None:
+            load(module)
+            if _registered or _milan_module_initializing():
+                return
+            try:
+                register_with_transformers()
+            except Exception as error:  # a broken optional install must not break transformers
+                message = f"milan_hf could not register with transformers: {error}"
+                warnings.warn(message, stacklevel=2)
+
+        spec.loader.exec_module = exec_module_then_register  # type: ignore[method-assign]
+        return spec
+
+
+if "transformers" in sys.modules:
+    register_with_transformers()
+else:
+    sys.meta_path.insert(0, _RegisterWhenTransformersLoads())

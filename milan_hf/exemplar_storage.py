@@ -2,8 +2,12 @@
 
 An output directory holds ``exemplars/`` (``Dataset.save_to_disk``) and ``milan_exemplars.json``
 (the extraction metadata: model, layers, k, quantile, preprocessing geometry, probe source,
-skipped images). It is written to a temporary sibling and renamed into place only when
-complete, so an interrupted run never leaves a directory that :func:`load_exemplars` accepts.
+skipped images). On disk the masks are bit-packed and deflated (``milan_hf.mask_packing``,
+recorded as ``mask_storage`` in the metadata file): a set costs a small fraction of its uint8
+masks, and :func:`load_exemplars` gives back the identical masks. Sets written before that
+(uint8 masks on disk) still load. It is written to a temporary sibling and renamed into place
+only when complete, so an interrupted run never leaves a directory that :func:`load_exemplars`
+accepts.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import schema
+from . import mask_packing, schema
 from .exemplars import exemplar_metadata, materialize_images
 from .staged_output import remove_stale_staging, require_own_output, staged_directory
 
@@ -27,6 +31,8 @@ DATASET_DIR = "exemplars"
 ORIGINAL_DIR = "original"
 #: What an exemplar output directory holds when milan_hf wrote it (and may replace).
 OWNED_ENTRIES = (METADATA_FILE, DATASET_DIR, ORIGINAL_DIR)
+#: Key of the metadata file saying how masks are stored (absent: uint8 masks, the old format).
+MASK_STORAGE_KEY = "mask_storage"
 
 
 def save_exemplars(
@@ -46,9 +52,21 @@ def save_exemplars(
         require_own_output(output_dir, metadata_file=METADATA_FILE, owned=OWNED_ENTRIES,
                            what="exemplar output")  # fmt: skip
     remove_stale_staging(output_dir.parent, output_dir.name)
+    metadata = exemplar_metadata(exemplars)
+    metadata.pop(MASK_STORAGE_KEY, None)
+    shape = mask_packing.mask_shape(exemplars.features)
     with staged_directory(output_dir) as staging:
-        exemplars.save_to_disk(str(staging / DATASET_DIR))
-        (staging / METADATA_FILE).write_text(json.dumps(exemplar_metadata(exemplars), indent=2))
+        if shape is not None:
+            # The packed table goes through a file inside the staging folder (removed with it).
+            packing_file = staging / ".packing.arrow"
+            packed = mask_packing.pack_masks(exemplars, shape, packing_file)
+            packed.save_to_disk(str(staging / DATASET_DIR))
+            del packed
+            packing_file.unlink()
+            metadata[MASK_STORAGE_KEY] = {"format": mask_packing.FORMAT, "shape": list(shape)}
+        else:
+            exemplars.save_to_disk(str(staging / DATASET_DIR))
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     return output_dir
 
 
@@ -63,6 +81,14 @@ def load_exemplars(directory: str | Path) -> datasets.Dataset:
         )
     dataset = datasets.load_from_disk(str(directory / DATASET_DIR))
     metadata = json.loads(metadata_file.read_text())
+    storage = metadata.pop(MASK_STORAGE_KEY, None)
+    if storage is not None:
+        if storage.get("format") != mask_packing.FORMAT:
+            raise ValueError(
+                f"{directory} stores masks as {storage.get('format')!r}; this version of "
+                f"milan_hf reads {mask_packing.FORMAT!r} (upgrade milan_hf)"
+            )
+        dataset = mask_packing.unpack_masks(dataset, tuple(storage["shape"]))
     dataset.info.description = schema.metadata_description(metadata)
     return dataset
 

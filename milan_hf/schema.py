@@ -14,9 +14,10 @@ the output of a ``describe`` run, :data:`DEAD` as well (:data:`RUN_DESCRIPTION_C
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datasets import Array2D, Dataset, Features, Image, List, Value
+if TYPE_CHECKING:
+    from datasets import Dataset, Features
 
 #: Column names, in the order they appear.
 LAYER = "layer"
@@ -40,19 +41,8 @@ SCORE = "score"
 CAPTIONER_LOG_PROB = "captioner_log_prob"
 PRIOR_LOG_PROB = "prior_log_prob"
 DESCRIPTION_COLUMNS = (LAYER, UNIT, DESCRIPTION, SCORE, CAPTIONER_LOG_PROB, PRIOR_LOG_PROB)
-DESCRIPTION_FEATURES = Features(
-    {
-        LAYER: Value("string"),
-        UNIT: Value("int64"),
-        DESCRIPTION: Value("string"),
-        SCORE: Value("float32"),
-        CAPTIONER_LOG_PROB: Value("float32"),
-        PRIOR_LOG_PROB: Value("float32"),
-    }
-)
 #: A ``describe`` run also says which units are dead (constant, NaN or inf over the probe set).
 RUN_DESCRIPTION_COLUMNS = (*DESCRIPTION_COLUMNS, DEAD)
-RUN_DESCRIPTION_FEATURES = Features({**DESCRIPTION_FEATURES, DEAD: Value("bool")})
 #: The description of a dead unit: a marker, never a concept (its scores are NaN).
 DEAD_UNIT_DESCRIPTION = "(dead unit)"
 
@@ -74,6 +64,9 @@ def exemplar_features(
         with_images: add the ``images`` column (k materialised exemplar images).
         with_descriptions: add the ``descriptions`` column (human or generated descriptions).
     """
+    # Imported here: the command line reads the column names without loading datasets.
+    from datasets import Array2D, Features, Image, List, Value
+
     height, width = (mask_size, mask_size) if isinstance(mask_size, int) else mask_size
     features = {
         LAYER: Value("string"),
@@ -104,3 +97,23 @@ def exemplar_metadata(exemplars: Dataset) -> dict[str, Any]:
 def metadata_description(metadata: dict[str, Any]) -> str:
     """The ``info.description`` text that carries an exemplar set's ``metadata``."""
     return json.dumps({EXEMPLAR_METADATA_KEY: metadata})
+
+
+def _description_features(with_dead: bool) -> Features:
+    # Imported here, like exemplar_features: the command line reads column names only.
+    from datasets import Features, Value
+
+    types = {SCORE: "float32", CAPTIONER_LOG_PROB: "float32", PRIOR_LOG_PROB: "float32"}
+    types.update({LAYER: "string", UNIT: "int64", DESCRIPTION: "string", DEAD: "bool"})
+    columns = RUN_DESCRIPTION_COLUMNS if with_dead else DESCRIPTION_COLUMNS
+    return Features({name: Value(types[name]) for name in columns})
+
+
+def __getattr__(name: str) -> Any:
+    """``DESCRIPTION_FEATURES`` (what the captioner gives) and ``RUN_DESCRIPTION_FEATURES``
+    (a ``describe`` run's, with ``dead``), built on first use."""
+    if name == "DESCRIPTION_FEATURES":
+        return _description_features(with_dead=False)
+    if name == "RUN_DESCRIPTION_FEATURES":
+        return _description_features(with_dead=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
