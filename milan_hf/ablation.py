@@ -314,13 +314,15 @@ class AblationCurve:
         }
 
 
-def ablation_steps(total: int, num_points: int | None) -> list[int]:
-    """Counts 0..total at which to measure: every count, or ``num_points`` spread evenly."""
+def ablation_steps(total: int, num_points: int | None, every_up_to: int = 0) -> list[int]:
+    """Counts 0..total at which to measure: every count (``num_points=None``), or every count
+    up to ``every_up_to`` and then ``num_points`` spread evenly over 0..total."""
     if num_points is None or num_points >= total + 1:
         return list(range(total + 1))
     if num_points < 2:
         raise ValueError(f"num_points must be at least 2, got {num_points}")
-    return sorted({round(x) for x in np.linspace(0, total, num_points)})
+    spread = {round(x) for x in np.linspace(0, total, num_points)}
+    return sorted(spread | set(range(min(every_up_to, total) + 1)))
 
 
 def ablation_curve(

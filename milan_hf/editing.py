@@ -33,7 +33,13 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .ablation import AccuracyEvaluator, Unit, ablation_curve, single_unit_accuracies
+from .ablation import (
+    AccuracyEvaluator,
+    Unit,
+    ablation_curve,
+    ablation_steps,
+    single_unit_accuracies,
+)
 from .probe_world.probe_models import (
     ProbeCNN,
     normalise,
@@ -327,11 +333,15 @@ def ablate_text_units(
     query: str = "text",
     words: Sequence[str] | None = None,
     threshold: float | None = None,
+    num_points: int | None = 16,
+    every_up_to: int = 20,
     progress: bool = True,
 ) -> tuple[list[Unit], dict[str, str], list[float], dict[str, dict[str, list]]]:
     """Select the units described as ``query``, order them by validation accuracy when ablated
     alone (highest first), ablate them cumulatively and measure every split of ``splits``
-    (which must include ``validation``). Works for any classifier and labelled datasets."""
+    (which must include ``validation``) after each of the first ``every_up_to`` units and at
+    ``num_points`` counts spread over all of them (``None``: after every unit). Works for any
+    classifier and labelled datasets."""
     from .audit import match_descriptions
 
     if "validation" not in splits:
@@ -358,8 +368,9 @@ def ablate_text_units(
     alone = single_unit_accuracies(evaluators["validation"], selected)
     ranking = sorted(range(len(selected)), key=lambda i: (-alone[i], i))
     order = [selected[i] for i in ranking]
+    steps = ablation_steps(len(order), num_points, every_up_to)
     curves = {
-        split: ablation_curve(evaluator, order, desc=f"ablating text units ({split})")
+        split: ablation_curve(evaluator, order, steps=steps, desc=f"ablating text units ({split})")
         for split, evaluator in evaluators.items()
     }
     serialised = {
