@@ -157,9 +157,16 @@ def write_edit_page(
 ) -> Path:
     """``output_dir/edit.html``: before/after table, the text units and the curve figure."""
     output_dir = Path(output_dir)
+    chosen = edit["chosen"]
     table = _table(
-        ["split", "accuracy before", "after ablating the text units", "change"],
-        [[r["split"], r["before"], r["after"], r["change"]] for r in edit["table"]],
+        [
+            "split",
+            "accuracy before",
+            f"after ablating {chosen} text units",
+            "change",
+            f"after all {edit['num_text_units']}",
+        ],
+        [[r["split"], r["before"], r["chosen"], r["change"], r["all"]] for r in edit["table"]],
     )
     units = [
         [f"{layer} {unit}", edit["descriptions"][f"{layer}:{unit}"], accuracy]
@@ -172,7 +179,9 @@ def write_edit_page(
         )
     body = (
         f"<p>{edit['num_text_units']} units described as text; {edit['truly_textual']} of them "
-        "respond to written words (paired scenes with and without a word).</p>"
+        "respond to written words (paired scenes with and without a word). The number ablated, "
+        f"{chosen} ({edit['truly_textual_chosen']} of them responsive), is the best on the "
+        "adversarial validation split.</p>"
         + table
         + figure_tag
         + "<h2>Text units, in ablation order</h2>"

@@ -53,6 +53,8 @@ from .probe_world.scenes import world_version
 DATA_VERSION = 1
 CLASSIFIER_FILE = "model.safetensors"
 CLASSIFIER_INFO = "probe_model.json"
+#: The split that chooses how many text units to ablate.
+SELECTION_SPLIT = "adversarial_validation"
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
 
 
@@ -111,21 +113,24 @@ def draw_split(config: TextClassifierConfig, split: str, num_images: int) -> dic
 
     ``train``/``validation``: class-name text on a ``text_probability`` share of the images;
     ``adversarial``: a random class name on every image; ``clean``: no text (same scenes as
-    ``adversarial``, so the two differ only by the written word).
+    ``adversarial``, so the two differ only by the written word); ``adversarial_validation``:
+    like ``adversarial`` on other scenes, to choose how many units to ablate without the test.
     """
     seeds = {"train": 0, "validation": 1000, "clean": 2000, "adversarial": 2000}
+    seeds["adversarial_validation"] = 3000
+    random_text = split.startswith("adversarial")
     if split not in seeds:
         raise ValueError(f"unknown split {split!r}; choose from {sorted(seeds)}")
     classes = config.classes
     seed = config.seed + seeds[split]
-    rng = np.random.default_rng([config.seed, seeds[split], 1 if split == "adversarial" else 0])
+    rng = np.random.default_rng([config.seed, seeds[split], 1 if random_text else 0])
     images, labels, words = [], [], []
     for index in range(num_images):
         label = index % len(classes)
         pixels = task_scene("shape", label, seed, index, config.image_size, (), classes).image
         corner = CORNERS[int(rng.integers(len(CORNERS)))]
         word = ""
-        if split == "adversarial":
+        if random_text:
             word = classes[int(rng.integers(len(classes)))]
         elif split != "clean" and rng.random() < config.text_probability:
             word = classes[label]
@@ -148,7 +153,11 @@ def split_dataset(config: TextClassifierConfig, split: str, num_images: int) -> 
         }
     )
     rows["image"] = [Image.fromarray(pixels) for pixels in rows["image"]]
-    return datasets.Dataset.from_dict(rows, features=features)
+    table = datasets.Dataset.from_dict(rows, features=features)
+    # A split is a pure function of the config: a fixed fingerprint lets a rerun of ``describe``
+    # on it resume instead of starting over.
+    fingerprint = hashlib.sha256(f"{config.key()}/{split}/{num_images}".encode()).hexdigest()[:16]
+    return datasets.Dataset(table.data, info=table.info, fingerprint=fingerprint)
 
 
 def train_text_classifier(
@@ -262,19 +271,26 @@ def text_responsive_units(
     model: torch.nn.Module,
     config: TextClassifierConfig,
     layers: Sequence[str],
-    num_images: int = 128,
+    num_images: int = 256,
     min_effect: float = 1.0,
 ) -> dict[str, list[int]]:
-    """The units that truly respond to text: paired scenes with and without a written word
-    (the adversarial and clean splits); a unit responds when its peak activation rises with the
-    word by at least ``min_effect`` standard deviations of the paired differences (Cohen's d of
-    the pairs) and its mean rise is positive."""
-    with_text = draw_split(config, "adversarial", num_images)["image"]
+    """The units that truly respond to text, from paired scenes with and without a written
+    word (the adversarial and clean splits): a unit responds when its peak activation rises
+    with the word by at least ``min_effect`` standard deviations of the paired differences
+    (Cohen's d of the pairs), over all pairs or over the pairs of one written word (a unit may
+    read one class name only)."""
+    adversarial = draw_split(config, "adversarial", num_images)
     without_text = draw_split(config, "clean", num_images)["image"]
+    written = np.asarray(adversarial["text"])
+    groups = [np.ones(len(written), dtype=bool)]
+    groups += [written == word for word in config.classes if (written == word).sum() >= 8]
     responsive = {}
     for layer in layers:
-        rise = unit_peaks(model, layer, with_text) - unit_peaks(model, layer, without_text)
-        effect = rise.mean(0) / rise.std(0).clamp(min=1e-6)
+        rise = unit_peaks(model, layer, adversarial["image"]) - unit_peaks(
+            model, layer, without_text
+        )
+        effects = [rise[torch.from_numpy(group)] for group in groups]
+        effect = torch.stack([r.mean(0) / r.std(0).clamp(min=1e-6) for r in effects]).amax(0)
         responsive[layer] = torch.nonzero(effect >= min_effect).flatten().tolist()
     return responsive
 
@@ -296,16 +312,30 @@ class EditResult:
     def after(self, split: str) -> float:
         return self.curves[split]["accuracy"][-1]
 
+    def chosen(self) -> int:
+        """How many text units to ablate: the measured count with the best accuracy on the
+        adversarial validation split (the fewest on ties), never the test's own best."""
+        curve = self.curves.get(SELECTION_SPLIT) or self.curves["validation"]
+        best = max(curve["accuracy"])
+        return curve["num_ablated"][curve["accuracy"].index(best)]
+
+    def at(self, split: str, count: int) -> float:
+        curve = self.curves[split]
+        return curve["accuracy"][curve["num_ablated"].index(count)]
+
     def truly_textual(self) -> int:
         return sum(unit in self.responsive.get(layer, []) for layer, unit in self.text_units)
 
     def table(self) -> list[dict[str, Any]]:
+        """Per split: accuracy before, at the chosen count, and with every text unit ablated."""
+        chosen = self.chosen()
         return [
             {
                 "split": split,
                 "before": self.before(split),
-                "after": self.after(split),
-                "change": self.after(split) - self.before(split),
+                "chosen": self.at(split, chosen),
+                "change": self.at(split, chosen) - self.before(split),
+                "all": self.after(split),
             }
             for split in self.curves
         ]
@@ -314,7 +344,12 @@ class EditResult:
         return {
             "text_units": [list(unit) for unit in self.text_units],
             "num_text_units": len(self.text_units),
+            "chosen": self.chosen(),
             "truly_textual": self.truly_textual(),
+            "truly_textual_chosen": sum(
+                unit in self.responsive.get(layer, [])
+                for layer, unit in self.text_units[: self.chosen()]
+            ),
             "descriptions": self.descriptions,
             "single_unit_validation": self.single_unit_validation,
             "curves": self.curves,
@@ -450,10 +485,8 @@ def run_spurious_text_experiment(
         output_dir / "classifier",
         {k: v for k, v in info.items() if k in ("classes", "train_seconds")},
     )
-    splits = {
-        split: split_dataset(config, split, split_images)
-        for split in ("validation", "adversarial", "clean")
-    }
+    names = ("validation", SELECTION_SPLIT, "adversarial", "clean")
+    splits = {split: split_dataset(config, split, split_images) for split in names}
     for split, dataset in splits.items():
         dataset.save_to_disk(str(output_dir / "data" / split))
     describe_options = {"progress": progress, "overwrite": True, **describe_options}

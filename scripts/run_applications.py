@@ -41,7 +41,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-beams", type=int, help="captioner beam width (default: its own)")
     parser.add_argument("--points", type=int, default=11, help="accuracies per analysis curve")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--no-analysis", action="store_true", help="edit and audit only")
     return parser.parse_args(argv)
+
+
+def run_analysis(output: Path, config: TextClassifierConfig, points: int) -> dict:
+    """Ablate the spurious-text classifier's units by each description property."""
+    descriptions, _ = load_description_outputs(output / "describe")
+    model, _ = load_classifier(output / "classifier")
+    validation = datasets.load_from_disk(str(output / "data" / "validation"))
+    analysis = analyze_descriptions(
+        model,
+        descriptions,
+        validation,
+        transform=probe_transform(config.image_size),
+        num_points=points,
+    )
+    files = save_analysis(analysis, output / "analysis")
+    write_analysis_page(analysis.as_dict(), files["figure"], output / "analysis")
+    return {
+        "analysis_tagger": analysis.tagger,
+        "analysis_curves": {
+            name: {"num_ablated": c.num_ablated, "accuracy": c.accuracy}
+            for name, c in analysis.curves.items()
+        },
+        "layer_shares": analysis.layer_shares,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,43 +82,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         control=True,
         num_beams=args.num_beams,
     )
-    descriptions, _ = load_description_outputs(args.output / "describe")
-    model, _ = load_classifier(args.output / "classifier")
-    validation = datasets.load_from_disk(str(args.output / "data" / "validation"))
-    analysis = analyze_descriptions(
-        model,
-        descriptions,
-        validation,
-        transform=probe_transform(config.image_size),
-        num_points=args.points,
-    )
-    files = save_analysis(analysis, args.output / "analysis")
-    write_analysis_page(analysis.as_dict(), files["figure"], args.output / "analysis")
-    write_applications_index(
-        args.output,
-        {
-            "Editing: ablating text units": "edit.html",
-            "Audit: text units with and without text": "audit.html",
-            "Analysis: description properties": "analysis/analysis.html",
-        },
-    )
     edit, audited = summary["edit"], summary["audit"]
     report = {
         "edit_table": edit["table"],
+        "chosen": edit["chosen"],
         "text_units": edit["num_text_units"],
         "truly_textual": edit["truly_textual"],
+        "truly_textual_chosen": edit["truly_textual_chosen"],
         "responsive_per_layer": audited["responsive_per_layer"],
         "audit": {
             m["name"]: {"matching": m["matching"], "units": m["units"], "layers": m["layers"]}
             for m in audited["models"]
         },
-        "analysis_tagger": analysis.tagger,
-        "analysis_curves": {
-            name: {"num_ablated": c.num_ablated, "accuracy": c.accuracy}
-            for name, c in analysis.curves.items()
-        },
-        "layer_shares": analysis.layer_shares,
     }
+    pages = {
+        "Editing: ablating text units": "edit.html",
+        "Audit: text units with and without text": "audit.html",
+    }
+    if not args.no_analysis:
+        report.update(run_analysis(args.output, config, args.points))
+        pages["Analysis: description properties"] = "analysis/analysis.html"
+    write_applications_index(args.output, pages)
     (args.output / "summary.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0

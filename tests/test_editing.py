@@ -105,7 +105,9 @@ def test_edit_analyze_audit_commands_end_to_end(tmp_path, monkeypatch, capsys):
     # that the selection, ordering and ablation path all run.
     assert cli_main(["edit", "--output", str(out), *tiny, "--query", "the", "--words", "the"]) == 0
     edit = json.loads((out / "edit.json").read_text())
-    assert {row["split"] for row in edit["table"]} == {"validation", "adversarial", "clean"}
+    splits = {"validation", "adversarial_validation", "adversarial", "clean"}
+    assert {row["split"] for row in edit["table"]} == splits
+    assert edit["chosen"] in edit["curves"]["adversarial_validation"]["num_ablated"]
     assert edit["num_text_units"] == len(edit["text_units"]) == len(edit["single_unit_validation"])
     assert (out / "edit.html").is_file() and (out / "edit.png").is_file()
     model, info = load_classifier(out / "classifier")

@@ -77,9 +77,13 @@ def run(args: argparse.Namespace) -> int:
         f"{edit['num_text_units']} units described as {args.query!r}; "
         f"{edit['truly_textual']} respond to written words"
     )
-    print("split        before  after   change")
+    print(f"ablating {edit['chosen']} of them (best on the adversarial validation split):")
+    print(f"{'split':<24}before  after   change  (all {edit['num_text_units']} ablated)")
     for row in edit["table"]:
-        print(f"{row['split']:<12} {row['before']:.3f}   {row['after']:.3f}   {row['change']:+.3f}")
+        print(
+            f"{row['split']:<24}{row['before']:.3f}   {row['chosen']:.3f}   "
+            f"{row['change']:+.3f}  ({row['all']:.3f})"
+        )
     if "audit" in summary:
         for model in summary["audit"]["models"]:
             print(f"audit {model['name']}: {model['matching']} of {model['units']} units match")
