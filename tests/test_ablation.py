@@ -174,3 +174,7 @@ def test_steps_spread_evenly():
     assert ablation_steps(10, 3) == [0, 5, 10]
     with pytest.raises(ValueError, match="num_points"):
         ablation_steps(10, 1)
+
+
+def test_steps_every_count_first_then_spread():
+    assert ablation_steps(100, 3, every_up_to=4) == [0, 1, 2, 3, 4, 50, 100]

@@ -94,9 +94,8 @@ class Pooled(torch.nn.Module):
 def test_analysis_curves_and_figure(tmp_path, tagger):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(10)]
-    dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 5},
-                                         features=datasets.Features({"image": datasets.Image(),
-                                                                     "label": datasets.Value("int64")}))  # fmt: skip
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 5}, features=features)
     descriptions = datasets.Dataset.from_dict({
         "layer": ["features"] * 4, "unit": [0, 1, 2, 3],
         "description": ["red circles", "text", "blue squares on the left side", "stripes"],

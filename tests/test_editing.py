@@ -133,3 +133,22 @@ def test_edit_analyze_audit_commands_end_to_end(tmp_path, monkeypatch, capsys):
 def test_commands_reject_bad_input(tmp_path, capsys):
     assert cli_main(["audit", str(tmp_path), "--query", "faces"]) == 2
     assert "no finished describe run" in capsys.readouterr().err
+
+
+def test_the_count_ablated_is_chosen_on_adversarial_validation_not_the_test():
+    from milan_hf.editing import EditResult
+
+    steps = [0, 1, 2, 3]
+    curves = {
+        "validation": {"num_ablated": steps, "accuracy": [0.9, 0.9, 0.8, 0.7]},
+        "adversarial_validation": {"num_ablated": steps, "accuracy": [0.3, 0.5, 0.5, 0.4]},
+        "adversarial": {"num_ablated": steps, "accuracy": [0.3, 0.4, 0.45, 0.6]},
+    }
+    units = [("conv5", 4), ("conv5", 1), ("conv4", 2)]
+    result = EditResult(units, {}, [0.9, 0.9, 0.8], curves, {"conv5": [1]}, {})
+    assert result.chosen() == 1  # the fewest units at the selection split's best
+    row = {r["split"]: r for r in result.table()}["adversarial"]
+    assert row == {"split": "adversarial", "before": 0.3, "chosen": 0.4,
+                   "change": pytest.approx(0.1), "all": 0.6}  # fmt: skip
+    assert result.truly_textual() == 1
+    assert result.as_dict()["truly_textual_chosen"] == 0
