@@ -41,6 +41,21 @@ _CLOSED_CLASS = {
     "ADV": "well very also mostly partly not",
     "PART": "'s",
 }
+# Words of the grammar's fixed phrases (quantifiers, region and "nothing" phrases).
+_EXTRA_ADJECTIVES = frozenset(
+    (
+        "small large bright tiny big bold distinct clear horizontal vertical diagonal round "
+        "circular triangular hexagonal pointy spiky blocky printed typed plain upper lower "
+        "central random mixed varied unclear scattered assorted different common consistent "
+        "particular colourful"
+    ).split()
+)
+_EXTRA_NOUNS = frozenset(
+    (
+        "top bottom left right centre center middle half side edge part image picture scene "
+        "concept pattern theme bits content colour color clusters groups words"
+    ).split()
+)
 _SUFFIX_ADJECTIVE = ("ed", "ous", "ful", "ish", "ive", "al", "ic", "able", "y")
 
 
@@ -66,70 +81,9 @@ def _grammar_lexicon() -> dict[str, str]:
         for word in phrase.split():
             # adjectives win over their noun-modifier guess; "vertically" striped is an adverb
             lexicon[word] = "ADV" if word.endswith("ly") else ADJECTIVE
-    for word in (
-        "small",
-        "large",
-        "bright",
-        "tiny",
-        "big",
-        "bold",
-        "distinct",
-        "clear",
-        "horizontal",
-        "vertical",
-        "diagonal",
-        "round",
-        "circular",
-        "triangular",
-        "hexagonal",
-        "pointy",
-        "spiky",
-        "blocky",
-        "printed",
-        "typed",
-        "plain",
-        "upper",
-        "lower",
-        "central",
-        "random",
-        "mixed",
-        "varied",
-        "unclear",
-        "scattered",
-        "assorted",
-        "different",
-        "common",
-        "consistent",
-        "particular",
-        "colourful",
-    ):
+    for word in _EXTRA_ADJECTIVES:
         lexicon[word] = ADJECTIVE
-    for word in (
-        "top",
-        "bottom",
-        "left",
-        "right",
-        "centre",
-        "center",
-        "middle",
-        "half",
-        "side",
-        "edge",
-        "part",
-        "image",
-        "picture",
-        "scene",
-        "concept",
-        "pattern",
-        "theme",
-        "bits",
-        "content",
-        "colour",
-        "color",
-        "clusters",
-        "groups",
-        "words",
-    ):
+    for word in _EXTRA_NOUNS:
         lexicon[word] = NOUN
     for tag, words in _CLOSED_CLASS.items():
         for word in words.split():
