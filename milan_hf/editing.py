@@ -9,9 +9,10 @@ alone (least harmful first), and ablated cumulatively; the adversarial, validati
 (no text) accuracies are measured after each.
 
 The classifier (``TextClassifierConfig``) trains in a few minutes on 2 CPU cores, seeded, and is
-cached as safetensors under ``~/.cache/milan_hf/probe_models`` like the probe models (``$MILAN_HF
-_CACHE`` overrides the root). ``text_probability=0`` gives the control classifier of the audit:
-same task, no text in its scenes.
+cached as safetensors under ``~/.cache/milan_hf/probe_models`` like the probe models
+(``$MILAN_HF_CACHE`` overrides the root). ``text_probability=0`` gives the control classifier of
+the audit: same task, no text in its scenes. The number of text units to ablate is chosen on a
+separate adversarial validation split, never on the test.
 """
 
 from __future__ import annotations
