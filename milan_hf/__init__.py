@@ -78,6 +78,18 @@ _LAZY = {
     "push_descriptions_to_hub": "hub",
     "descriptions_card": "hub",
     "EMBEDDED_CAPTIONER": "describer",
+    # applications: analysis, audit, editing (ablate units chosen by their descriptions)
+    "ablate_units": "ablation",
+    "ablation_curve": "ablation",
+    "evaluate_accuracy": "ablation",
+    "AccuracyEvaluator": "ablation",
+    "analyze_descriptions": "analysis",
+    "description_properties": "analysis",
+    "audit_describe_outputs": "audit",
+    "audit_descriptions": "audit",
+    "match_descriptions": "audit",
+    "run_spurious_text_experiment": "editing",
+    "TextClassifierConfig": "editing",
     # generation internals worth reaching
     "PriorLogitsProcessor": "modeling_milan",
     "MilanGenerationOutput": "modeling_milan",

@@ -13,6 +13,9 @@ _COMMAND_MODULES = [
     "milan_hf.commands.exemplars",
     "milan_hf.commands.probe_world",
     "milan_hf.commands.train",
+    "milan_hf.commands.analyze",
+    "milan_hf.commands.audit",
+    "milan_hf.commands.edit",
 ]
 
 
