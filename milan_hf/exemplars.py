@@ -121,7 +121,7 @@ def output_to_maps(output: Any, layer: str, model: VisionModel) -> torch.Tensor:
     if not isinstance(output, torch.Tensor):
         raise ValueError(f"layer {layer!r} returned {type(output).__name__}, not a tensor")
     if output.dim() == 4:
-        return output
+        return _channels_first(output, layer, model)
     if output.dim() == 2:
         return output[:, :, None, None]
     if output.dim() == 3:
@@ -138,6 +138,46 @@ def output_to_maps(output: Any, layer: str, model: VisionModel) -> torch.Tensor:
         f"layer {layer!r} outputs shape {tuple(output.shape)}: supported are (B, C, H, W), "
         "(B, tokens, C) and (B, C)"
     )
+
+
+def _channels_first(output: torch.Tensor, layer: str, model: VisionModel) -> torch.Tensor:
+    """A 4-D output as (B, C, H, W): NCHW as it is, NHWC (timm Swin stages) transposed; one
+    whose two last or two middle axes are no spatial grid of the input (an attention tensor
+    (B, heads, tokens, d)) is refused."""
+    _, second, third, fourth = output.shape
+    as_nchw = _is_spatial_grid(third, fourth, model)
+    as_nhwc = _is_spatial_grid(second, third, model)
+    if as_nchw and as_nhwc:  # e.g. (B, 7, 7, 7): the model's own format decides
+        as_nchw = model.extra.get("output_fmt") != "NHWC"
+    if as_nchw:
+        return output
+    if as_nhwc:
+        return output.permute(0, 3, 1, 2)
+    raise ValueError(
+        f"layer {layer!r} outputs shape {tuple(output.shape)}, which is no (B, C, H, W) nor "
+        f"(B, H, W, C) map of the {model.input_size[0]}x{model.input_size[1]} input (an "
+        "attention tensor?): choose a layer whose output is a feature map or (B, tokens, C)"
+    )
+
+
+def _is_spatial_grid(height: int, width: int, model: VisionModel) -> bool:
+    """Whether (height, width) can be a feature map of the model's input: no larger than it,
+    with (about) the same stride along both axes, and not a token count of a ViT."""
+    input_height, input_width = model.input_size
+    if not (0 < height <= input_height and 0 < width <= input_width):
+        return False
+    # The strides that give each side, allowing one row/column of padding either way and 10%:
+    # they must overlap (a 1x1 pooled map of a 224x320 input passes, 197x64 of 224x224 not).
+    rows_low, rows_high = input_height / (height + 1) / 1.1, input_height / max(height - 1, 0.5)
+    cols_low, cols_high = input_width / (width + 1) / 1.1, input_width / max(width - 1, 0.5)
+    if rows_low > cols_high * 1.1 or cols_low > rows_high * 1.1:
+        return False
+    if model.token_grid is not None:
+        rows, cols = model.token_grid
+        token_counts = range(rows * cols, rows * cols + 17)  # patches plus prefix tokens
+        if (height, width) != (rows, cols) and (height in token_counts or width in token_counts):
+            return False
+    return True
 
 
 def _token_layout(tokens: int, model: VisionModel) -> tuple[int | None, tuple[int, int]]:
