@@ -49,7 +49,13 @@ from .probe_images import (
     probe_images_from_source,
 )
 from .quantile_sketch import UnitHistogram
-from .vision_models import VisionModel, fit_input_size, geometry_transform, load_vision_model
+from .vision_models import (
+    DEFAULT_SEED,
+    VisionModel,
+    fit_input_size,
+    geometry_transform,
+    load_vision_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +251,7 @@ def extract_exemplars(
     materialize: bool = False,
     progress: bool = True,
     accelerator: Accelerator | None = None,
+    seed: int = DEFAULT_SEED,
 ) -> datasets.Dataset | None:
     """Find every unit's top-``k`` exemplar images and the regions where it fires.
 
@@ -264,6 +271,7 @@ def extract_exemplars(
         materialize: embed the exemplar images (``images`` column) instead of ids alone.
         accelerator: an existing ``Accelerator``; one is created (on the CPU when no GPU is
             present) otherwise.
+        seed: seed of a timm model's random initialisation (no ``pretrained``/``checkpoint``).
 
     Returns:
         The exemplar set (one row per unit, schema in :mod:`milan_hf.schema`) on the main
@@ -284,6 +292,7 @@ def extract_exemplars(
         checkpoint=checkpoint,
         input_size=input_size,
         transform=transform,
+        seed=seed,
     )
     probe = load_probe_images(images, split=split, image_column=image_column)
     if k > len(probe):

@@ -64,6 +64,9 @@ def add_extraction_arguments(
     parser.add_argument(
         "--pretrained", action="store_true", help="load the timm model's pretrained weights"
     )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of a randomly initialised model (default 0)"
+    )
     parser.add_argument("--k", type=int, default=schema.DEFAULT_K, help="exemplars per unit")
     parser.add_argument(
         "--quantile",
@@ -106,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         materialize=args.materialize_images,
         accelerator=accelerator,
+        seed=args.seed,
     )
     if exemplars is None:  # not the main process of a distributed run
         return 0
