@@ -139,6 +139,12 @@ def load_checkpoint(module: torch.nn.Module, checkpoint: str | Path) -> None:
     file, pickled code, keys or shapes that do not match the model.
     """
     path = Path(checkpoint)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.safetensors")) or ["model.safetensors"]
+        raise IsADirectoryError(
+            f"checkpoint {path} is a directory: pass the weights file in it (e.g. "
+            f"{path / inside[0]}), or the directory itself as the model"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     state = read_state_dict(path)
@@ -453,7 +459,7 @@ def _transformers_model(name: str) -> VisionModel:
     from transformers import AutoImageProcessor, AutoModel
 
     try:
-        module = AutoModel.from_pretrained(name)
+        module, loading = AutoModel.from_pretrained(name, output_loading_info=True)
     except SafetensorError as error:
         raise ValueError(
             f"the safetensors weights in {name} are not readable ({error}); they may be "
@@ -463,6 +469,7 @@ def _transformers_model(name: str) -> VisionModel:
         if "weights_only" not in str(error) and "nsupported GLOBAL" not in str(error):
             raise
         raise ValueError(refused_pickle_message(f"the weights in {name}", error)) from None
+    _check_loading_info(name, module, loading)
     processor = AutoImageProcessor.from_pretrained(name)
 
     def transform(image: Image.Image) -> torch.Tensor:
@@ -483,6 +490,21 @@ def _transformers_model(name: str) -> VisionModel:
         token_grid=grid,
         keyword_input=True,
     )
+
+
+def _check_loading_info(name: str, module: torch.nn.Module, loading: dict[str, Any]) -> None:
+    """Refuse weights that are mostly not this model's (transformers would initialise the rest
+    at random and carry on); a few missing keys (a pooler absent from a classification
+    checkpoint) are only a warning."""
+    missing, mismatched = loading.get("missing_keys", []), loading.get("mismatched_keys", [])
+    if mismatched or len(missing) > len(module.state_dict()) / 2:
+        raise ValueError(
+            f"the weights in {name} do not fit its config: {len(missing)} missing keys "
+            f"{sorted(missing)[:4]}, wrong shapes {[key for key, *_ in mismatched][:4]}; are "
+            "they another model's?"
+        )
+    if missing:
+        logger.warning("%s: keys %s are not in its weights: initialised at random", name, missing)
 
 
 def _plain_module(module: torch.nn.Module, input_size: Any) -> VisionModel:
