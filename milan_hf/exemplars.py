@@ -151,13 +151,18 @@ def _channels_first(output: torch.Tensor, layer: str, model: VisionModel) -> tor
     whose two last or two middle axes are no spatial grid of the input (an attention tensor
     (B, heads, tokens, d)) is refused."""
     _, second, third, fourth = output.shape
-    as_nchw = _is_spatial_grid(third, fourth, model)
-    as_nhwc = _is_spatial_grid(second, third, model)
-    if as_nchw and as_nhwc:  # e.g. (B, 7, 7, 7): the model's own format decides
-        as_nchw = model.extra.get("output_fmt") != "NHWC"
-    if as_nchw:
+    as_nchw = _grid_mismatch(third, fourth, model)
+    as_nhwc = _grid_mismatch(second, third, model)
+    if as_nchw is not None and as_nhwc is not None:
+        # Both could be: the reading whose two strides agree better, and on a tie, such as
+        # (B, 7, 7, 7), the model's own format (timm's output_fmt).
+        if as_nchw == as_nhwc:
+            as_nchw = None if model.extra.get("output_fmt") == "NHWC" else as_nchw
+        elif as_nhwc < as_nchw:
+            as_nchw = None
+    if as_nchw is not None:
         return output
-    if as_nhwc:
+    if as_nhwc is not None:
         return output.permute(0, 3, 1, 2)
     raise ValueError(
         f"layer {layer!r} outputs shape {tuple(output.shape)}, which is no (B, C, H, W) nor "
@@ -166,24 +171,25 @@ def _channels_first(output: torch.Tensor, layer: str, model: VisionModel) -> tor
     )
 
 
-def _is_spatial_grid(height: int, width: int, model: VisionModel) -> bool:
-    """Whether (height, width) can be a feature map of the model's input: no larger than it,
-    with (about) the same stride along both axes, and not a token count of a ViT."""
+def _grid_mismatch(height: int, width: int, model: VisionModel) -> float | None:
+    """How far apart the row and column strides of a (height, width) map of the model's input
+    are (|log ratio|); None when it cannot be a feature map: larger than the input, strides
+    too different, or a token count of a ViT."""
     input_height, input_width = model.input_size
     if not (0 < height <= input_height and 0 < width <= input_width):
-        return False
+        return None
     # The strides that give each side, allowing one row/column of padding either way and 10%:
     # they must overlap (a 1x1 pooled map of a 224x320 input passes, 197x64 of 224x224 not).
     rows_low, rows_high = input_height / (height + 1) / 1.1, input_height / max(height - 1, 0.5)
     cols_low, cols_high = input_width / (width + 1) / 1.1, input_width / max(width - 1, 0.5)
     if rows_low > cols_high * 1.1 or cols_low > rows_high * 1.1:
-        return False
+        return None
     if model.token_grid is not None:
         rows, cols = model.token_grid
         token_counts = range(rows * cols, rows * cols + 17)  # patches plus prefix tokens
         if (height, width) != (rows, cols) and (height in token_counts or width in token_counts):
-            return False
-    return True
+            return None
+    return abs(math.log((input_height / height) / (input_width / width)))
 
 
 def _token_layout(tokens: int, model: VisionModel) -> tuple[int | None, tuple[int, int]]:

@@ -242,9 +242,9 @@ def share_rank_zero_weights(module: torch.nn.Module) -> None:
         PartialState()  # joins the process group the Accelerator will use later
     if not dist.is_initialized() or dist.get_world_size() <= 1:
         return
-    device = torch.device("cuda", torch.cuda.current_device())
-    if dist.get_backend() != "nccl":
-        device = torch.device("cpu")
+    # NCCL broadcasts GPU tensors only; gloo (CPU runs) the tensors where they are
+    nccl = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     with torch.no_grad():
         for tensor in module.state_dict().values():
             shared = tensor.to(device)
