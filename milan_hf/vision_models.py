@@ -141,7 +141,7 @@ def load_checkpoint(module: torch.nn.Module, checkpoint: str | Path) -> None:
     path = Path(checkpoint)
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.safetensors")) or ["model.safetensors"]
-        raise IsADirectoryError(
+        raise ValueError(
             f"checkpoint {path} is a directory: pass the weights file in it (e.g. "
             f"{path / inside[0]}), or the directory itself as the model"
         )

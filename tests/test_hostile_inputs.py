@@ -291,7 +291,7 @@ def test_another_models_weights_in_a_transformers_directory_are_refused(tmp_path
 
 def test_a_directory_as_checkpoint_names_the_file_to_pass(tmp_path):
     save_file(state_of(TINY_TIMM, 0), tmp_path / "model.safetensors")
-    with pytest.raises(IsADirectoryError, match=r"is a directory: pass .*model.safetensors"):
+    with pytest.raises(ValueError, match=r"is a directory: pass .*model.safetensors"):
         load_vision_model(TINY_TIMM, checkpoint=tmp_path)
 
 
@@ -448,3 +448,41 @@ def test_timm_swin_stage_is_read_as_channels_last():
             maps = taps.run(pixels)["layers.1"]
     assert tuple(raw.shape) == (1, 28, 28, 64)
     assert torch.equal(maps, raw.permute(0, 3, 1, 2))
+
+
+# -- through the command line ------------------------------------------------------------------
+
+
+def cli(*arguments: str) -> int:
+    from milan_hf.cli import main
+
+    return main(["exemplars", *arguments])
+
+
+def test_cli_seed_reaches_the_model(tmp_path, probe_folder):
+    common = ["--model", TINY_TIMM, "--layers", "layer1", "--images", str(probe_folder), "--k", "2"]
+    assert cli(*common, "--seed", "4", "--output", str(tmp_path / "four")) == 0
+    from milan_hf.exemplar_storage import load_exemplars
+
+    saved = load_exemplars(tmp_path / "four")
+    expected = extract_exemplars(
+        TINY_TIMM, ["layer1"], str(probe_folder), k=2, seed=4, progress=False
+    )
+    assert saved[schema.ACTIVATIONS] == expected[schema.ACTIVATIONS]
+
+
+def test_cli_bad_checkpoints_are_one_line_and_exit_2(tmp_path, probe_folder, capsys):
+    torch.save({"conv1.0.weight": Evil()}, tmp_path / "evil.pt")
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    for checkpoint, expected in [
+        (tmp_path / "evil.pt", "refused to load"),
+        (tmp_path / "cut.safetensors", "is not a readable safetensors file"),
+        (tmp_path, "is a directory"),
+    ]:
+        code = cli(
+            *["--model", TINY_TIMM, "--layers", "layer1", "--images", str(probe_folder)],
+            *["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")],
+        )
+        error = capsys.readouterr().err.strip()
+        assert code == 2 and expected in error and "\n" not in error, error
+        assert "will likely succeed" not in error
