@@ -106,6 +106,12 @@ def probe_images_from_source(source: dict[str, Any]) -> ProbeImages:
             f"the probe set at {location} now has {len(probe)} images but the exemplars were "
             f"extracted from {expected}: ids would point at the wrong images"
         )
+    if "content" in source and probe_fingerprint(probe)["content"] != source["content"]:
+        raise ValueError(
+            f"the probe set at {location} changed since the exemplars were extracted (files "
+            "replaced, edited or touched): ids may point at other images; pass the original "
+            "probe images explicitly if they are the same"
+        )
     return probe
 
 

@@ -106,6 +106,15 @@ def load_vision_model(
         raise TypeError(
             f"model must be a timm name, a model directory or a torch.nn.Module, got {model!r}"
         )
+    if (
+        input_size is not None
+        and transform is None
+        and loaded.geometry["type"] == "image_processor"
+    ):
+        raise ValueError(
+            f"input_size={input_size} cannot be applied to {loaded.name}: its image processor "
+            "sets the size; save the processor with another size, or pass a transform"
+        )
     if checkpoint is not None:
         load_checkpoint(loaded.module, checkpoint)
     if transform is not None:
@@ -310,10 +319,12 @@ def _from_name(name: str, *, pretrained: bool, input_size: Any) -> VisionModel:
             raise FileNotFoundError(f"{path} has no config.json: not a timm or transformers model")
         config = json.loads(config_file.read_text())
         if "architecture" in config and "model_type" not in config:
-            return _timm_model(name, pretrained=True, local_dir=path, config=config)
+            return _timm_model(
+                name, pretrained=True, local_dir=path, config=config, input_size=input_size
+            )
         return _transformers_model(name)
     if name.startswith("hf-hub:") or timm.is_model(name):
-        return _timm_model(name, pretrained=pretrained)
+        return _timm_model(name, pretrained=pretrained, input_size=input_size)
     if "/" in name:  # a hub id: transformers model (timm hub ids use the hf-hub: prefix)
         return _transformers_model(name)
     import difflib
@@ -324,7 +335,12 @@ def _from_name(name: str, *, pretrained: bool, input_size: Any) -> VisionModel:
 
 
 def _timm_model(
-    name: str, *, pretrained: bool, local_dir: Path | None = None, config: dict | None = None
+    name: str,
+    *,
+    pretrained: bool,
+    local_dir: Path | None = None,
+    config: dict | None = None,
+    input_size: int | tuple[int, int] | None = None,
 ) -> VisionModel:
     import timm
     from timm.data import create_transform, resolve_data_config
@@ -358,7 +374,7 @@ def _timm_model(
                 raise
             raise ValueError(refused_pickle_message(f"the weights of {name}", error)) from None
         random_weights = not pretrained
-    data_config = resolve_data_config({}, model=module)
+    data_config = resolve_data_config(_input_size_override(name, module, input_size), model=module)
     transform = create_transform(**data_config, is_training=False)
     height, width = data_config["input_size"][1:]
     crop_pct = data_config.get("crop_pct") or 1.0
@@ -384,6 +400,21 @@ def _timm_model(
         token_grid=grid,
         extra={"random_weights": random_weights, "output_fmt": getattr(module, "output_fmt", None)},
     )
+
+
+def _input_size_override(name: str, module: torch.nn.Module, input_size: Any) -> dict[str, Any]:
+    """timm's data-config override for a requested input size (ignored before: masks and
+    images silently kept the model's default size)."""
+    if input_size is None:
+        return {}
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    default = tuple(module.pretrained_cfg.get("input_size", (3, *size))[1:])
+    if module.pretrained_cfg.get("fixed_input_size") and size != default:
+        raise ValueError(
+            f"{name} only takes {default[0]}x{default[1]} inputs, not input_size={input_size}: "
+            "drop input_size, or pass a transform and a model built for that size"
+        )
+    return {"input_size": (3, *size)}
 
 
 def _cached_pretrained_weights(name: str) -> dict[str, str] | None:

@@ -486,3 +486,32 @@ def test_cli_bad_checkpoints_are_one_line_and_exit_2(tmp_path, probe_folder, cap
         error = capsys.readouterr().err.strip()
         assert code == 2 and expected in error and "\n" not in error, error
         assert "will likely succeed" not in error
+
+
+# -- ignored arguments -------------------------------------------------------------------------
+
+
+def test_input_size_of_a_timm_model_is_applied_not_ignored(probe_folder):
+    exemplars = extract_exemplars(
+        TINY_TIMM, ["layer1"], str(probe_folder), k=2, input_size=(48, 64), progress=False
+    )
+    assert np.asarray(exemplars[0][schema.MASKS]).shape == (2, 48, 64)
+    with pytest.raises(ValueError, match=r"test_vit only takes 160x160 inputs, not input_size=64"):
+        load_vision_model("test_vit", input_size=64)
+
+
+def test_input_size_of_a_transformers_model_is_refused(tmp_path):
+    folder = tiny_vit_directory(tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"input_size=16 cannot be applied to .*image processor"):
+        load_vision_model(str(folder), input_size=16)
+
+
+def test_reopening_a_probe_set_edited_in_place_is_refused(tmp_path):
+    from milan_hf.probe_images import probe_images_from_source
+
+    folder = write_images(tmp_path / "probe", 3)
+    recorded = probe_fingerprint(load_probe_images(str(folder)))
+    assert len(probe_images_from_source(recorded)) == 3
+    Image.new("RGB", (44, 40), "red").save(sorted(folder.glob("*.png"))[0])
+    with pytest.raises(ValueError, match=r"changed since the exemplars were extracted"):
+        probe_images_from_source(recorded)
