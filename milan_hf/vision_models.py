@@ -98,7 +98,9 @@ def load_vision_model(
         untrained = checkpoint is None and not pretrained
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            loaded = _from_name(str(model), pretrained=pretrained, input_size=input_size)
+            # with a transform, input_size is the size of its tensors (below), not timm's
+            model_size = input_size if transform is None else None
+            loaded = _from_name(str(model), pretrained=pretrained, input_size=model_size)
         if untrained and loaded.extra.get("random_weights"):
             _warn_untrained(loaded.name, seed)
             share_rank_zero_weights(loaded.module)
