@@ -515,3 +515,17 @@ def test_reopening_a_probe_set_edited_in_place_is_refused(tmp_path):
     Image.new("RGB", (44, 40), "red").save(sorted(folder.glob("*.png"))[0])
     with pytest.raises(ValueError, match=r"changed since the exemplars were extracted"):
         probe_images_from_source(recorded)
+
+
+def test_milannotations_bad_arguments_are_named(tmp_path):
+    root = small_set(tmp_path / "data", annotated_units=4)
+    for keywords, message in [
+        ({"test_fraction": 1.5}, r"test_fraction must be in \[0, 1\), got 1.5"),
+        ({"test_fraction": -0.1}, r"test_fraction must be in \[0, 1\), got -0.1"),
+        ({"seed": -1}, r"seed must be a non-negative integer, got -1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            load_milannotations("all", data_dir=root, cache_dir=str(tmp_path / "c"), **keywords)
+    (tmp_path / "images" / "x").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"no MILANNOTATIONS sets in .*images"):
+        load_milannotations("all", data_dir=tmp_path / "images", cache_dir=str(tmp_path / "c"))
