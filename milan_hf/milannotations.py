@@ -687,17 +687,8 @@ def load_milannotations(
         seed: seed of the within-network shuffle.
         test_fraction: fraction of each set's units the within-network split holds out.
     """
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     config_kwargs: dict = {"seed": seed, "test_fraction": test_fraction}
-    available = tuple(discover_milannotations(data_dir)) if data_dir else MILANNOTATIONS_SETS
-    if not available:
-        raise FileNotFoundError(
-            f"no MILANNOTATIONS sets in {data_dir}: expected <network>/<dataset>/ folders "
-            "(annotations.csv and layer folders with masks.npy) or the published zips"
-        )
+    available = _available_sets(data_dir, seed, test_fraction)
     if name in GENERALIZATION_SPLITS:
         if held_out is not None:
             raise ValueError(f"{name!r} already fixes its held-out sets; do not pass held_out")
@@ -732,6 +723,25 @@ def load_milannotations(
     )
     builder.download_and_prepare()
     return _as_dataset(builder, split)
+
+
+def _available_sets(
+    data_dir: str | os.PathLike | None, seed: int, test_fraction: float
+) -> tuple[str, ...]:
+    """The sets ``load_milannotations`` can draw on, after checking its split arguments."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not data_dir:
+        return MILANNOTATIONS_SETS
+    available = tuple(discover_milannotations(data_dir))
+    if not available:
+        raise FileNotFoundError(
+            f"no MILANNOTATIONS sets in {data_dir}: expected <network>/<dataset>/ folders "
+            "(annotations.csv and layer folders with masks.npy) or the published zips"
+        )
+    return available
 
 
 def _as_dataset(
