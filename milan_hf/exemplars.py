@@ -82,6 +82,7 @@ class LayerTaps:
                 raise ValueError(_unknown_layer_message(layer, list(modules)))
         self._modules = {layer: modules[layer] for layer in self.layers}
         self._captured: dict[str, torch.Tensor] = {}
+        self._batch: int | None = None
         self._handles: list[Any] = []
 
     def __enter__(self) -> LayerTaps:
@@ -98,7 +99,7 @@ class LayerTaps:
         def capture(module: torch.nn.Module, inputs: Any, output: Any) -> None:
             if layer in self._captured:  # a module run twice per forward: keep the first call
                 return
-            self._captured[layer] = output_to_maps(output, layer, self.model)
+            self._captured[layer] = output_to_maps(output, layer, self.model, self._batch)
             if len(self._captured) == len(self.layers):
                 raise _StopForward
 
@@ -107,6 +108,7 @@ class LayerTaps:
     def run(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward ``pixels`` and return each layer's maps."""
         self._captured = {}
+        self._batch = pixels.shape[0]
         try:
             self.model(pixels)
         except _StopForward:
@@ -118,14 +120,26 @@ class LayerTaps:
         return captured
 
 
-def output_to_maps(output: Any, layer: str, model: VisionModel) -> torch.Tensor:
-    """Turn a layer's output into activation maps of shape (batch, units, height, width)."""
+def output_to_maps(
+    output: Any, layer: str, model: VisionModel, batch_size: int | None = None
+) -> torch.Tensor:
+    """Turn a layer's output into activation maps of shape (batch, units, height, width).
+
+    ``batch_size``, the number of images fed, guards against outputs whose first axis is not
+    the images (windowed attention folds windows into it: (B * windows, tokens, C)).
+    """
     if isinstance(output, (tuple, list)):
         output = output[0]
     elif not isinstance(output, torch.Tensor) and hasattr(output, "to_tuple"):
         output = output.to_tuple()[0]  # a transformers ModelOutput
     if not isinstance(output, torch.Tensor):
         raise ValueError(f"layer {layer!r} returned {type(output).__name__}, not a tensor")
+    if batch_size is not None and output.dim() >= 2 and output.shape[0] != batch_size:
+        raise ValueError(
+            f"layer {layer!r} outputs shape {tuple(output.shape)} for a batch of {batch_size} "
+            "images: its first axis is not the images (windows of a windowed attention?); "
+            "choose a layer whose output has one row per image, e.g. a whole block or stage"
+        )
     if output.dim() == 4:
         return _channels_first(output, layer, model)
     if output.dim() == 2:

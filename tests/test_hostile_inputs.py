@@ -529,3 +529,25 @@ def test_milannotations_bad_arguments_are_named(tmp_path):
     (tmp_path / "images" / "x").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"no MILANNOTATIONS sets in .*images"):
         load_milannotations("all", data_dir=tmp_path / "images", cache_dir=str(tmp_path / "c"))
+
+
+class WindowedNet(torch.nn.Module):
+    """Like a Swin attention block: windows folded into the batch axis, (B * 4, 16, C)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 6, 3, stride=4, padding=1)  # (B, 6, 8, 8)
+        self.attn = torch.nn.Identity()
+
+    def forward(self, x):
+        maps = self.conv(x)  # four 4x4 windows per image
+        windows = maps.unfold(2, 4, 4).unfold(3, 4, 4).permute(0, 2, 3, 4, 5, 1)
+        return self.attn(windows.reshape(-1, 16, 6))
+
+
+def test_windows_folded_into_the_batch_axis_are_refused(probe_folder):
+    with pytest.raises(ValueError, match=r"'attn' outputs shape \((\d+), 16, 6\) for a batch of"):
+        extract_exemplars(
+            WindowedNet(), ["attn"], str(probe_folder), k=2, input_size=SIZE, progress=False
+        )
