@@ -39,6 +39,8 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image, ImageOps
 
+#: Images more elongated than this are skipped like unreadable ones.
+MAX_ASPECT_RATIO = 50
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
@@ -58,10 +60,7 @@ class ProbeImages:
         return _decode(self.dataset[int(index)][self.image_column], index)
 
     def image_name(self, index: int) -> str:
-        value = self.dataset[int(index)][self.image_column]
-        if isinstance(value, dict) and value.get("path"):
-            return str(value["path"])
-        return f"row {index}"
+        return _image_name(self.dataset[int(index)][self.image_column], index)
 
 
 def load_probe_images(
@@ -137,10 +136,24 @@ class ProbeTensorDataset(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int, bool, str]:
         index = self.indices[position]
         try:
-            pixels = self.transform(_decode(self.dataset[index][self.column], index))
-            return pixels, index, True, ""
+            value = self.dataset[index][self.column]
+            image = _decode(value, index)
+            width, height = image.size
+            if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+                # resizing the shorter side to ~256 px would make a 1x10000 image 7 GB of floats
+                raise OSError(
+                    f"image {_image_name(value, index)} is {width}x{height}: an aspect ratio "
+                    f"beyond 1:{MAX_ASPECT_RATIO} is not probed"
+                )
+            return self.transform(image), index, True, ""
         except Exception as error:  # a corrupt or non-image file: skip and count it
             return torch.zeros(3, *self.input_size), index, False, f"{error}"
+
+
+def _image_name(value: Any, index: int) -> str:
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return f"row {index}"
 
 
 def _decode(value: Any, index: int) -> Image.Image:

@@ -551,3 +551,14 @@ def test_windows_folded_into_the_batch_axis_are_refused(probe_folder):
         extract_exemplars(
             WindowedNet(), ["attn"], str(probe_folder), k=2, input_size=SIZE, progress=False
         )
+
+
+def test_an_extremely_elongated_image_is_skipped_not_blown_up(tmp_path):
+    from milan_hf.exemplars import exemplar_metadata
+
+    folder = write_images(tmp_path / "probe", 3)
+    # Resize(shorter side) would make this 168 x 3.4M pixels: 6.8 GB of floats
+    Image.new("RGB", (1, 20_000), "white").save(folder / "sliver.png")
+    exemplars = extract_exemplars(TINY_TIMM, ["layer1"], str(folder), k=2, progress=False)
+    (skipped,) = exemplar_metadata(exemplars)["skipped_images"]
+    assert "sliver.png is 1x20000: an aspect ratio beyond 1:50" in skipped
