@@ -18,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_extraction_arguments(parser, required=True)
     parser.add_argument("--output", required=True, type=Path, help="output directory")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of a randomly initialised model (default 0)"
+    )
     parser.add_argument("--num-workers", type=int, default=0, help="image-decoding workers")
     parser.add_argument(
         "--materialize-images",
@@ -63,9 +66,6 @@ def add_extraction_arguments(
     )
     parser.add_argument(
         "--pretrained", action="store_true", help="load the timm model's pretrained weights"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of a randomly initialised model (default 0)"
     )
     parser.add_argument("--k", type=int, default=schema.DEFAULT_K, help="exemplars per unit")
     parser.add_argument(
