@@ -49,7 +49,13 @@ from .probe_images import (
     probe_images_from_source,
 )
 from .quantile_sketch import UnitHistogram
-from .vision_models import VisionModel, fit_input_size, geometry_transform, load_vision_model
+from .vision_models import (
+    DEFAULT_SEED,
+    VisionModel,
+    fit_input_size,
+    geometry_transform,
+    load_vision_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +82,7 @@ class LayerTaps:
                 raise ValueError(_unknown_layer_message(layer, list(modules)))
         self._modules = {layer: modules[layer] for layer in self.layers}
         self._captured: dict[str, torch.Tensor] = {}
+        self._batch: int | None = None
         self._handles: list[Any] = []
 
     def __enter__(self) -> LayerTaps:
@@ -92,7 +99,7 @@ class LayerTaps:
         def capture(module: torch.nn.Module, inputs: Any, output: Any) -> None:
             if layer in self._captured:  # a module run twice per forward: keep the first call
                 return
-            self._captured[layer] = output_to_maps(output, layer, self.model)
+            self._captured[layer] = output_to_maps(output, layer, self.model, self._batch)
             if len(self._captured) == len(self.layers):
                 raise _StopForward
 
@@ -101,6 +108,7 @@ class LayerTaps:
     def run(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward ``pixels`` and return each layer's maps."""
         self._captured = {}
+        self._batch = pixels.shape[0]
         try:
             self.model(pixels)
         except _StopForward:
@@ -112,16 +120,28 @@ class LayerTaps:
         return captured
 
 
-def output_to_maps(output: Any, layer: str, model: VisionModel) -> torch.Tensor:
-    """Turn a layer's output into activation maps of shape (batch, units, height, width)."""
+def output_to_maps(
+    output: Any, layer: str, model: VisionModel, batch_size: int | None = None
+) -> torch.Tensor:
+    """Turn a layer's output into activation maps of shape (batch, units, height, width).
+
+    ``batch_size``, the number of images fed, guards against outputs whose first axis is not
+    the images (windowed attention folds windows into it: (B * windows, tokens, C)).
+    """
     if isinstance(output, (tuple, list)):
         output = output[0]
     elif not isinstance(output, torch.Tensor) and hasattr(output, "to_tuple"):
         output = output.to_tuple()[0]  # a transformers ModelOutput
     if not isinstance(output, torch.Tensor):
         raise ValueError(f"layer {layer!r} returned {type(output).__name__}, not a tensor")
+    if batch_size is not None and output.dim() >= 2 and output.shape[0] != batch_size:
+        raise ValueError(
+            f"layer {layer!r} outputs shape {tuple(output.shape)} for a batch of {batch_size} "
+            "images: its first axis is not the images (windows of a windowed attention?); "
+            "choose a layer whose output has one row per image, e.g. a whole block or stage"
+        )
     if output.dim() == 4:
-        return output
+        return _channels_first(output, layer, model)
     if output.dim() == 2:
         return output[:, :, None, None]
     if output.dim() == 3:
@@ -138,6 +158,52 @@ def output_to_maps(output: Any, layer: str, model: VisionModel) -> torch.Tensor:
         f"layer {layer!r} outputs shape {tuple(output.shape)}: supported are (B, C, H, W), "
         "(B, tokens, C) and (B, C)"
     )
+
+
+def _channels_first(output: torch.Tensor, layer: str, model: VisionModel) -> torch.Tensor:
+    """A 4-D output as (B, C, H, W): NCHW as it is, NHWC (timm Swin stages) transposed; one
+    whose two last or two middle axes are no spatial grid of the input (an attention tensor
+    (B, heads, tokens, d)) is refused."""
+    _, second, third, fourth = output.shape
+    as_nchw = _grid_mismatch(third, fourth, model)
+    as_nhwc = _grid_mismatch(second, third, model)
+    if as_nchw is not None and as_nhwc is not None:
+        # Both could be: the reading whose two strides agree better, and on a tie, such as
+        # (B, 7, 7, 7), the model's own format (timm's output_fmt).
+        if as_nchw == as_nhwc:
+            as_nchw = None if model.extra.get("output_fmt") == "NHWC" else as_nchw
+        elif as_nhwc < as_nchw:
+            as_nchw = None
+    if as_nchw is not None:
+        return output
+    if as_nhwc is not None:
+        return output.permute(0, 3, 1, 2)
+    raise ValueError(
+        f"layer {layer!r} outputs shape {tuple(output.shape)}, which is no (B, C, H, W) nor "
+        f"(B, H, W, C) map of the {model.input_size[0]}x{model.input_size[1]} input (an "
+        "attention tensor?): choose a layer whose output is a feature map or (B, tokens, C)"
+    )
+
+
+def _grid_mismatch(height: int, width: int, model: VisionModel) -> float | None:
+    """How far apart the row and column strides of a (height, width) map of the model's input
+    are (|log ratio|); None when it cannot be a feature map: larger than the input, strides
+    too different, or a token count of a ViT."""
+    input_height, input_width = model.input_size
+    if not (0 < height <= input_height and 0 < width <= input_width):
+        return None
+    # The strides that give each side, allowing one row/column of padding either way and 10%:
+    # they must overlap (a 1x1 pooled map of a 224x320 input passes, 197x64 of 224x224 not).
+    rows_low, rows_high = input_height / (height + 1) / 1.1, input_height / max(height - 1, 0.5)
+    cols_low, cols_high = input_width / (width + 1) / 1.1, input_width / max(width - 1, 0.5)
+    if rows_low > cols_high * 1.1 or cols_low > rows_high * 1.1:
+        return None
+    if model.token_grid is not None:
+        rows, cols = model.token_grid
+        token_counts = range(rows * cols, rows * cols + 17)  # patches plus prefix tokens
+        if (height, width) != (rows, cols) and (height in token_counts or width in token_counts):
+            return None
+    return abs(math.log((input_height / height) / (input_width / width)))
 
 
 def _token_layout(tokens: int, model: VisionModel) -> tuple[int | None, tuple[int, int]]:
@@ -262,6 +328,7 @@ def extract_exemplars(
     materialize: bool = False,
     progress: bool = True,
     accelerator: Accelerator | None = None,
+    seed: int = DEFAULT_SEED,
 ) -> datasets.Dataset | None:
     """Find every unit's top-``k`` exemplar images and the regions where it fires.
 
@@ -281,6 +348,7 @@ def extract_exemplars(
         materialize: embed the exemplar images (``images`` column) instead of ids alone.
         accelerator: an existing ``Accelerator``; one is created (on the CPU when no GPU is
             present) otherwise.
+        seed: seed of a timm model's random initialisation (no ``pretrained``/``checkpoint``).
 
     Returns:
         The exemplar set (one row per unit, schema in :mod:`milan_hf.schema`) on the main
@@ -295,7 +363,11 @@ def extract_exemplars(
         quantile=quantile,
         batch_size=batch_size,
         model_options=dict(
-            pretrained=pretrained, checkpoint=checkpoint, transform=transform, input_size=input_size
+            pretrained=pretrained,
+            checkpoint=checkpoint,
+            transform=transform,
+            input_size=input_size,
+            seed=seed,
         ),
         probe_options=dict(split=split, image_column=image_column),
     )

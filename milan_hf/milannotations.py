@@ -688,7 +688,7 @@ def load_milannotations(
         test_fraction: fraction of each set's units the within-network split holds out.
     """
     config_kwargs: dict = {"seed": seed, "test_fraction": test_fraction}
-    available = tuple(discover_milannotations(data_dir)) if data_dir else MILANNOTATIONS_SETS
+    available = _available_sets(data_dir, seed, test_fraction)
     if name in GENERALIZATION_SPLITS:
         if held_out is not None:
             raise ValueError(f"{name!r} already fixes its held-out sets; do not pass held_out")
@@ -722,7 +722,61 @@ def load_milannotations(
         cache_dir=str(cache_dir) if cache_dir is not None else None, **config_kwargs
     )
     builder.download_and_prepare()
-    return builder.as_dataset(split=split)
+    return _as_dataset(builder, split)
+
+
+def _available_sets(
+    data_dir: str | os.PathLike | None, seed: int, test_fraction: float
+) -> tuple[str, ...]:
+    """The sets ``load_milannotations`` can draw on, after checking its split arguments."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not data_dir:
+        return MILANNOTATIONS_SETS
+    available = tuple(discover_milannotations(data_dir))
+    if not available:
+        raise FileNotFoundError(
+            f"no MILANNOTATIONS sets in {data_dir}: expected <network>/<dataset>/ folders "
+            "(annotations.csv and layer folders with masks.npy) or the published zips"
+        )
+    return available
+
+
+def _as_dataset(
+    builder: MilannotationsBuilder, split: str | None
+) -> datasets.Dataset | datasets.DatasetDict:
+    """``builder.as_dataset``, except that an empty split (the 10% test split of a set with
+    fewer than 10 annotated units) is an empty Dataset instead of a "corresponds to no data"
+    error."""
+    counts = {name: info.num_examples for name, info in (builder.info.splits or {}).items()}
+    empty = {name for name in ("train", "test") if not counts.get(name)}
+    if not empty:
+        return builder.as_dataset(split=split)
+
+    def one(name: str) -> datasets.Dataset:
+        if name not in empty:
+            return builder.as_dataset(split=name)
+        features = builder.info.features
+        return datasets.Dataset.from_dict(
+            {column: [] for column in features}, features=features, split=name
+        )
+
+    if split is None:
+        return datasets.DatasetDict({name: one(name) for name in ("train", "test")})
+    if split in ("train", "test"):
+        return one(split)
+    try:
+        return builder.as_dataset(split=split)
+    except ValueError as error:
+        if "corresponds to no data" not in str(error):
+            raise
+        raise ValueError(
+            f"split {split!r} reads the empty split(s) {sorted(empty)} of {builder.config.name!r}"
+            f" ({counts}): the within-network split holds out int({builder.config.test_fraction}"
+            " * units) of each set's units; ask for 'train' or 'test' alone, or for more units"
+        ) from None
 
 
 CITATION = """\

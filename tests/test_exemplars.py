@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -288,37 +287,26 @@ def test_interrupted_save_leaves_nothing_loadable(tmp_path, probe_folder, monkey
     assert not list(tmp_path.glob(".out.partial-*"))
 
 
-def test_push_to_hub_sends_parquet_and_card(tmp_path, probe_folder):
+def test_push_to_hub_sends_parquet_and_card(tmp_path, probe_folder, fake_hub):
     exemplars = extract_exemplars(
         TinyNet(), ["fc"], str(probe_folder), k=2, input_size=SIZE, progress=False
     )
-    sent = {}
-
-    def fake_upload_folder(self, *, folder_path, repo_id, repo_type, **kwargs):
-        sent["files"] = sorted(
-            str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()
-        )
-        sent["card"] = (Path(folder_path) / "README.md").read_text()
-        sent["rows"] = sum(
-            len(__import__("pyarrow.parquet").parquet.read_table(p))
-            for p in Path(folder_path).rglob("*.parquet")
-        )
-        sent["repo"] = (repo_id, repo_type)
-
-    with (
-        mock.patch("huggingface_hub.HfApi.create_repo") as create_repo,
-        mock.patch("huggingface_hub.HfApi.upload_folder", fake_upload_folder),
-    ):
-        push_exemplars_to_hub(exemplars, "someone/tiny-exemplars")
-    create_repo.assert_called_once()
-    assert create_repo.call_args.kwargs["repo_type"] == "dataset"
-    assert sent["repo"] == ("someone/tiny-exemplars", "dataset")
-    assert sent["files"] == ["README.md", "data/train-00000-of-00001.parquet"]
-    assert sent["rows"] == 4
-    assert (
-        "Exemplars of TinyNet" in sent["card"]
-        and "@inproceedings{hernandez2022natural" in sent["card"]
+    push_exemplars_to_hub(exemplars, "someone/tiny-exemplars")
+    (create_repo,) = fake_hub.calls_to("create_repo")
+    assert create_repo["repo_type"] == "dataset"
+    (upload,) = fake_hub.calls_to("upload_folder")
+    assert (upload["repo_id"], upload["repo_type"]) == ("someone/tiny-exemplars", "dataset")
+    sent = fake_hub.folder("someone/tiny-exemplars")
+    assert sorted(str(p.relative_to(sent)) for p in sent.rglob("*") if p.is_file()) == [
+        "README.md",
+        "data/train-00000-of-00001.parquet",
+    ]
+    rows = sum(
+        len(__import__("pyarrow.parquet").parquet.read_table(p)) for p in sent.rglob("*.parquet")
     )
+    assert rows == 4
+    card = (sent / "README.md").read_text()
+    assert "Exemplars of TinyNet" in card and "@inproceedings{hernandez2022natural" in card
 
 
 def test_cli_end_to_end_with_checkpoint(tmp_path, probe_folder):

@@ -326,28 +326,18 @@ def load_push_script():
     return module
 
 
-def test_push_uploads_parquet_configs_and_card(release, cache, tmp_path, monkeypatch):
-    sent: dict = {}
-
-    def create_repo(self, repo_id, **kwargs):
-        sent["create_repo"] = {"repo_id": repo_id, **kwargs}
-
-    def upload_folder(self, **kwargs):
-        sent["upload_folder"] = kwargs
-        shutil.copytree(kwargs["folder_path"], tmp_path / "uploaded")
-        return "https://huggingface.co/datasets/org/milannotations/commit/0"
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+def test_push_uploads_parquet_configs_and_card(release, cache, tmp_path, fake_hub):
     push = load_push_script()
     args = ["org/milannotations", "--data-dir", str(release), "--cache-dir", str(cache)]
     assert push.main(args) == 0
 
-    assert sent["create_repo"]["repo_id"] == "org/milannotations"
-    assert sent["create_repo"]["repo_type"] == "dataset"
-    assert sent["upload_folder"]["repo_id"] == "org/milannotations"
-    assert sent["upload_folder"]["repo_type"] == "dataset"
-    uploaded = tmp_path / "uploaded"
+    (create_repo,) = fake_hub.calls_to("create_repo")
+    assert create_repo["repo_id"] == "org/milannotations"
+    assert create_repo["repo_type"] == "dataset"
+    (upload_folder,) = fake_hub.calls_to("upload_folder")
+    assert upload_folder["repo_id"] == "org/milannotations"
+    assert upload_folder["repo_type"] == "dataset"
+    uploaded = fake_hub.folder("org/milannotations")
     expected_files = {"README.md"} | {
         f"data/{s.replace('/', '-')}/{split}-00000-of-00001.parquet"
         for s in MILANNOTATIONS_SETS

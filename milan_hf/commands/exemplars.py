@@ -18,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_extraction_arguments(parser, required=True)
     parser.add_argument("--output", required=True, type=Path, help="output directory")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of a randomly initialised model (default 0)"
+    )
     parser.add_argument("--num-workers", type=int, default=0, help="image-decoding workers")
     parser.add_argument(
         "--materialize-images",
@@ -116,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         materialize=args.materialize_images,
         accelerator=accelerator,
+        seed=args.seed,
     )
     if exemplars is None:  # not the main process of a distributed run
         return 0
