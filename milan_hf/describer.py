@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from . import schema
 from .exemplar_storage import load_exemplars, save_exemplars
 from .exemplars import LayerTaps, exemplar_metadata, extract_exemplars, materialize_images
+from .inference import describe_exemplars, load_captioner  # noqa: F401  (re-exported)
 from .probe_images import ProbeImages, load_probe_images
 from .staged_output import staged_directory, write_text_atomically
 from .vision_models import VisionModel, load_vision_model
@@ -93,99 +94,6 @@ EXEMPLARS_DIR = "exemplars"
 RUN_FILE = "milan_describe.json"
 STATE_DIR = ".state"
 REPORT_FILE = "index.html"
-
-
-# ---------------------------------------------------------------------------------------------
-# The captioner
-# ---------------------------------------------------------------------------------------------
-
-
-def load_captioner(captioner: Any = None, device: torch.device | str = "cpu") -> tuple[Any, Any]:
-    """A ``MilanCaptionerModel`` (with its prior and tokenizer) and its ``MilanProcessor``,
-    from a local directory, a Hub id or a loaded model; ``None`` means the embedded captioner."""
-    from .modeling_milan import MilanCaptionerModel
-    from .processing_milan import MilanProcessor
-
-    if isinstance(captioner, MilanCaptionerModel):
-        if captioner.tokenizer is None:
-            raise ValueError("the captioner has no tokenizer: set captioner.tokenizer first")
-        processor = MilanProcessor.from_model_config(captioner.config, captioner.tokenizer)
-        return captioner.to(device).eval(), processor
-    location = str(EMBEDDED_CAPTIONER if captioner is None else captioner)
-    looks_local = Path(location).exists() or location.startswith((".", "/", "~"))
-    if looks_local and not (Path(location).expanduser() / "config.json").is_file():
-        raise FileNotFoundError(
-            f"captioner {location!r} is not a captioner directory (no config.json there); "
-            "give a directory written by save_pretrained / scripts/train_captioner.py, or a "
-            "Hub id"
-        )
-    try:
-        # float32 whatever the stored precision (the embedded checkpoint is stored in float16).
-        model = MilanCaptionerModel.from_pretrained(location, dtype=torch.float32)
-        processor = MilanProcessor.from_pretrained(location)
-    except OSError as error:
-        raise FileNotFoundError(
-            f"cannot load the captioner {location!r}: {error.args[0] if error.args else error}"
-        ) from error
-    if model.tokenizer is None:
-        model.tokenizer = processor.tokenizer
-    return model.to(device).eval(), processor
-
-
-def describe_exemplars(
-    exemplars: datasets.Dataset,
-    captioner: Any,
-    processor: Any,
-    *,
-    pmi_weight: float | None = None,
-    pmi_strategy: str | None = None,
-    num_beams: int | None = None,
-    no_repeat_ngram_size: int = 0,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> datasets.Dataset:
-    """Describe every unit of an exemplar set whose ``images`` are materialised.
-
-    Units are decoded ``batch_size`` at a time: all their beams share each decoder step.
-    Returns the descriptions dataset (``DESCRIPTION_FEATURES``), one row per unit, in the
-    exemplar set's order.
-    """
-    if schema.IMAGES not in exemplars.column_names:
-        raise ValueError(
-            "the exemplar set has no 'images' column: materialise it first "
-            "(milan_hf.exemplars.materialize_images)"
-        )
-    device = next(captioner.parameters()).device
-    rows: dict[str, list] = {name: [] for name in DESCRIPTION_COLUMNS}
-    columns = [schema.LAYER, schema.UNIT, schema.IMAGES, schema.MASKS]
-    starts = range(0, len(exemplars), batch_size)
-    for start in tqdm(starts, desc="describing units", disable=not progress):
-        batch = exemplars.select_columns(columns)[start : start + batch_size]
-        units = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        inputs = processor(units)
-        with torch.inference_mode():
-            output = captioner.generate(
-                pixel_values=inputs["pixel_values"].to(device),
-                masks=inputs["masks"].to(device),
-                exemplar_mask=inputs["exemplar_mask"].to(device),
-                pmi_weight=pmi_weight,
-                pmi_strategy=pmi_strategy,
-                num_beams=num_beams,
-                no_repeat_ngram_size=no_repeat_ngram_size,
-            )
-        descriptions = output.descriptions
-        if descriptions is None:
-            descriptions = processor.batch_decode(output.sequences.tolist())
-        rows[schema.LAYER] += batch[schema.LAYER]
-        rows[schema.UNIT] += batch[schema.UNIT]
-        rows[DESCRIPTION] += [text.strip() for text in descriptions]
-        rows[SCORE] += output.scores.float().cpu().tolist()
-        rows[CAPTIONER_LOG_PROB] += output.captioner_log_probs.float().cpu().tolist()
-        prior = output.prior_log_probs
-        rows[PRIOR_LOG_PROB] += (
-            [None] * len(units) if prior is None else prior.float().cpu().tolist()
-        )
-    return datasets.Dataset.from_dict(rows, features=DESCRIPTION_FEATURES)
 
 
 # ---------------------------------------------------------------------------------------------

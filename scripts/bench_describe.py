@@ -48,11 +48,11 @@ def build_model(args: argparse.Namespace) -> MilanCaptionerModel:
     config = MilanCaptionerConfig(
         vocab_size=args.vocab_size,
         image_size=args.image_size,
-        pmi_strategy=args.pmi_strategy,
-        beam_size=args.num_beams,
         prior_config=prior,
     )
-    return MilanCaptionerModel(config).eval().to(args.device)
+    model = MilanCaptionerModel(config).eval().to(args.device)
+    model.generation_config.update(pmi_strategy=args.pmi_strategy, num_beams=args.num_beams)
+    return model
 
 
 def make_inputs(model: MilanCaptionerModel, args: argparse.Namespace) -> dict[str, torch.Tensor]:
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(
         f"device={args.device} threads={torch.get_num_threads()} units={args.units} "
         f"inputs={args.inputs} beams={args.num_beams} pmi={args.pmi_strategy} "
-        f"(λ={model.config.pmi_weight}) vocab={args.vocab_size} k={args.exemplars} "
+        f"(λ={model.generation_config.pmi_weight}) vocab={args.vocab_size} k={args.exemplars} "
         f"repeats={args.repeats} (median)"
     )
     print("| mode | units per call | seconds | units/s |")

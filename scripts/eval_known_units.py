@@ -29,10 +29,9 @@ from typing import Any
 
 import datasets
 import torch
-from tqdm.auto import tqdm
 
-from milan_hf.describer import load_captioner
 from milan_hf.evaluation import ConceptMatcher, concept_accuracy
+from milan_hf.inference import encode_rows, load_captioner, row_batches
 from milan_hf.milannotations import load_milannotations
 from milan_hf.probe_world import SceneMasks, all_concepts, build_scene_dataset, describe_by_iou
 from milan_hf.probe_world.concepts import concept_family, load_stamps
@@ -92,26 +91,19 @@ def describe_with_weights(
     columns: dict[float, dict[str, list]] = {
         weight: {"layer": [], "unit": [], "description": []} for weight in pmi_weights
     }
-    for start in tqdm(range(0, len(rows), batch_size), desc="describing", disable=not progress):
-        batch = rows.select(range(start, min(start + batch_size, len(rows))))
-        inputs = processor([batch[i] for i in range(len(batch))])
+    for batch in row_batches(rows, batch_size, progress):
         with torch.inference_mode():
             output = model.generate(
-                pixel_values=inputs["pixel_values"],
-                masks=inputs["masks"],
-                exemplar_mask=inputs["exemplar_mask"],
+                **encode_rows(batch, model, processor),
                 pmi_strategy="rerank",
                 num_beams=num_beams,
+                no_repeat_ngram_size=0,  # the original decoding
             )
-        alive = output.beam_captioner_log_probs > float("-inf")
         for weight in pmi_weights:
-            scores = output.beam_captioner_log_probs - weight * output.beam_prior_log_probs
-            chosen = scores.masked_fill(~alive, float("-inf")).argmax(dim=-1)
-            sequences = output.beam_sequences[torch.arange(len(chosen)), chosen]
-            texts = processor.batch_decode(sequences.tolist())
-            columns[weight]["layer"] += batch["layer"]
-            columns[weight]["unit"] += batch["unit"]
-            columns[weight]["description"] += [text.strip() for text in texts]
+            texts = processor.batch_decode(output.rerank(weight).sequences)
+            columns[weight]["layer"] += [row["layer"] for row in batch]
+            columns[weight]["unit"] += [row["unit"] for row in batch]
+            columns[weight]["description"] += texts
     return {weight: datasets.Dataset.from_dict(data) for weight, data in columns.items()}
 
 
@@ -137,7 +129,7 @@ def evaluate_known_units(
         "captioner": str(captioner) if captioner else "embedded",
         "corpus": str(corpus_dir),
         "held_out": corpus["held_out"],
-        "num_beams": num_beams or model.config.beam_size,
+        "num_beams": num_beams or model.generation_config.num_beams,
         "networks": {},
     }
     predictions = {weight: [] for weight in pmi_weights}

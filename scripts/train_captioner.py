@@ -360,9 +360,9 @@ def corpus_bleu(
             exemplar_mask=exemplar_mask[start : start + batch_size].to(device),
             pmi_weight=0.0,
             num_beams=num_beams,
-            tokenizer=tokenizer,
+            no_repeat_ngram_size=0,  # the original decoding
         )
-        hypotheses.extend(output.descriptions)
+        hypotheses.extend(tokenizer.batch_decode(output.sequences, skip_special_tokens=True))
     # sacrebleu wants one stream per reference slot; units with fewer descriptions repeat
     # their first (a duplicate reference does not change BLEU).
     slots = max(len(texts) for texts in references)
@@ -565,7 +565,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     model = build_model(args, tokenizer)
     processor = MilanProcessor.from_model_config(model.config, tokenizer)
-    model.tokenizer = tokenizer
 
     cache_dir = Path(args.feature_cache_dir or Path.home() / ".cache" / "milan_hf" / "features")
     features, exemplar_mask = encode_exemplar_sets(
@@ -627,8 +626,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "validation_loss": f"{metrics['validation_loss']:.3f}",
             "prior_validation_loss": f"{metrics['prior_validation_loss']:.3f}",
             "epochs": len(captioner_history),
-            "pmi_weight": model.config.pmi_weight,
-            "beam_size": model.config.beam_size,
+            "pmi_weight": model.generation_config.pmi_weight,
+            "beam_size": model.generation_config.num_beams,
         }
     )
     if accelerator.is_main_process:
