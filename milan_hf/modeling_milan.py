@@ -529,6 +529,8 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         location = str(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
         try:
+            # Mismatched shapes are reported, then refused below with the other key problems.
+            kwargs["ignore_mismatched_sizes"] = True
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
             )
