@@ -12,16 +12,21 @@ evaluation and the training's BLEU validation all go through here:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from . import schema
 from .configuration_milan import MilanCaptionerConfig
+from .image_processing_milan import check_mask_fits, checked_row, to_pil
 from .modeling_milan import MilanCaptionerModel, MilanGenerationOutput
 from .processing_milan import MilanProcessor
 
@@ -102,45 +107,235 @@ def processor_for(model: MilanCaptionerModel) -> MilanProcessor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Encoding, decoding
+# Encoding: each distinct exemplar image through the backbone once
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExemplarSlots:
+    """Every exemplar slot of some units, grouped by the distinct image it shows.
+
+    ``images[i]`` is distinct image i (a PIL image, datasets' raw ``{"bytes": ...}`` or a probe
+    index); ``slots_of_image[i]`` lists its (unit, position) slots; masks are kept bit-packed
+    (1 bit per pixel) until their image is encoded, so memory stays small.
+    """
+
+    names: list[tuple[Any, Any]] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    images: list[Any] = field(default_factory=list)
+    slots_of_image: list[list[tuple[int, int]]] = field(default_factory=list)
+    packed_masks: dict[tuple[int, int], tuple[np.ndarray, tuple[int, int]]] = field(
+        default_factory=dict
+    )
+    _image_of_key: dict[Any, int] = field(default_factory=dict)
+
+    def add_unit(self, row: Mapping[str, Any], keyed_images: Sequence[tuple[Any, Any]]) -> None:
+        """One unit: its masks and (key, image) per exemplar; equal keys are one image."""
+        unit = len(self.names)
+        self.names.append((row.get(schema.LAYER), row.get(schema.UNIT)))
+        masks = row[schema.MASKS]
+        self.sizes.append(len(keyed_images))
+        for position, ((key, image), mask) in enumerate(zip(keyed_images, masks)):
+            if key not in self._image_of_key:
+                self._image_of_key[key] = len(self.images)
+                self.images.append(image)
+                self.slots_of_image.append([])
+            self.slots_of_image[self._image_of_key[key]].append((unit, position))
+            mask = np.asarray(mask).squeeze() > 0
+            self.packed_masks[unit, position] = (np.packbits(mask, axis=None), mask.shape)
+
+    def mask(self, slot: tuple[int, int]) -> np.ndarray:
+        packed, shape = self.packed_masks[slot]
+        return np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape)
+
+
+def collect_slots(
+    exemplars: datasets.Dataset | Sequence[Mapping[str, Any]],
+    probe_images: Any = None,
+    progress: bool = False,
+) -> ExemplarSlots:
+    """Read every unit's exemplar slots. Materialised ``images`` are matched by content (a
+    digest of their bytes); without them, ``ids`` index ``probe_images``, each resized and
+    cropped as the model saw it (the geometry recorded with the exemplar set)."""
+    materialised = _has_images(exemplars)
+    if not materialised and probe_images is None:
+        raise ValueError(
+            "the exemplar set has no 'images' column: materialise it first "
+            "(milan_hf.exemplars.materialize_images) or pass probe_images"
+        )
+    columns = (schema.LAYER, schema.UNIT, schema.MASKS,
+               schema.IMAGES if materialised else schema.IDS)  # fmt: skip
+    if materialised and isinstance(exemplars, datasets.Dataset):
+        # Encoded bytes are enough to tell images apart; decoding waits for the backbone.
+        exemplars = exemplars.cast_column(schema.IMAGES, datasets.List(datasets.Image(False)))
+    slots = ExemplarSlots()
+    for rows in row_batches(exemplars, 64, progress, columns, desc="reading exemplar sets"):
+        for row in rows:
+            if materialised:
+                images, _ = checked_row(row)
+                keyed = [(_image_digest(image), image) for image in images]
+            else:
+                keyed = [(("id", int(i)), int(i)) for i in row[schema.IDS]]
+            slots.add_unit(row, keyed)
+    if not materialised:
+        slots.images = _probe_image_source(exemplars, probe_images, slots.images)
+    return slots
+
+
+def encode_exemplar_sets(
+    exemplars: datasets.Dataset | Sequence[Mapping[str, Any]] | ExemplarSlots,
+    captioner: MilanCaptionerModel,
+    processor: MilanProcessor,
+    *,
+    probe_images: Any = None,
+    images_per_pass: int = 16,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Mask-pooled exemplar features of every unit, each distinct image through the frozen
+    backbone once (``images_per_pass`` at a time) and pooled under every mask that uses it.
+
+    Returns ``exemplar_features`` (units, k, feature_size) and ``exemplar_mask`` (units, k) on
+    the captioner's device: what ``captioner.encode_exemplars`` gives pair by pair.
+    """
+    slots = exemplars if isinstance(exemplars, ExemplarSlots) else collect_slots(
+        exemplars, probe_images, progress
+    )  # fmt: skip
+    if not slots.sizes:
+        raise ValueError("No exemplar-set rows given.")
+    device = next(captioner.parameters()).device
+    encoder, image_processor = captioner.encoder, processor.image_processor
+    k = max(slots.sizes)
+    features = torch.zeros(len(slots.sizes), k, encoder.feature_size, device=device)
+    exemplar_mask = torch.arange(k).unsqueeze(0) < torch.tensor(slots.sizes).unsqueeze(1)
+    starts = range(0, len(slots.images), images_per_pass)
+    for start in tqdm(starts, desc="encoding exemplar images", disable=not progress):
+        chunk = range(start, min(start + images_per_pass, len(slots.images)))
+        pixels = torch.stack([_pixel_values(slots, image, image_processor) for image in chunk])
+        with torch.inference_mode():
+            feature_maps = encoder.backbone(pixels.to(device))
+        chunk_slots = [(local, slot) for local, image in enumerate(chunk)
+                       for slot in slots.slots_of_image[image]]  # fmt: skip
+        # Bounded memory: the masks (and gathered feature maps) of a few slots at a time.
+        for begin in range(0, len(chunk_slots), 4 * images_per_pass):
+            part = chunk_slots[begin : begin + 4 * images_per_pass]
+            masks = torch.stack([image_processor.resize_mask(slots.mask(s)) for _, s in part])
+            image_index = torch.tensor([local for local, _ in part], device=device)
+            with torch.inference_mode():
+                pooled = encoder.pool(feature_maps, image_index, masks.to(device))
+            units, positions = zip(*(slot for _, slot in part))
+            features[list(units), list(positions)] = pooled.to(features.dtype)
+    return {"exemplar_features": features, "exemplar_mask": exemplar_mask.to(device)}
+
+
+def _pixel_values(slots: ExemplarSlots, image: int, image_processor) -> torch.Tensor:
+    source = slots.images[image]
+    picture = source.open() if isinstance(source, _LazyProbeImage) else to_pil(source)
+    unit, position = slots.slots_of_image[image][0]
+    mask_shape = slots.packed_masks[unit, position][1]
+    layer, unit_id = slots.names[unit]
+    name = f"{layer}/{unit_id}" if layer is not None or unit_id is not None else "(unnamed unit)"
+    check_mask_fits(torch.empty(mask_shape), picture, name, position)
+    return image_processor.image_to_pixel_values(picture)
+
+
+def _has_images(exemplars: Any) -> bool:
+    if isinstance(exemplars, datasets.Dataset):
+        return schema.IMAGES in exemplars.column_names
+    return len(exemplars) > 0 and all(row.get(schema.IMAGES) is not None for row in exemplars)
+
+
+def _image_digest(image: Any) -> Any:
+    if isinstance(image, Mapping) and image.get("bytes") is not None:
+        data = image["bytes"]
+    elif isinstance(image, Image.Image):
+        data = image.mode.encode() + str(image.size).encode() + image.tobytes()
+    else:
+        array = np.ascontiguousarray(image)
+        data = str((array.dtype, array.shape)).encode() + array.tobytes()
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _probe_image_source(exemplars, probe_images, indices: list[int]) -> list[Image.Image | Any]:
+    """Lazily materialised probe images: index i → the image as the model saw it."""
+    from .exemplars import exemplar_metadata, geometry_transform
+    from .probe_images import load_probe_images
+
+    if not isinstance(exemplars, datasets.Dataset):
+        raise ValueError("exemplar rows without images need a datasets.Dataset (its geometry)")
+    geometry = exemplar_metadata(exemplars).get("geometry")
+    if geometry is None:
+        raise ValueError("no preprocessing geometry recorded with these exemplars")
+    probe, reshape = load_probe_images(probe_images), geometry_transform(geometry)
+    return [_LazyProbeImage(probe, reshape, index) for index in indices]
+
+
+@dataclass
+class _LazyProbeImage:
+    probe: Any
+    reshape: Any
+    index: int
+
+    def open(self) -> Image.Image:
+        if self.index < 0:  # a padding slot of a unit with fewer exemplars
+            return Image.new("RGB", (1, 1))
+        return self.reshape(self.probe.open_image(self.index))
 
 
 def encode_rows(
     rows: Sequence[Mapping[str, Any]], captioner: MilanCaptionerModel, processor: MilanProcessor
 ) -> dict[str, torch.Tensor]:
     """Exemplar-set rows (materialised ``images`` and ``masks``) → ``exemplar_features``
-    (units, k, feature_size) and ``exemplar_mask`` (units, k) on the captioner's device."""
-    device = next(captioner.parameters()).device
-    inputs = processor(list(rows))
-    features = captioner.encode_exemplars(
-        inputs["pixel_values"].to(device), inputs["masks"].to(device)
-    )
-    return {"exemplar_features": features, "exemplar_mask": inputs["exemplar_mask"].to(device)}
+    (units, k, feature_size) and ``exemplar_mask`` (units, k) on the captioner's device, each
+    distinct image through the backbone once."""
+    return encode_exemplar_sets(rows, captioner, processor)
 
 
 def description_records(
-    rows: Sequence[Mapping[str, Any]], output: MilanGenerationOutput, processor: MilanProcessor
+    names: Sequence[tuple[Any, Any]], output: MilanGenerationOutput, processor: MilanProcessor
 ) -> list[dict[str, Any]]:
     """One record per unit: ``layer``, ``unit``, ``description`` and its three scores."""
     descriptions = processor.batch_decode(output.sequences)
     scores = output.scores.float().cpu().tolist()
     captioner = output.captioner_log_probs.float().cpu().tolist()
     prior = output.prior_log_probs
-    prior = [None] * len(rows) if prior is None else prior.float().cpu().tolist()
+    prior = [None] * len(names) if prior is None else prior.float().cpu().tolist()
     return [
         {
-            schema.LAYER: row.get(schema.LAYER),
-            schema.UNIT: row.get(schema.UNIT),
+            schema.LAYER: layer,
+            schema.UNIT: unit,
             "description": description,
             "score": score,
             "captioner_log_prob": captioner_log_prob,
             "prior_log_prob": prior_log_prob,
         }
-        for row, description, score, captioner_log_prob, prior_log_prob in zip(
-            rows, descriptions, scores, captioner, prior
+        for (layer, unit), description, score, captioner_log_prob, prior_log_prob in zip(
+            names, descriptions, scores, captioner, prior
         )
     ]
+
+
+def decode_units(
+    encoded: Mapping[str, torch.Tensor],
+    names: Sequence[tuple[Any, Any]],
+    captioner: MilanCaptionerModel,
+    processor: MilanProcessor,
+    batch_size: int = 32,
+    progress: bool = False,
+    **generation: Any,
+) -> list[dict[str, Any]]:
+    """Decode encoded units ``batch_size`` at a time (their beams share every decoder step)."""
+    features, exemplar_mask = encoded["exemplar_features"], encoded["exemplar_mask"]
+    records = []
+    starts = range(0, len(names), batch_size)
+    for start in tqdm(starts, desc="describing units", disable=not progress):
+        batch = slice(start, start + batch_size)
+        with torch.inference_mode():
+            output = captioner.generate(
+                exemplar_features=features[batch], exemplar_mask=exemplar_mask[batch],
+                **generation,
+            )  # fmt: skip
+        records += description_records(names[batch], output, processor)
+    return records
 
 
 def describe_rows(
@@ -152,9 +347,9 @@ def describe_rows(
     """Describe one batch of units (their beams share every decoder step); ``generation``:
     ``pmi_weight``, ``pmi_strategy``, ``num_beams``, ``max_length``, ``no_repeat_ngram_size``
     (each ``None`` or absent: the captioner's generation config)."""
-    with torch.inference_mode():
-        output = captioner.generate(**encode_rows(rows, captioner, processor), **generation)
-    return description_records(rows, output, processor)
+    slots = collect_slots(rows)
+    encoded = encode_exemplar_sets(slots, captioner, processor)
+    return decode_units(encoded, slots.names, captioner, processor, len(rows), **generation)
 
 
 def row_batches(
@@ -162,6 +357,7 @@ def row_batches(
     batch_size: int,
     progress: bool = False,
     columns: Sequence[str] = _ROW_COLUMNS,
+    desc: str = "describing units",
 ) -> Iterator[list[dict[str, Any]]]:
     """The rows of an exemplar set (a ``datasets.Dataset`` or a list), ``batch_size`` at a
     time, with only ``columns`` read from a dataset."""
@@ -172,7 +368,7 @@ def row_batches(
             [name for name in columns if name in exemplars.column_names]
         )
     starts = range(0, len(exemplars), batch_size)
-    for start in tqdm(starts, desc="describing units", disable=not progress):
+    for start in tqdm(starts, desc=desc, disable=not progress):
         batch = exemplars[start : start + batch_size]
         if isinstance(batch, dict):  # a Dataset slice is a dict of columns
             batch = [dict(zip(batch, values)) for values in zip(*batch.values())]
@@ -190,22 +386,20 @@ def describe_exemplars(
     no_repeat_ngram_size: int | None = None,
     max_length: int | None = None,
     batch_size: int = 32,
+    probe_images: Any = None,
     progress: bool = True,
 ) -> datasets.Dataset:
-    """Describe every unit of an exemplar set whose ``images`` are materialised.
+    """Describe every unit of an exemplar set.
 
-    Units are decoded ``batch_size`` at a time: all their beams share each decoder step.
-    Settings left ``None`` come from the captioner's ``generation_config``. Returns the
-    descriptions dataset (``layer``, ``unit``, ``description``, ``score``,
-    ``captioner_log_prob``, ``prior_log_prob``), one row per unit, in the exemplar set's order.
+    Its ``images`` may be materialised, or only ``ids`` given with the ``probe_images`` they
+    index. Each distinct image goes through the captioner's backbone once; then units are
+    decoded ``batch_size`` at a time (all their beams share each decoder step). Settings left
+    ``None`` come from the captioner's ``generation_config``. Returns the descriptions dataset
+    (``layer``, ``unit``, ``description``, ``score``, ``captioner_log_prob``,
+    ``prior_log_prob``), one row per unit, in the exemplar set's order.
     """
     from .describer import DESCRIPTION_COLUMNS, DESCRIPTION_FEATURES  # the output schema
 
-    if isinstance(exemplars, datasets.Dataset) and schema.IMAGES not in exemplars.column_names:
-        raise ValueError(
-            "the exemplar set has no 'images' column: materialise it first "
-            "(milan_hf.exemplars.materialize_images)"
-        )
     generation = {
         "pmi_weight": pmi_weight,
         "pmi_strategy": pmi_strategy,
@@ -213,8 +407,12 @@ def describe_exemplars(
         "no_repeat_ngram_size": no_repeat_ngram_size,
         "max_length": max_length,
     }
+    slots = collect_slots(exemplars, probe_images, progress)
     records = []
-    for rows in row_batches(exemplars, batch_size, progress):
-        records += describe_rows(rows, captioner, processor, **generation)
+    if slots.names:
+        encoded = encode_exemplar_sets(slots, captioner, processor, progress=progress)
+        records = decode_units(
+            encoded, slots.names, captioner, processor, batch_size, progress, **generation
+        )
     columns = {name: [record[name] for record in records] for name in DESCRIPTION_COLUMNS}
     return datasets.Dataset.from_dict(columns, features=DESCRIPTION_FEATURES)

@@ -354,30 +354,37 @@ class MilanExemplarEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """(units, k, 3, H, W) normalised images and (units, k, H, W) masks in [0, 1] →
-        (units, k, feature_size)."""
+        (units, k, feature_size): one backbone pass per (unit, exemplar) pair. Exemplar sets
+        that share images are cheaper through ``milan_hf.inference.encode_exemplar_sets``,
+        which runs each distinct image once and pools it with ``pool``."""
         units, k = pixel_values.shape[:2]
         images = pixel_values.flatten(0, 1)
-        masks = masks.flatten(0, 1).unsqueeze(1).to(images.dtype)
+        masks = masks.flatten(0, 1).to(images.dtype)
         # A few images per pass: big batches of full-resolution feature maps only thrash the
         # CPU caches (batching pays off in the decoder, not here).
-        chunks = [
-            self._pool(
-                images[start : start + self.images_per_pass],
-                masks[start : start + self.images_per_pass],
-            )
-            for start in range(0, len(images), self.images_per_pass)
-        ]
+        chunks = []
+        for start in range(0, len(images), self.images_per_pass):
+            feature_maps = self.backbone(images[start : start + self.images_per_pass])
+            chunk_masks = masks[start : start + self.images_per_pass]
+            image_index = torch.arange(len(chunk_masks), device=images.device)
+            chunks.append(self.pool(feature_maps, image_index, chunk_masks))
         return torch.cat(chunks).view(units, k, -1)
 
-    def _pool(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def pool(
+        self, feature_maps: list[torch.Tensor], image_index: torch.Tensor, masks: torch.Tensor
+    ) -> torch.Tensor:
+        """Each mask's pooled features: ``masks`` (n, H, W) in [0, 1], ``image_index`` (n,)
+        the image of ``feature_maps`` (one map per stage, (images, C, h, w)) each lies on.
+        Each stage is averaged under the mask resized to it (normalised to sum 1; an empty mask
+        pools to zeros), and the stages are concatenated: (n, feature_size)."""
+        masks = masks.unsqueeze(1)
         pooled = []
-        for feature_map in self.backbone(images):
+        for feature_map in feature_maps:
             stage_masks = F.interpolate(
                 masks, size=feature_map.shape[-2:], mode="bilinear", antialias=True
             )
-            # Normalise to sum 1 so pooling is a weighted mean; an empty mask pools to zeros.
             stage_masks = stage_masks / stage_masks.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-8)
-            pooled.append((feature_map * stage_masks).sum(dim=(-1, -2)))
+            pooled.append((feature_map[image_index] * stage_masks).sum(dim=(-1, -2)))
         return torch.cat(pooled, dim=-1)
 
 

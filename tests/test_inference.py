@@ -107,3 +107,69 @@ def test_describe_exemplars_matches_generate_and_loads_any_captioner(captioner_d
     # A loaded model works too: its processor comes from the directory it was loaded from.
     again, again_processor = load_captioner(model)
     assert again_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+
+
+def shared_image_rows(units: int = 6, k: int = 3, pool: int = 5, seed: int = 0):
+    """Units whose exemplars come from a small pool of images (as top-k images overlap)."""
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+              for _ in range(pool)]  # fmt: skip
+    rows = []
+    for unit in range(units):
+        chosen = rng.choice(pool, size=k, replace=False)
+        rows.append({
+            "layer": "layer1", "unit": unit,
+            "images": [images[i].copy() for i in chosen],  # equal content, distinct objects
+            "masks": [rng.integers(0, 2, (40, 48), dtype=np.uint8) for _ in chosen],
+        })  # fmt: skip
+    return rows, pool
+
+
+def count_backbone_images(model):
+    seen = []
+    hook = model.encoder.backbone.register_forward_hook(
+        lambda module, inputs, output: seen.append(inputs[0].shape[0])
+    )
+    return seen, hook
+
+
+def test_each_distinct_image_goes_through_the_backbone_once(captioner_dir):
+    from milan_hf.inference import encode_exemplar_sets
+
+    model, processor = load_captioner(captioner_dir)
+    rows, pool = shared_image_rows(units=6, k=3, pool=5)
+    seen, hook = count_backbone_images(model)
+    encoded = encode_exemplar_sets(rows, model, processor, images_per_pass=2)
+    assert sum(seen) == pool and max(seen) <= 2  # 18 exemplar slots, 5 distinct images
+    seen.clear()
+    per_pair = processor(rows)
+    expected = model.encode_exemplars(per_pair["pixel_values"], per_pair["masks"])
+    assert sum(seen) == 18
+    hook.remove()
+    torch.testing.assert_close(encoded["exemplar_features"], expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(encoded["exemplar_mask"], per_pair["exemplar_mask"])
+    # The same descriptions as the per-pair path, decoding many units together.
+    described = describe_exemplars(rows, model, processor, batch_size=4, progress=False)
+    by_pairs = processor.batch_decode(model.generate(**per_pair).sequences)
+    assert described["description"] == by_pairs
+
+
+def test_exemplar_ids_with_probe_images_need_no_materialised_images(probe_setup, captioner_dir):
+    from milan_hf.exemplars import extract_exemplars, materialize_images
+
+    images, checkpoint = probe_setup
+    vision_model = milan_hf.load_vision_model(VISION_MODEL, checkpoint=checkpoint)
+    exemplars = extract_exemplars(vision_model, [LAYER], str(images), k=3, progress=False)
+    exemplars = exemplars.select(range(5))
+    model, processor = load_captioner(captioner_dir)
+    seen, hook = count_backbone_images(model)
+    from_ids = describe_exemplars(
+        exemplars, model, processor, probe_images=str(images), progress=False
+    )
+    distinct = len({i for ids in exemplars["ids"] for i in ids})
+    assert sum(seen) == distinct < 5 * 3
+    hook.remove()
+    materialised = materialize_images(exemplars, probe_images=str(images), progress=False)
+    assert from_ids.to_list() == describe_exemplars(
+        materialised, model, processor, progress=False
+    ).to_list()
