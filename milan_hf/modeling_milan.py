@@ -602,7 +602,8 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         """One LSTM step: returns next-token log-probs, attention weights and the new state."""
         h, c = state
         attention = self.attention(h, keys_hidden, exemplar_mask)
-        attended = (attention.unsqueeze(-1) * features).sum(dim=1)
+        # (rows, 1, k) @ (rows, k, F): one batched GEMM, no (rows, k, F) temporary.
+        attended = torch.bmm(attention.unsqueeze(1), features).squeeze(1)
         gated = attended * torch.sigmoid(self.feature_gate(h))
         h, c = self.lstm(torch.cat([self.embedding(tokens), gated], dim=-1), (h, c))
         log_probs = self.output(self.dropout(h)).log_softmax(dim=-1)
