@@ -168,8 +168,15 @@ def collect_slots(
     if materialised and isinstance(exemplars, datasets.Dataset):
         # Encoded bytes are enough to tell images apart; decoding waits for the backbone.
         exemplars = exemplars.cast_column(schema.IMAGES, datasets.List(datasets.Image(False)))
-    slots = ExemplarSlots()
+    fast_masks = _arrow_masks_reader(exemplars)
+    if fast_masks is not None:
+        columns = [name for name in columns if name != schema.MASKS]
+    slots, start = ExemplarSlots(), 0
     for rows in row_batches(exemplars, 64, progress, columns, desc="reading exemplar sets"):
+        if fast_masks is not None:
+            for row, masks in zip(rows, fast_masks(start, start + len(rows))):
+                row[schema.MASKS] = masks
+        start += len(rows)
         for row in rows:
             if materialised:
                 images, _ = checked_row(row)
@@ -236,6 +243,30 @@ def _pixel_values(slots: ExemplarSlots, image: int, image_processor) -> torch.Te
     name = f"{layer}/{unit_id}" if layer is not None or unit_id is not None else "(unnamed unit)"
     check_mask_fits(torch.empty(mask_shape), picture, name, position)
     return image_processor.image_to_pixel_values(picture)
+
+
+def _arrow_masks_reader(exemplars: Any):
+    """For a dataset whose masks are ``List(Array2D)``: a reader of rows [start, stop)'s masks
+    as numpy arrays straight from Arrow (datasets' Python conversion costs ~40 ms a unit)."""
+    if not isinstance(exemplars, datasets.Dataset):
+        return None
+    feature = exemplars.features.get(schema.MASKS)
+    inner = getattr(feature, "feature", None)
+    if not isinstance(inner, datasets.Array2D):
+        return None
+    height, width = inner.shape
+    table = exemplars.select_columns([schema.MASKS]).with_format("arrow")
+
+    def read(start: int, stop: int) -> list[np.ndarray]:
+        column = table[start:stop][schema.MASKS].combine_chunks()
+        offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
+        values = column.flatten()  # (unlike .values) only this slice's masks
+        values = getattr(values, "storage", values)  # the Array2D extension's storage
+        pixels = values.flatten().flatten().to_numpy(zero_copy_only=False)
+        masks = pixels.reshape(-1, height, width)
+        return [masks[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+    return read
 
 
 def _has_images(exemplars: Any) -> bool:

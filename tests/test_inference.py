@@ -160,7 +160,16 @@ def test_exemplar_ids_with_probe_images_need_no_materialised_images(probe_setup,
     images, checkpoint = probe_setup
     vision_model = milan_hf.load_vision_model(VISION_MODEL, checkpoint=checkpoint)
     exemplars = extract_exemplars(vision_model, [LAYER], str(images), k=3, progress=False)
-    exemplars = exemplars.select(range(5))
+    # Masks read straight from Arrow are the dataset's masks, for any range of rows.
+    from milan_hf.inference import _arrow_masks_reader
+
+    for dataset in (exemplars, exemplars.select([5, 1, 2, 7])):  # also through an index map
+        read_masks = _arrow_masks_reader(dataset)
+        for start, stop in ((0, 2), (1, 4)):
+            for offset, masks in enumerate(read_masks(start, stop)):
+                expected = np.asarray(dataset[start + offset]["masks"], dtype=np.uint8)
+                assert np.array_equal(masks, expected)
+    exemplars = exemplars.select(range(2, 7))
     model, processor = load_captioner(captioner_dir)
     seen, hook = count_backbone_images(model)
     from_ids = describe_exemplars(
