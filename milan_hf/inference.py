@@ -431,13 +431,8 @@ def describe_exemplars(
     """
     from .describer import DESCRIPTION_COLUMNS, DESCRIPTION_FEATURES  # the output schema
 
-    generation = {
-        "pmi_weight": pmi_weight,
-        "pmi_strategy": pmi_strategy,
-        "num_beams": num_beams,
-        "no_repeat_ngram_size": no_repeat_ngram_size,
-        "max_length": max_length,
-    }
+    generation = dict(pmi_weight=pmi_weight, pmi_strategy=pmi_strategy, num_beams=num_beams,
+                      no_repeat_ngram_size=no_repeat_ngram_size, max_length=max_length)  # fmt: skip
     slots = collect_slots(exemplars, probe_images, progress)
     records = []
     if slots.names:

@@ -193,6 +193,11 @@ def report(args, phases: Phases, units: int, original_units: int, same: int) -> 
     print(f"milan_hf total: {ours:.1f} s, {units / ours:.2f} units/s")
     print(f"original-style total{estimated}: {original:.1f} s, {units / original:.2f} units/s")
     print(f"speed-up end to end: {original / ours:.1f}x")
+    describing = seconds["encoding"] + seconds["decoding"]
+    print(
+        f"describing alone (after the shared extraction): {units / describing:.2f} units/s vs "
+        f"{1 / per_unit:.2f} original-style, {per_unit * units / describing:.1f}x"
+    )
     print(f"describe / exemplars alone: {ours / extraction:.2f}x")
     print(f"identical descriptions (original-style vs milan_hf): {same}/{original_units}")
     return {"units": units, "milan_hf_seconds": ours, "original_seconds": original,
