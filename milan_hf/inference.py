@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import schema
 from .configuration_milan import MilanCaptionerConfig
-from .image_processing_milan import check_mask_fits, checked_row, to_pil
+from .image_processing_milan import check_mask_fits, checked_row, to_pil, unit_name
 from .modeling_milan import MilanCaptionerModel, MilanGenerationOutput
 from .processing_milan import MilanProcessor
 
@@ -180,6 +180,7 @@ def collect_slots(
         for row in rows:
             if materialised:
                 images, _ = checked_row(row)
+                images = [_embedded(image) for image in images]
                 keyed = [(_image_digest(image), image) for image in images]
             else:
                 keyed = [(("id", int(i)), int(i)) for i in row[schema.IDS]]
@@ -240,7 +241,7 @@ def _pixel_values(slots: ExemplarSlots, image: int, image_processor) -> torch.Te
     unit, position = slots.slots_of_image[image][0]
     mask_shape = slots.packed_masks[unit, position][1]
     layer, unit_id = slots.names[unit]
-    name = f"{layer}/{unit_id}" if layer is not None or unit_id is not None else "(unnamed unit)"
+    name = unit_name({schema.LAYER: layer, schema.UNIT: unit_id})
     check_mask_fits(torch.empty(mask_shape), picture, name, position)
     return image_processor.image_to_pixel_values(picture)
 
@@ -273,6 +274,13 @@ def _has_images(exemplars: Any) -> bool:
     if isinstance(exemplars, datasets.Dataset):
         return schema.IMAGES in exemplars.column_names
     return len(exemplars) > 0 and all(row.get(schema.IMAGES) is not None for row in exemplars)
+
+
+def _embedded(image: Any) -> Any:
+    """datasets' raw image stored by path → its bytes (raw images are matched by bytes)."""
+    if isinstance(image, Mapping) and image.get("bytes") is None and image.get("path"):
+        return {"bytes": Path(image["path"]).read_bytes(), "path": image["path"]}
+    return image
 
 
 def _image_digest(image: Any) -> Any:
