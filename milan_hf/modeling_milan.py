@@ -598,12 +598,23 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
             pooled = (features * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return torch.tanh(self.init_h(pooled)), torch.tanh(self.init_c(pooled))
 
-    def _decode_step(self, features, keys_hidden, exemplar_mask, tokens, state):
-        """One LSTM step: returns next-token log-probs, attention weights and the new state."""
+    def _decode_step(self, features, keys_hidden, exemplar_mask, tokens, state, beam_rows=None):
+        """One LSTM step: returns next-token log-probs, attention weights and the new state.
+
+        ``features`` are per row, or with ``beam_rows`` = (rows stepped, beams per unit) per
+        unit (units, k, F), row r belonging to unit r // beams: beam search then never copies
+        the exemplar features of each beam."""
         h, c = state
         attention = self.attention(h, keys_hidden, exemplar_mask)
-        # (rows, 1, k) @ (rows, k, F): one batched GEMM, no (rows, k, F) temporary.
-        attended = torch.bmm(attention.unsqueeze(1), features).squeeze(1)
+        if beam_rows is None:  # (rows, 1, k) @ (rows, k, F): one batched GEMM
+            attended = torch.bmm(attention.unsqueeze(1), features).squeeze(1)
+        else:  # (units, beams, k) @ (units, k, F), rows not stepped weighted 0
+            stepped, num_beams = beam_rows
+            units, k, _ = features.shape
+            weights = attention.new_zeros(units * num_beams, k)
+            weights[stepped] = attention
+            attended = torch.bmm(weights.view(units, num_beams, k), features).flatten(0, 1)
+            attended = attended[stepped]
         gated = attended * torch.sigmoid(self.feature_gate(h))
         h, c = self.lstm(torch.cat([self.embedding(tokens), gated], dim=-1), (h, c))
         log_probs = self.output(self.dropout(h)).log_softmax(dim=-1)
@@ -791,11 +802,11 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         config = self.config
         units, device = features.shape[0], features.device
         rows = units * num_beams
-        features = features.repeat_interleave(num_beams, dim=0)
-        if exemplar_mask is not None:
-            exemplar_mask = exemplar_mask.repeat_interleave(num_beams, dim=0)
+        # Per unit, not per beam: rows index them through unit_of_row.
+        unit_of_row = torch.arange(rows, device=device) // num_beams
         keys_hidden = self.attention.key_to_hidden(features)
-        state = self._initial_state(features, exemplar_mask)
+        state = tuple(s.repeat_interleave(num_beams, dim=0)
+                      for s in self._initial_state(features, exemplar_mask))  # fmt: skip
 
         sequences = torch.full((rows, 1), config.bos_token_id, dtype=torch.long, device=device)
         captioner_log_probs = torch.zeros(rows, device=device)
@@ -815,12 +826,14 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
             stepped = (~finished & (beam_scores.view(-1) > float("-inf"))).nonzero().squeeze(1)
             every_row = len(stepped) == rows
             rows_stepped = slice(None) if every_row else stepped  # a slice avoids copies
+            units_stepped = unit_of_row[rows_stepped]
             step_log_probs, _, (h, c) = self._decode_step(
-                features[rows_stepped],
-                keys_hidden[rows_stepped],
-                None if exemplar_mask is None else exemplar_mask[rows_stepped],
+                features,
+                keys_hidden[units_stepped],
+                None if exemplar_mask is None else exemplar_mask[units_stepped],
                 sequences[rows_stepped, -1],
                 (state[0][rows_stepped], state[1][rows_stepped]),
+                beam_rows=(rows_stepped, num_beams),
             )
             step_log_probs[:, [config.pad_token_id, config.bos_token_id]] = float("-inf")
             step_scores = step_log_probs
