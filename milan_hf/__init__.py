@@ -47,6 +47,7 @@ _LAZY = {
     # captioner, prior, processing
     "MilanTokenizer": "tokenization_milan",
     "MilanProcessor": "processing_milan",
+    "MilanImageProcessor": "image_processing_milan",
     "NeuronDescriptionPipeline": "pipeline_milan",
     # MILANNOTATIONS
     "load_milannotations": "milannotations",
@@ -71,13 +72,13 @@ _LAZY = {
     "describe_default": "default_run",
     "default_model": "default_run",
     "default_probe_images": "default_run",
-    "describe_exemplars": "describer",
-    "load_captioner": "describer",
+    "describe_exemplars": "inference",
+    "load_captioner": "inference",
     "load_description_outputs": "describe_output",
     "write_descriptions_csv": "describe_output",
     "push_descriptions_to_hub": "hub",
     "descriptions_card": "hub",
-    "EMBEDDED_CAPTIONER": "describer",
+    "EMBEDDED_CAPTIONER": "inference",
     # applications: analysis, audit, editing (ablate units chosen by their descriptions)
     "ablate_units": "ablation",
     "ablation_curve": "ablation",
@@ -104,6 +105,8 @@ _TRANSFORMERS_MODULES = {
     "tokenization_milan",
     "processing_milan",
     "pipeline_milan",
+    "image_processing_milan",
+    "inference",
     "describer",
     "benchmark",
     "evaluation",

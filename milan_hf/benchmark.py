@@ -39,9 +39,9 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from milan_hf import schema
+from milan_hf.inference import encode_rows, row_batches
 from milan_hf.modeling_milan import MilanCaptionerModel, MilanGenerationOutput
 from milan_hf.probe_world.ground_truth import (  # noqa: F401  (moved there; names kept here)
     COMPOSITION,
@@ -112,17 +112,10 @@ def rerank_beam(output: MilanGenerationOutput, pmi_weight: float) -> torch.Tenso
     """The sequence per unit that maximises ``log p(d|E) − λ·log p(d)`` among its beam.
 
     The same choice ``MilanCaptionerModel.generate(pmi_weight=λ, pmi_strategy="rerank")``
-    makes, applied to the candidates of one beam search (run at any λ).
+    makes, applied to the candidates of one beam search (run at any λ):
+    ``MilanGenerationOutput.rerank``.
     """
-    captioner_log_probs = output.beam_captioner_log_probs
-    scores = captioner_log_probs
-    if pmi_weight != 0.0:
-        if output.beam_prior_log_probs is None:
-            raise ValueError(f"PMI λ={pmi_weight} needs a prior p(d); the captioner has none.")
-        scores = captioner_log_probs - pmi_weight * output.beam_prior_log_probs
-    scores = scores.masked_fill(captioner_log_probs == float("-inf"), float("-inf"))
-    chosen = scores.argmax(dim=-1)
-    return output.beam_sequences[torch.arange(len(chosen), device=chosen.device), chosen]
+    return output.rerank(pmi_weight).sequences
 
 
 def generate_descriptions(
@@ -149,23 +142,13 @@ def generate_descriptions(
                 f"{needing_prior} need a prior p(d), but the captioner has none; "
                 "use PMI weight 0 only."
             )
-    tokenizer = captioner.tokenizer or processor.tokenizer
-    if tokenizer is None:
-        raise ValueError("Neither the captioner nor the processor has a tokenizer.")
-    device = next(captioner.parameters()).device
     descriptions: dict[str, list[str]] = {setting.method: [] for setting in settings}
-    starts = range(0, len(exemplars), batch_size)
-    for start in tqdm(starts, desc="describing units", disable=not progress):
-        rows = exemplars.select(range(start, min(start + batch_size, len(exemplars))))
-        inputs = processor(list(rows))
-        features = captioner.encode_exemplars(
-            inputs["pixel_values"].to(device), inputs["masks"].to(device)
-        )
-        exemplar_mask = inputs["exemplar_mask"].to(device)
-
+    for rows in row_batches(exemplars, batch_size, progress):
+        # The original decoding, as in the paper's table: no n-gram blocking.
         generate_kwargs = dict(
-            exemplar_features=features, exemplar_mask=exemplar_mask, max_length=max_length
-        )
+            **encode_rows(rows, captioner, processor), max_length=max_length,
+            no_repeat_ngram_size=0,
+        )  # fmt: skip
         shared_searches: dict[int, MilanGenerationOutput] = {}
         for setting in settings:
             if pmi_strategy == "token" and setting.pmi_weight != 0.0:
@@ -184,9 +167,7 @@ def generate_descriptions(
                         **generate_kwargs,
                     )
                 sequences = rerank_beam(shared_searches[setting.num_beams], setting.pmi_weight)
-            descriptions[setting.method].extend(
-                tokenizer.batch_decode(sequences.tolist(), skip_special_tokens=True)
-            )
+            descriptions[setting.method].extend(processor.batch_decode(sequences))
     return descriptions
 
 
@@ -559,7 +540,7 @@ def evaluate_known_units(
     if problem is not None:
         raise ValueError(problem)
     model, processor = load_captioner(captioner)
-    beams = num_beams or model.config.beam_size
+    beams = num_beams or model.generation_config.num_beams
     settings = [DecodingSetting(f"lambda={float(w)}", beams, float(w)) for w in pmi_weights]
     results: dict[str, Any] = {
         "captioner": str(captioner) if captioner else "embedded",

@@ -3,6 +3,12 @@
 The captioner's configuration carries the prior's configuration (``prior_config``), so one
 checkpoint directory holds both models and ``from_pretrained`` returns a ready describer
 (see ``modeling_milan``). Defaults follow the original MILAN code (``shared/DESIGN.md``).
+
+Decoding defaults (beam width, λ, PMI strategy, length, n-gram blocking) are not part of the
+model configuration: they live in the captioner's ``generation_config`` (saved as
+``generation_config.json``), built by :func:`milan_generation_config`. Checkpoints written
+before that carried ``beam_size``/``pmi_weight``/``pmi_strategy`` in ``config.json``; those
+values are moved into the generation config when such a checkpoint is loaded.
 """
 
 from __future__ import annotations
@@ -10,13 +16,25 @@ from __future__ import annotations
 from typing import Any
 
 import timm
-from transformers import PretrainedConfig
+from transformers import GenerationConfig, PretrainedConfig
 
 #: Special tokens shared by the tokenizer, the captioner and the prior (fixed ids 0-3).
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<bos>", "<eos>", "<unk>"
 PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID, UNK_TOKEN_ID = 0, 1, 2, 3
 
 PMI_STRATEGIES = ("rerank", "token")
+
+#: Decoding defaults of every entry point (``generate``, the pipeline, ``describe``, the CLI):
+#: MILAN's 50-beam rerank with λ = 0.2 and 15 tokens, plus no trigram twice in a description
+#: (PMI rewards improbable strings, and degenerate repeats are the commonest of them).
+DEFAULT_NUM_BEAMS = 50
+DEFAULT_PMI_WEIGHT = 0.2
+DEFAULT_PMI_STRATEGY = "rerank"
+DEFAULT_MAX_DESCRIPTION_LENGTH = 15
+DEFAULT_NO_REPEAT_NGRAM_SIZE = 3
+#: config.json keys of checkpoints written before generation_config.json held the defaults.
+LEGACY_GENERATION_KEYS = {"beam_size": "num_beams", "pmi_weight": "pmi_weight",
+                          "pmi_strategy": "pmi_strategy"}  # fmt: skip
 
 # Used when timm knows no pretrained config (mean/std) for a backbone.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,11 +100,8 @@ class MilanCaptionerConfig(PretrainedConfig):
         embedding_size, hidden_size, attention_hidden_size, dropout: the Show-Attend-Tell
             decoder (original: 128, 512, min(512, feature_size), 0.5).
         attention_regularization: weight of the doubly-stochastic attention penalty.
-        max_description_length: most tokens generated per description (original: 15).
-        beam_size: default beam width (original: 50).
-        pmi_weight: default λ in ``log p(d|E) − λ·log p(d)`` (original: 0.2).
-        pmi_strategy: ``"rerank"`` (rescore the final beam, the original) or ``"token"``
-            (subtract λ·log p_prior(w_t|w_<t) at every beam step).
+        max_description_length: most tokens per description, in training and (as
+            ``generation_config.max_new_tokens``) in decoding (original: 15).
         prior_config: the prior's configuration; ``None`` for a captioner without prior.
     """
 
@@ -108,10 +123,7 @@ class MilanCaptionerConfig(PretrainedConfig):
         attention_hidden_size: int | None = None,
         dropout: float = 0.5,
         attention_regularization: float = 1.0,
-        max_description_length: int = 15,
-        beam_size: int = 50,
-        pmi_weight: float = 0.2,
-        pmi_strategy: str = "rerank",
+        max_description_length: int = DEFAULT_MAX_DESCRIPTION_LENGTH,
         prior_config: MilanPriorConfig | dict | None = None,
         pad_token_id: int = PAD_TOKEN_ID,
         bos_token_id: int = BOS_TOKEN_ID,
@@ -128,9 +140,10 @@ class MilanCaptionerConfig(PretrainedConfig):
                 "save_backbone_weights=False needs backbone_pretrained=True: random backbone "
                 "weights could not be recovered when loading."
             )
-        if pmi_strategy not in PMI_STRATEGIES:
+        if kwargs.get("pmi_strategy", PMI_STRATEGIES[0]) not in PMI_STRATEGIES:
             raise ValueError(
-                f"Unknown pmi_strategy {pmi_strategy!r}; expected one of {PMI_STRATEGIES}."
+                f"Unknown pmi_strategy {kwargs['pmi_strategy']!r}; expected one of "
+                f"{PMI_STRATEGIES}."
             )
         if image_mean is None or image_std is None:
             pretrained_cfg = timm.get_pretrained_cfg(backbone)
@@ -159,9 +172,6 @@ class MilanCaptionerConfig(PretrainedConfig):
         self.dropout = dropout
         self.attention_regularization = attention_regularization
         self.max_description_length = max_description_length
-        self.beam_size = beam_size
-        self.pmi_weight = pmi_weight
-        self.pmi_strategy = pmi_strategy
         self.prior_config = prior_config
         super().__init__(
             pad_token_id=pad_token_id,
@@ -169,3 +179,29 @@ class MilanCaptionerConfig(PretrainedConfig):
             eos_token_id=eos_token_id,
             **kwargs,
         )
+
+
+def milan_generation_config(config: MilanCaptionerConfig) -> GenerationConfig:
+    """The captioner's decoding defaults as a ``GenerationConfig``.
+
+    Any legacy ``beam_size``/``pmi_weight``/``pmi_strategy`` of ``config`` (checkpoints written
+    before generation_config.json held them) are taken over and removed there, so that only
+    one source is left.
+    """
+    legacy = {new: config.__dict__.pop(old) for old, new in LEGACY_GENERATION_KEYS.items()
+              if old in config.__dict__}  # fmt: skip
+    settings = {
+        "num_beams": DEFAULT_NUM_BEAMS,
+        "pmi_weight": DEFAULT_PMI_WEIGHT,
+        "pmi_strategy": DEFAULT_PMI_STRATEGY,
+        "max_new_tokens": config.max_description_length,
+        "no_repeat_ngram_size": DEFAULT_NO_REPEAT_NGRAM_SIZE,
+        **legacy,
+    }
+    return GenerationConfig(
+        **settings,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        use_cache=False,  # LSTMs: no key/value cache
+    )

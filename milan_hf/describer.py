@@ -31,7 +31,6 @@ import datasets
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from . import schema
 from .default_run import (  # noqa: F401  (re-exported: the embedded default)
@@ -64,18 +63,17 @@ from .describe_output import (  # noqa: F401  (re-exported: the output layout)
 from .exemplar_storage import load_exemplars
 from .exemplars import ExtractionInputs, extract_exemplars, materialize_images, prepare_extraction
 from .hub import descriptions_card, push_descriptions_to_hub  # noqa: F401  (re-exported)
+from .inference import (  # noqa: F401  (re-exported: the one inference path)
+    EMBEDDED_CAPTIONER,
+    describe_exemplars,
+    load_captioner,
+)
 from .probe_images import ProbeImages
 from .run_fingerprint import captioner_fingerprint, model_fingerprint, probe_fingerprint
 from .staged_output import check_output_location
 from .vision_models import VisionModel
 
 logger = logging.getLogger(__name__)
-
-#: Generation default of ``describe``: no trigram twice in a description.
-DEFAULT_NO_REPEAT_NGRAM_SIZE = 3
-
-#: The captioner embedded in the package: trained on the probe-world corpus.
-EMBEDDED_CAPTIONER = Path(__file__).resolve().parent / "resources" / "captioner"
 
 # The description schema lives in milan_hf.schema; these names stay importable from here.
 DESCRIPTION = schema.DESCRIPTION
@@ -84,99 +82,6 @@ CAPTIONER_LOG_PROB = schema.CAPTIONER_LOG_PROB
 PRIOR_LOG_PROB = schema.PRIOR_LOG_PROB
 DESCRIPTION_COLUMNS = schema.DESCRIPTION_COLUMNS
 DESCRIPTION_FEATURES = schema.DESCRIPTION_FEATURES
-
-
-# ---------------------------------------------------------------------------------------------
-# The captioner
-# ---------------------------------------------------------------------------------------------
-
-
-def load_captioner(captioner: Any = None, device: torch.device | str = "cpu") -> tuple[Any, Any]:
-    """A ``MilanCaptionerModel`` (with its prior and tokenizer) and its ``MilanProcessor``,
-    from a local directory, a Hub id or a loaded model; ``None`` means the embedded captioner."""
-    from .modeling_milan import MilanCaptionerModel
-    from .processing_milan import MilanProcessor
-
-    if isinstance(captioner, MilanCaptionerModel):
-        if captioner.tokenizer is None:
-            raise ValueError("the captioner has no tokenizer: set captioner.tokenizer first")
-        processor = MilanProcessor.from_model_config(captioner.config, captioner.tokenizer)
-        return captioner.to(device).eval(), processor
-    location = str(EMBEDDED_CAPTIONER if captioner is None else captioner)
-    looks_local = Path(location).exists() or location.startswith((".", "/", "~"))
-    if looks_local and not (Path(location).expanduser() / "config.json").is_file():
-        raise FileNotFoundError(
-            f"captioner {location!r} is not a captioner directory (no config.json there); "
-            "give a directory written by save_pretrained / scripts/train_captioner.py, or a "
-            "Hub id"
-        )
-    try:
-        # float32 whatever the stored precision (the embedded checkpoint is stored in float16).
-        model = MilanCaptionerModel.from_pretrained(location, dtype=torch.float32)
-        processor = MilanProcessor.from_pretrained(location)
-    except OSError as error:
-        raise FileNotFoundError(
-            f"cannot load the captioner {location!r}: {error.args[0] if error.args else error}"
-        ) from error
-    if model.tokenizer is None:
-        model.tokenizer = processor.tokenizer
-    return model.to(device).eval(), processor
-
-
-def describe_exemplars(
-    exemplars: datasets.Dataset,
-    captioner: Any,
-    processor: Any,
-    *,
-    pmi_weight: float | None = None,
-    pmi_strategy: str | None = None,
-    num_beams: int | None = None,
-    no_repeat_ngram_size: int = 0,
-    batch_size: int = 32,
-    progress: bool = True,
-) -> datasets.Dataset:
-    """Describe every unit of an exemplar set whose ``images`` are materialised.
-
-    Units are decoded ``batch_size`` at a time: all their beams share each decoder step.
-    Returns the descriptions dataset (``DESCRIPTION_FEATURES``), one row per unit, in the
-    exemplar set's order.
-    """
-    if schema.IMAGES not in exemplars.column_names:
-        raise ValueError(
-            "the exemplar set has no 'images' column: materialise it first "
-            "(milan_hf.exemplars.materialize_images)"
-        )
-    device = next(captioner.parameters()).device
-    rows: dict[str, list] = {name: [] for name in DESCRIPTION_COLUMNS}
-    columns = [schema.LAYER, schema.UNIT, schema.IMAGES, schema.MASKS]
-    starts = range(0, len(exemplars), batch_size)
-    for start in tqdm(starts, desc="describing units", disable=not progress):
-        batch = exemplars.select_columns(columns)[start : start + batch_size]
-        units = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        inputs = processor(units)
-        with torch.inference_mode():
-            output = captioner.generate(
-                pixel_values=inputs["pixel_values"].to(device),
-                masks=inputs["masks"].to(device),
-                exemplar_mask=inputs["exemplar_mask"].to(device),
-                pmi_weight=pmi_weight,
-                pmi_strategy=pmi_strategy,
-                num_beams=num_beams,
-                no_repeat_ngram_size=no_repeat_ngram_size,
-            )
-        descriptions = output.descriptions
-        if descriptions is None:
-            descriptions = processor.batch_decode(output.sequences.tolist())
-        rows[schema.LAYER] += batch[schema.LAYER]
-        rows[schema.UNIT] += batch[schema.UNIT]
-        rows[DESCRIPTION] += [text.strip() for text in descriptions]
-        rows[SCORE] += output.scores.float().cpu().tolist()
-        rows[CAPTIONER_LOG_PROB] += output.captioner_log_probs.float().cpu().tolist()
-        prior = output.prior_log_probs
-        rows[PRIOR_LOG_PROB] += (
-            [None] * len(units) if prior is None else prior.float().cpu().tolist()
-        )
-    return datasets.Dataset.from_dict(rows, features=DESCRIPTION_FEATURES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +102,7 @@ def describe(
     pmi_weight: float | None = None,
     pmi_strategy: str | None = None,
     num_beams: int | None = None,
-    no_repeat_ngram_size: int = DEFAULT_NO_REPEAT_NGRAM_SIZE,
+    no_repeat_ngram_size: int | None = None,
     batch_size: int = 32,
     checkpoint: str | os.PathLike | None = None,
     pretrained: bool = False,
@@ -205,6 +110,7 @@ def describe(
     input_size: int | tuple[int, int] | None = None,
     image_column: str | None = None,
     split: str | None = None,
+    seed: int = 0,
     overwrite: bool = False,
     report: bool = True,
     report_title: str | None = None,
@@ -227,9 +133,11 @@ def describe(
             units ``0..n-1`` (exemplars are still found for every unit, cheaply).
         pmi_weight, pmi_strategy, num_beams: λ of ``log p(d|E) − λ·log p(d)`` (0: plain
             p(d|E)), ``"rerank"`` or ``"token"``, beam width; default: the captioner's.
-        no_repeat_ngram_size: no n-gram of this size repeats within a description (default
-            3; 0 disables it, as in the original): PMI favours degenerate repeats.
+        no_repeat_ngram_size: no n-gram of this size repeats within a description (default:
+            the captioner's, 3; 0 disables it, as in the original): PMI favours degenerate
+            repeats.
         batch_size: images per forward pass, and units per generate call.
+        seed: seed of a randomly initialised timm model (no ``pretrained``/``checkpoint``).
         report, report_title: write ``index.html`` (with ``output_dir``), and its title.
         device: where the model and captioner run (default: CUDA when available).
 
@@ -241,7 +149,7 @@ def describe(
     inputs = prepare_extraction(
         model, layers, images, k=k, quantile=quantile, batch_size=batch_size,
         model_options=dict(pretrained=pretrained, checkpoint=checkpoint, transform=transform,
-                           input_size=input_size),
+                           input_size=input_size, seed=seed),
         probe_options=dict(split=split, image_column=image_column),
     )  # fmt: skip
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -421,14 +329,16 @@ def _generation_settings(
     pmi_weight: float | None,
     pmi_strategy: str | None,
     num_beams: int | None,
-    no_repeat_ngram_size: int,
+    no_repeat_ngram_size: int | None,
 ) -> dict[str, Any]:
     """The decoding settings of a run, checked."""
     if num_beams is not None and (not isinstance(num_beams, int) or num_beams < 1):
         raise ValueError(f"num_beams must be a positive integer, got {num_beams!r}")
     if pmi_weight is not None and not (pmi_weight >= 0.0 and np.isfinite(pmi_weight)):
         raise ValueError(f"pmi_weight must be a finite number >= 0, got {pmi_weight!r}")
-    if not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0:
+    if no_repeat_ngram_size is not None and (
+        not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0
+    ):
         raise ValueError(
             f"no_repeat_ngram_size must be an integer >= 0, got {no_repeat_ngram_size!r}"
         )

@@ -293,9 +293,11 @@ def card_text(
             "prior_validation_loss": f"{metrics['prior_validation_loss']:.3f}",
             "epochs": len(metrics["captioner_history"]),
             "held_out_accuracy": accuracy,
-            "eval_num_beams": (evaluation or {}).get("num_beams", model.config.beam_size),
+            "eval_num_beams": (evaluation or {}).get(
+                "num_beams", model.generation_config.num_beams
+            ),
             "command": command.strip(),
-            "pmi_weight": model.config.pmi_weight,
-            "beam_size": model.config.beam_size,
+            "pmi_weight": model.generation_config.pmi_weight,
+            "beam_size": model.generation_config.num_beams,
         }
     )

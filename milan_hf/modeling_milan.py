@@ -5,11 +5,13 @@
   each exemplar's activation mask, and a Show-Attend-Tell LSTM decoder attending over the k
   exemplar vectors. It owns its prior as the submodule ``prior`` (one composite checkpoint:
   ``config.prior_config`` + ``prior.*`` weights), so ``MilanCaptionerModel.from_pretrained``
-  returns a ready describer.
+  returns a ready describer. It is text-free: token ids in, token ids and scores out; the
+  ``MilanProcessor`` saved beside it turns rows into inputs and ids into descriptions.
 * ``MilanCaptionerModel.generate``: beam search over p(d|E) for many units at once (all units'
   beams share each forward step), then PMI selection ``log p(d|E) − λ·log p(d)`` either by
-  reranking the final beam (the original MILAN default) or token by token through
-  ``PriorLogitsProcessor``.
+  reranking the final beam (the original MILAN default, ``MilanGenerationOutput.rerank``) or
+  token by token through ``PriorLogitsProcessor``. Its defaults come from the model's
+  ``generation_config`` (``generation_config.json``), as for every other entry point.
 
 Conventions follow ``shared/DESIGN.md``; layer names follow the original code so that
 ``scripts/convert_original_checkpoint.py`` maps weights one to one.
@@ -17,8 +19,10 @@ Conventions follow ``shared/DESIGN.md``; layer names follow the original code so
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import pickle
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import timm
 import torch
@@ -27,6 +31,7 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    GenerationConfig,
     GenerationMixin,
     LogitsProcessor,
     LogitsProcessorList,
@@ -40,9 +45,8 @@ from milan_hf.configuration_milan import (
     PMI_STRATEGIES,
     MilanCaptionerConfig,
     MilanPriorConfig,
+    milan_generation_config,
 )
-from milan_hf.processing_milan import MilanProcessor
-from milan_hf.tokenization_milan import MilanTokenizer
 
 # ---------------------------------------------------------------------------------------------
 # Outputs
@@ -86,9 +90,10 @@ class MilanGenerationOutput(ModelOutput):
     """Output of ``MilanCaptionerModel.generate``: the chosen description per unit, its scores,
     and the whole final beam so that users can inspect the PMI trade-off.
 
+    Token ids only: ``MilanProcessor.batch_decode(output.sequences)`` gives the descriptions.
+
     Args:
         sequences: (units, length) token ids of the chosen descriptions (``<bos>`` first).
-        descriptions: decoded descriptions (when a tokenizer is known).
         scores: (units,) ``log p(d|E) − λ·log p(d)`` of the chosen descriptions.
         captioner_log_probs: (units,) ``log p(d|E)`` of the chosen descriptions.
         prior_log_probs: (units,) ``log p(d)`` (``None`` for a captioner without prior).
@@ -97,7 +102,6 @@ class MilanGenerationOutput(ModelOutput):
     """
 
     sequences: torch.Tensor | None = None
-    descriptions: list[str] | None = None
     scores: torch.Tensor | None = None
     captioner_log_probs: torch.Tensor | None = None
     prior_log_probs: torch.Tensor | None = None
@@ -105,6 +109,35 @@ class MilanGenerationOutput(ModelOutput):
     beam_scores: torch.Tensor | None = None
     beam_captioner_log_probs: torch.Tensor | None = None
     beam_prior_log_probs: torch.Tensor | None = None
+
+    def rerank(self, pmi_weight: float) -> MilanGenerationOutput:
+        """The beam's candidate per unit that maximises ``log p(d|E) − λ·log p(d)``.
+
+        What ``generate(pmi_weight=λ, pmi_strategy="rerank")`` returns, read off any beam of
+        candidates (e.g. one searched once and reranked at several λ). Dead beams (-inf) are
+        never chosen.
+        """
+        captioner = self.beam_captioner_log_probs
+        scores = captioner
+        if pmi_weight != 0.0:
+            if self.beam_prior_log_probs is None:
+                raise ValueError(
+                    f"pmi_weight={pmi_weight} needs a prior p(d), but this captioner has none; "
+                    "pass pmi_weight=0 for plain p(d|E) decoding."
+                )
+            scores = captioner - pmi_weight * self.beam_prior_log_probs
+        scores = scores.masked_fill(captioner == float("-inf"), float("-inf"))
+        chosen = scores.argmax(dim=-1)
+        rows = torch.arange(len(chosen), device=chosen.device)
+        prior = self.beam_prior_log_probs
+        return replace(
+            self,
+            sequences=self.beam_sequences[rows, chosen],
+            scores=scores[rows, chosen],
+            captioner_log_probs=captioner[rows, chosen],
+            prior_log_probs=None if prior is None else prior[rows, chosen],
+            beam_scores=scores,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,30 +354,37 @@ class MilanExemplarEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """(units, k, 3, H, W) normalised images and (units, k, H, W) masks in [0, 1] →
-        (units, k, feature_size)."""
+        (units, k, feature_size): one backbone pass per (unit, exemplar) pair. Exemplar sets
+        that share images are cheaper through ``milan_hf.inference.encode_exemplar_sets``,
+        which runs each distinct image once and pools it with ``pool``."""
         units, k = pixel_values.shape[:2]
         images = pixel_values.flatten(0, 1)
-        masks = masks.flatten(0, 1).unsqueeze(1).to(images.dtype)
+        masks = masks.flatten(0, 1).to(images.dtype)
         # A few images per pass: big batches of full-resolution feature maps only thrash the
         # CPU caches (batching pays off in the decoder, not here).
-        chunks = [
-            self._pool(
-                images[start : start + self.images_per_pass],
-                masks[start : start + self.images_per_pass],
-            )
-            for start in range(0, len(images), self.images_per_pass)
-        ]
+        chunks = []
+        for start in range(0, len(images), self.images_per_pass):
+            feature_maps = self.backbone(images[start : start + self.images_per_pass])
+            chunk_masks = masks[start : start + self.images_per_pass]
+            image_index = torch.arange(len(chunk_masks), device=images.device)
+            chunks.append(self.pool(feature_maps, image_index, chunk_masks))
         return torch.cat(chunks).view(units, k, -1)
 
-    def _pool(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def pool(
+        self, feature_maps: list[torch.Tensor], image_index: torch.Tensor, masks: torch.Tensor
+    ) -> torch.Tensor:
+        """Each mask's pooled features: ``masks`` (n, H, W) in [0, 1], ``image_index`` (n,)
+        the image of ``feature_maps`` (one map per stage, (images, C, h, w)) each lies on.
+        Each stage is averaged under the mask resized to it (normalised to sum 1; an empty mask
+        pools to zeros), and the stages are concatenated: (n, feature_size)."""
+        masks = masks.unsqueeze(1)
         pooled = []
-        for feature_map in self.backbone(images):
+        for feature_map in feature_maps:
             stage_masks = F.interpolate(
                 masks, size=feature_map.shape[-2:], mode="bilinear", antialias=True
             )
-            # Normalise to sum 1 so pooling is a weighted mean; an empty mask pools to zeros.
             stage_masks = stage_masks / stage_masks.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-8)
-            pooled.append((feature_map * stage_masks).sum(dim=(-1, -2)))
+            pooled.append((feature_map[image_index] * stage_masks).sum(dim=(-1, -2)))
         return torch.cat(pooled, dim=-1)
 
 
@@ -389,6 +429,55 @@ class MilanAttention(nn.Module):
         return scores.softmax(dim=-1)
 
 
+def _key_list(keys, shown: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def _check_loaded_keys(location: str, model: nn.Module, info: dict) -> None:
+    """Refuse weights that do not fill the architecture exactly (one line, naming the keys)."""
+    missing = set(info.get("missing_keys") or ())
+    if not model.config.save_backbone_weights:  # left out on purpose, reloaded from source
+        missing = {key for key in missing if not key.startswith("encoder.backbone.")}
+    unexpected = set(info.get("unexpected_keys") or ())
+    mismatched = [key for key, *_ in info.get("mismatched_keys") or ()]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing ({_key_list(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({_key_list(unexpected)})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} of the wrong shape ({_key_list(mismatched)})")
+    if problems:
+        raise ValueError(
+            f"captioner {location!r}: its weights do not fit its config.json: "
+            f"{'; '.join(problems)} tensors. The weights belong to another model or another "
+            "captioner configuration; use the directory save_pretrained wrote for this captioner"
+        )
+
+
+def weights_only_refusal_reason(error: Exception) -> str:
+    """What torch's weights-only unpickler refused (e.g. "Unsupported global: GLOBAL
+    pathlib.PosixPath"), without torch's advice to retry with ``weights_only=False``, which
+    would run the pickle's code."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global|\.\s|$)",
+                      text, flags=re.S)  # fmt: skip
+    reason = found.group(1) if found else text.splitlines()[0] if text else type(error).__name__
+    return " ".join(reason.split())
+
+
+def _refused_pickle_message(location: str, error: Exception) -> str:
+    pickles = sorted(path.name for path in Path(location).glob("*.bin")) or ["a .bin file"]
+    return (
+        f"captioner {location!r}: {', '.join(pickles)} is a pickle holding more than tensors "
+        f"({weights_only_refusal_reason(error)}); milan_hf never unpickles such files (that "
+        "could run arbitrary code). Use a captioner saved as model.safetensors "
+        "(save_pretrained writes one)"
+    )
+
+
 class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
     """MILAN's captioner p(d|E) with its prior p(d) (``self.prior``) and PMI ``generate``."""
 
@@ -430,35 +519,51 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         if config.backbone_pretrained and not on_meta:
             self.encoder.load_pretrained_backbone(config.backbone)
         self.post_init()
-        self.generation_config.use_cache = False
-        self.tokenizer = None  # set by from_pretrained when the checkpoint has one
+        # Kept for from_pretrained: a checkpoint's older generation_config.json lacks these.
+        self._built_generation_config = milan_generation_config(config)
+        self.generation_config = self._built_generation_config
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load the captioner with its prior, and the tokenizer saved beside them (if any), so
-        that ``generate`` returns decoded descriptions."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        """Load the captioner with its prior and decoding defaults (``generation_config.json``;
+        older checkpoints' ``beam_size``/``pmi_weight``/... in ``config.json`` are moved there).
+
+        Weights must match the architecture exactly: a missing or unexpected tensor (another
+        model's weights, a truncated file) is an error naming the directory and the keys, not a
+        silently random-initialised captioner. The ``MilanProcessor`` (tokenizer, image
+        settings) loads separately: ``MilanProcessor.from_pretrained(same_location)``.
+        """
+        location = str(pretrained_model_name_or_path)
+        want_info = kwargs.pop("output_loading_info", False)
+        try:
+            # Mismatched shapes are reported, then refused below with the other key problems.
+            kwargs["ignore_mismatched_sizes"] = True
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except pickle.UnpicklingError as error:
+            raise ValueError(_refused_pickle_message(location, error)) from None
+        except Exception as error:  # noqa: BLE001  safetensors' own error type is not public
+            if "safetensors" not in type(error).__module__ + str(error).lower():
+                raise
+            raise ValueError(
+                f"captioner {location!r}: its model.safetensors cannot be read ({error}); the "
+                "file is truncated or not safetensors: save the captioner again with "
+                "save_pretrained"
+            ) from None
+        _check_loaded_keys(location, model, info)
+        if getattr(model.generation_config, "pmi_weight", None) is None:
+            model.generation_config = model._built_generation_config  # older checkpoint
         if not model.config.save_backbone_weights:
             # The checkpoint leaves the frozen backbone out: reload it from its source.
             model.encoder.load_pretrained_backbone(model.config.backbone)
         model.encoder.backbone.requires_grad_(False)  # loaded weights arrive as new Parameters
-        hub_kwargs = {
-            key: kwargs[key]
-            for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
-            if key in kwargs
-        }
-        try:
-            model.tokenizer = MilanTokenizer.from_pretrained(
-                pretrained_model_name_or_path, **hub_kwargs
-            )
-        except (OSError, ValueError, TypeError):
-            model.tokenizer = None  # weights-only checkpoint: generate returns token ids
-        return model
+        return (model, info) if want_info else model
 
-    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
-        """Save weights (prior included) and config; with a tokenizer attached, also the
-        tokenizer and processor config, so that the folder (or ``push_to_hub``, which saves
-        through here) is a complete describer."""
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights (prior included), config and ``generation_config.json``. The frozen
+        backbone is left out when ``config.save_backbone_weights`` is off. Save the
+        ``MilanProcessor`` into the same directory to make it a complete describer."""
         if not self.config.save_backbone_weights and "state_dict" not in kwargs:
             kwargs["state_dict"] = {
                 key: value
@@ -466,13 +571,6 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
                 if not key.startswith("encoder.backbone.")
             }
         super().save_pretrained(save_directory, *args, **kwargs)
-        if self.tokenizer is not None:
-            processor = MilanProcessor.from_model_config(self.config, self.tokenizer)
-            processor.save_pretrained(save_directory)
-        if push_to_hub:
-            self.push_to_hub(
-                kwargs.get("repo_id") or os.path.basename(os.path.normpath(save_directory))
-            )
 
     # -- encoding and one decoder step ----------------------------------------------------
 
@@ -500,11 +598,23 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
             pooled = (features * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return torch.tanh(self.init_h(pooled)), torch.tanh(self.init_c(pooled))
 
-    def _decode_step(self, features, keys_hidden, exemplar_mask, tokens, state):
-        """One LSTM step: returns next-token log-probs, attention weights and the new state."""
+    def _decode_step(self, features, keys_hidden, exemplar_mask, tokens, state, beam_rows=None):
+        """One LSTM step: returns next-token log-probs, attention weights and the new state.
+
+        ``features`` are per row, or with ``beam_rows`` = (rows stepped, beams per unit) per
+        unit (units, k, F), row r belonging to unit r // beams: beam search then never copies
+        the exemplar features of each beam."""
         h, c = state
         attention = self.attention(h, keys_hidden, exemplar_mask)
-        attended = (attention.unsqueeze(-1) * features).sum(dim=1)
+        if beam_rows is None:  # (rows, 1, k) @ (rows, k, F): one batched GEMM
+            attended = torch.bmm(attention.unsqueeze(1), features).squeeze(1)
+        else:  # (units, beams, k) @ (units, k, F), rows not stepped weighted 0
+            stepped, num_beams = beam_rows
+            units, k, _ = features.shape
+            weights = attention.new_zeros(units * num_beams, k)
+            weights[stepped] = attention
+            attended = torch.bmm(weights.view(units, num_beams, k), features).flatten(0, 1)
+            attended = attended[stepped]
         gated = attended * torch.sigmoid(self.feature_gate(h))
         h, c = self.lstm(torch.cat([self.embedding(tokens), gated], dim=-1), (h, c))
         log_probs = self.output(self.dropout(h)).log_softmax(dim=-1)
@@ -580,93 +690,100 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         masks: torch.Tensor | None = None,
         exemplar_features: torch.Tensor | None = None,
         exemplar_mask: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
         pmi_weight: float | None = None,
         pmi_strategy: str | None = None,
         num_beams: int | None = None,
         max_length: int | None = None,
-        no_repeat_ngram_size: int = 0,
-        tokenizer=None,
+        no_repeat_ngram_size: int | None = None,
         **kwargs,
     ) -> MilanGenerationOutput:
         """Describe each unit by ``argmax_d log p(d|E) − λ·log p(d)`` over a beam.
 
         All units' beams advance together: one decoder step per token for the whole batch.
+        Every setting left ``None`` comes from ``generation_config`` (default: the model's,
+        saved as ``generation_config.json``), so ``generate``, the pipeline, ``describe`` and
+        the CLI decode alike. Returns token ids and scores (decode them with the processor).
 
         Args:
             pixel_values, masks: (units, k, 3, H, W) / (units, k, H, W) from ``MilanProcessor``.
             exemplar_features: precomputed (units, k, feature_size) instead of images.
             exemplar_mask: (units, k) which exemplars are real (``False`` for padding).
-            pmi_weight: λ (default ``config.pmi_weight``, 0.2); 0 gives plain p(d|E) decoding.
-            pmi_strategy: ``"rerank"`` or ``"token"`` (default ``config.pmi_strategy``).
-            num_beams: beam width (default ``config.beam_size``, 50).
-            max_length: most generated tokens (default ``config.max_description_length``).
-            no_repeat_ngram_size: if > 0, no n-gram of this size appears twice in a
-                description. Off by default (the original had no such rule); PMI rewards
-                improbable strings, and degenerate repeats ("in the bottom in the bottom")
-                are the commonest, so ``describe`` turns it on.
-            tokenizer: decodes the descriptions (default: the one loaded with the model).
+            pmi_weight: λ (default 0.2); 0 gives plain p(d|E) decoding.
+            pmi_strategy: ``"rerank"`` (the original) or ``"token"``.
+            num_beams: beam width (default 50).
+            max_length: most generated tokens (default ``max_new_tokens``, 15).
+            no_repeat_ngram_size: if > 0, no n-gram of this size appears twice in a description
+                (default 3; 0 is the original's decoding). PMI rewards improbable strings, and
+                degenerate repeats ("in the bottom in the bottom") are the commonest.
         """
-        if kwargs:
-            raise TypeError(f"Unexpected arguments to generate: {sorted(kwargs)}")
-        pmi_weight = self.config.pmi_weight if pmi_weight is None else float(pmi_weight)
-        pmi_strategy = pmi_strategy or self.config.pmi_strategy
-        num_beams = num_beams or self.config.beam_size
-        max_length = max_length or self.config.max_description_length
-        if pmi_strategy not in PMI_STRATEGIES:
-            raise ValueError(f"Unknown pmi_strategy {pmi_strategy!r}; expected {PMI_STRATEGIES}.")
-        if pmi_weight != 0.0 and self.prior is None:
-            raise ValueError(
-                f"pmi_weight={pmi_weight} needs a prior p(d), but this captioner has none; "
-                "pass pmi_weight=0 for plain p(d|E) decoding."
-            )
+        settings = self._generation_settings(
+            generation_config, kwargs, pmi_weight=pmi_weight, pmi_strategy=pmi_strategy,
+            num_beams=num_beams, max_length=max_length, no_repeat_ngram_size=no_repeat_ngram_size,
+        )  # fmt: skip
+        pmi_weight, pmi_strategy = settings["pmi_weight"], settings["pmi_strategy"]
         features, exemplar_mask = self._exemplar_inputs(
             pixel_values, masks, exemplar_features, exemplar_mask
         )
-
-        if no_repeat_ngram_size < 0:
-            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}")
         processors = LogitsProcessorList()
         if pmi_strategy == "token" and pmi_weight != 0.0:
             processors.append(PriorLogitsProcessor(self.prior, pmi_weight))
-        if no_repeat_ngram_size > 0:
-            processors.append(NoRepeatNGramLogitsProcessor(no_repeat_ngram_size))
-        processor = processors if processors else None
+        if settings["no_repeat_ngram_size"] > 0:
+            processors.append(NoRepeatNGramLogitsProcessor(settings["no_repeat_ngram_size"]))
         beam_sequences, beam_captioner_log_probs = self._beam_search(
-            features, exemplar_mask, num_beams, max_length, processor
+            features,
+            exemplar_mask,
+            settings["num_beams"],
+            settings["max_length"],
+            processors if processors else None,
         )
         units, beams, length = beam_sequences.shape
-
         beam_prior_log_probs = None
-        beam_scores = beam_captioner_log_probs
         if self.prior is not None:
             # One prefix-tree walk scores all units' candidates (shared prefixes once).
             beam_prior_log_probs = self.prior.sequence_log_probs(
                 beam_sequences.view(units * beams, length)
             ).view(units, beams)
-            beam_scores = beam_captioner_log_probs - pmi_weight * beam_prior_log_probs
-        # Dead beams stay at -inf and are never chosen.
-        beam_scores = beam_scores.masked_fill(beam_captioner_log_probs == float("-inf"), -torch.inf)
-        chosen = beam_scores.argmax(dim=-1)
-        rows = torch.arange(units, device=chosen.device)
-        sequences = beam_sequences[rows, chosen]
-
-        tokenizer = tokenizer or self.tokenizer
-        descriptions = None
-        if tokenizer is not None:
-            descriptions = tokenizer.batch_decode(sequences.tolist(), skip_special_tokens=True)
-        return MilanGenerationOutput(
-            sequences=sequences,
-            descriptions=descriptions,
-            scores=beam_scores[rows, chosen],
-            captioner_log_probs=beam_captioner_log_probs[rows, chosen],
-            prior_log_probs=None
-            if beam_prior_log_probs is None
-            else beam_prior_log_probs[rows, chosen],
+        beam = MilanGenerationOutput(
             beam_sequences=beam_sequences,
-            beam_scores=beam_scores,
             beam_captioner_log_probs=beam_captioner_log_probs,
             beam_prior_log_probs=beam_prior_log_probs,
         )
+        return beam.rerank(pmi_weight)
+
+    def _generation_settings(self, generation_config, unknown: dict, **given) -> dict:
+        """Each decoding setting: the one given, else the generation config's; checked."""
+        if unknown:
+            hint = " (generate returns token ids: decode with MilanProcessor.batch_decode)"
+            raise TypeError(
+                f"Unexpected arguments to generate: {sorted(unknown)}"
+                + (hint if "tokenizer" in unknown else "")
+            )
+        defaults = generation_config or self.generation_config
+        from_config = {
+            "pmi_weight": getattr(defaults, "pmi_weight", None),
+            "pmi_strategy": getattr(defaults, "pmi_strategy", None),
+            "num_beams": defaults.num_beams,
+            "max_length": defaults.max_new_tokens or self.config.max_description_length,
+            "no_repeat_ngram_size": defaults.no_repeat_ngram_size or 0,
+        }
+        settings = {key: from_config[key] if value is None else value
+                    for key, value in given.items()}  # fmt: skip
+        settings["pmi_weight"] = float(settings["pmi_weight"] or 0.0)
+        if settings["pmi_strategy"] not in PMI_STRATEGIES:
+            raise ValueError(
+                f"Unknown pmi_strategy {settings['pmi_strategy']!r}; expected {PMI_STRATEGIES}."
+            )
+        if settings["pmi_weight"] != 0.0 and self.prior is None:
+            raise ValueError(
+                f"pmi_weight={settings['pmi_weight']} needs a prior p(d), but this captioner has "
+                "none; pass pmi_weight=0 for plain p(d|E) decoding."
+            )
+        if settings["no_repeat_ngram_size"] < 0:
+            raise ValueError(
+                f"no_repeat_ngram_size must be >= 0, got {settings['no_repeat_ngram_size']}"
+            )
+        return settings
 
     def _beam_search(
         self,
@@ -685,11 +802,11 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         config = self.config
         units, device = features.shape[0], features.device
         rows = units * num_beams
-        features = features.repeat_interleave(num_beams, dim=0)
-        if exemplar_mask is not None:
-            exemplar_mask = exemplar_mask.repeat_interleave(num_beams, dim=0)
+        # Per unit, not per beam: rows index them through unit_of_row.
+        unit_of_row = torch.arange(rows, device=device) // num_beams
         keys_hidden = self.attention.key_to_hidden(features)
-        state = self._initial_state(features, exemplar_mask)
+        state = tuple(s.repeat_interleave(num_beams, dim=0)
+                      for s in self._initial_state(features, exemplar_mask))  # fmt: skip
 
         sequences = torch.full((rows, 1), config.bos_token_id, dtype=torch.long, device=device)
         captioner_log_probs = torch.zeros(rows, device=device)
@@ -709,12 +826,14 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
             stepped = (~finished & (beam_scores.view(-1) > float("-inf"))).nonzero().squeeze(1)
             every_row = len(stepped) == rows
             rows_stepped = slice(None) if every_row else stepped  # a slice avoids copies
+            units_stepped = unit_of_row[rows_stepped]
             step_log_probs, _, (h, c) = self._decode_step(
-                features[rows_stepped],
-                keys_hidden[rows_stepped],
-                None if exemplar_mask is None else exemplar_mask[rows_stepped],
+                features,
+                keys_hidden[units_stepped],
+                None if exemplar_mask is None else exemplar_mask[units_stepped],
                 sequences[rows_stepped, -1],
                 (state[0][rows_stepped], state[1][rows_stepped]),
+                beam_rows=(rows_stepped, num_beams),
             )
             step_log_probs[:, [config.pad_token_id, config.bos_token_id]] = float("-inf")
             step_scores = step_log_probs

@@ -2,7 +2,9 @@
 
 Importing ``milan_hf.pipeline_milan`` registers the task. Rows follow the shared exemplar-set
 schema and need materialised ``images``. Many units are described per generate call (their
-beams share every decoder step), ``batch_size`` units at a time::
+beams share every decoder step), ``batch_size`` units at a time, through the same path as
+``milan_hf.describe`` (``milan_hf.inference``) and with the same defaults (the captioner's
+``generation_config``)::
 
     describer = pipeline("neuron-description", model="path/or/hub-id")
     describer(exemplar_dataset, batch_size=32, pmi_weight=0.2)
@@ -18,12 +20,11 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from milan_hf import schema
+from milan_hf.inference import GENERATION_ARGUMENTS, describe_rows, processor_for
 from milan_hf.modeling_milan import MilanCaptionerModel
 from milan_hf.processing_milan import MilanProcessor
 
 TASK = "neuron-description"
-_GENERATE_ARGUMENTS = ("pmi_weight", "pmi_strategy", "num_beams", "max_length")
 
 
 class NeuronDescriptionPipeline(Pipeline):
@@ -38,17 +39,14 @@ class NeuronDescriptionPipeline(Pipeline):
     def __init__(
         self, model: MilanCaptionerModel, processor: MilanProcessor | None = None, **kwargs
     ):
-        if processor is None and getattr(model, "tokenizer", None) is not None:
-            processor = MilanProcessor.from_model_config(model.config, model.tokenizer)
-        elif processor is None:
-            processor = MilanProcessor.from_pretrained(model.name_or_path)
+        processor = processor or processor_for(model)
         if not isinstance(processor, MilanProcessor):
             raise ValueError(f"Expected a MilanProcessor, got {type(processor).__name__}.")
         super().__init__(model=model, **kwargs)
         self.milan_processor = processor
 
     def _sanitize_parameters(self, **kwargs):
-        unknown = set(kwargs) - set(_GENERATE_ARGUMENTS)
+        unknown = set(kwargs) - set(GENERATION_ARGUMENTS)
         if unknown:
             raise ValueError(f"Unknown neuron-description arguments: {sorted(unknown)}")
         return {}, dict(kwargs), {}
@@ -71,32 +69,15 @@ class NeuronDescriptionPipeline(Pipeline):
         return results[0] if single else results
 
     def preprocess(self, rows: list[Mapping[str, Any]]) -> dict:
-        inputs = dict(self.milan_processor(rows))
-        inputs["names"] = [(row.get(schema.LAYER), row.get(schema.UNIT)) for row in rows]
-        return inputs
+        return {"rows": rows}
 
-    def _forward(self, model_inputs: dict, **generate_kwargs) -> dict:
-        names = model_inputs.pop("names")
-        output = self.model.generate(**model_inputs, **generate_kwargs)
-        return {"names": names, "output": output}
+    def _forward(self, model_inputs: dict, **generate_kwargs) -> list[dict[str, Any]]:
+        return describe_rows(
+            model_inputs["rows"], self.model, self.milan_processor, **generate_kwargs
+        )
 
-    def postprocess(self, model_outputs: dict) -> list[dict[str, Any]]:
-        output = model_outputs["output"]
-        descriptions = self.milan_processor.batch_decode(output.sequences.tolist())
-        results = []
-        for index, (layer, unit) in enumerate(model_outputs["names"]):
-            prior = output.prior_log_probs
-            results.append(
-                {
-                    schema.LAYER: layer,
-                    schema.UNIT: unit,
-                    "description": descriptions[index],
-                    "score": float(output.scores[index]),
-                    "captioner_log_prob": float(output.captioner_log_probs[index]),
-                    "prior_log_prob": None if prior is None else float(prior[index]),
-                }
-            )
-        return results
+    def postprocess(self, model_outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return model_outputs
 
 
 PIPELINE_REGISTRY.register_pipeline(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .probe_images import ProbeImages
-from .vision_models import VisionModel
+from .vision_models import VisionModel, weights_digest
 
 #: Probe sets up to this many bytes are hashed by content (file times then do not matter).
 CONTENT_HASH_LIMIT = 256 * 1024 * 1024
@@ -58,17 +58,6 @@ def directory_fingerprint(directory: Path) -> dict:
     }
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    """A digest of the module's class and every tensor of its state dict."""
-    digest = hashlib.sha256(type(module).__qualname__.encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(
-            tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
-        )
-    return digest.hexdigest()[:16]
-
-
 def model_fingerprint(model: Any, vision_model: VisionModel, checkpoint: Any) -> dict:
     """The model as given, the digest of the weights it has now, and its preprocessing."""
     if isinstance(model, (str, Path)):
@@ -88,7 +77,11 @@ def model_fingerprint(model: Any, vision_model: VisionModel, checkpoint: Any) ->
 
 def probe_fingerprint(probe: ProbeImages) -> dict:
     """The probe set's source record plus a fingerprint of its contents: images changed in
-    place, added or removed give another fingerprint."""
+    place, added or removed give another fingerprint.
+
+    Stricter than :func:`milan_hf.probe_images.probe_fingerprint` (file names, sizes and
+    times, which re-opening a recorded source checks cheaply): resuming a run reads the bytes
+    up to ``CONTENT_HASH_LIMIT``, so images merely touched or copied still resume."""
     source = dict(probe.source)
     path = source.get("path")
     if path is None or not Path(path).exists():  # in memory or from the Hub: datasets' own

@@ -366,9 +366,9 @@ def corpus_bleu(
             exemplar_mask=exemplar_mask[start : start + batch_size].to(device),
             pmi_weight=0.0,
             num_beams=num_beams,
-            tokenizer=tokenizer,
+            no_repeat_ngram_size=0,  # the original decoding
         )
-        hypotheses.extend(output.descriptions)
+        hypotheses.extend(tokenizer.batch_decode(output.sequences, skip_special_tokens=True))
     # sacrebleu wants one stream per reference slot; units with fewer descriptions repeat
     # their first (a duplicate reference does not change BLEU).
     slots = max(len(texts) for texts in references)
@@ -547,7 +547,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     )
     model = build_model(args, tokenizer)
     processor = MilanProcessor.from_model_config(model.config, tokenizer)
-    model.tokenizer = tokenizer
 
     cache_dir = Path(args.feature_cache_dir or Path.home() / ".cache" / "milan_hf" / "features")
     features, exemplar_mask = encode_exemplar_sets(
@@ -629,8 +628,8 @@ def _card_fields(
         "validation_loss": f"{metrics['validation_loss']:.3f}",
         "prior_validation_loss": f"{metrics['prior_validation_loss']:.3f}",
         "epochs": len(metrics["captioner_history"]),
-        "pmi_weight": config.pmi_weight,
-        "beam_size": config.beam_size,
+        "pmi_weight": model.generation_config.pmi_weight,
+        "beam_size": model.generation_config.num_beams,
     }
 
 

@@ -1,135 +1,228 @@
 #!/usr/bin/env python
-"""Benchmark: units described per second with PMI decoding, batched across units vs one unit
-at a time (as the original MILAN code decoded), same model, same run.
+"""Benchmark ``describe`` end to end, against an original-style pipeline in the same run.
 
-The model has the original's sizes (embedding 128, hidden 512, 2-layer 512 prior, beam 50,
-15 tokens, λ = 0.2) over the default ``tf_efficientnet_lite0`` encoder (512-dimensional
-exemplar features), with random decoder weights: beams then rarely finish early, so every unit
-costs the full 15 steps in both modes. ``--inputs images`` times the whole path from
-exemplar images and masks (processor + encoder + decoding); ``--inputs features`` (default)
-times decoding from precomputed exemplar features.
+A seeded, randomly initialised timm ``resnet18`` (layers ``layer1``-``layer4``: 960 units) is
+probed with probe-world scenes and described by the embedded captioner (or ``--captioner``).
+Phases of the milan_hf pipeline:
 
-    python scripts/bench_describe.py --units 32 --repeats 3
+* pass 1 / pass 2: exemplar extraction (top-k and quantiles over every image, then the
+  exemplar images' maps);
+* encoding: each distinct exemplar image through the captioner's backbone once, pooled under
+  every mask that uses it (``milan_hf.inference.encode_exemplar_sets``, from ``ids`` and the
+  probe images: nothing materialised);
+* decoding: PMI beam search, ``--batch-size`` units per call;
+* writing: the exemplar set and ``descriptions.csv``.
+
+The original-style pipeline shares the two extraction passes and writing, then materialises
+each unit's images and, one unit at a time, runs the encoder per (unit, exemplar) pair and
+decodes that unit alone. It is timed on ``--original-units`` units (all by default) and its
+rate extrapolated to every unit when fewer; its descriptions are compared with milan_hf's.
+
+    python scripts/bench_describe.py                  # full size: 960 units, 512 images
+    python scripts/bench_describe.py --small          # a few minutes on a laptop CPU
+    python scripts/bench_describe.py --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import csv
+import resource
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
+import datasets
+import numpy as np
+import timm
 import torch
 
-from milan_hf.configuration_milan import MilanCaptionerConfig, MilanPriorConfig
-from milan_hf.modeling_milan import MilanCaptionerModel
+from milan_hf import exemplars as exemplars_module
+from milan_hf.exemplar_storage import save_exemplars
+from milan_hf.exemplars import extract_exemplars, materialize_images
+from milan_hf.inference import collect_slots, decode_units, encode_exemplar_sets, load_captioner
+from milan_hf.probe_world import build_scene_dataset
+from milan_hf.vision_models import load_vision_model
+
+LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--units", type=int, default=32, help="units described per run")
-    parser.add_argument("--batch-size", type=int, default=32, help="units per generate call")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per mode (median reported)")
-    parser.add_argument("--num-beams", type=int, default=50)
-    parser.add_argument("--pmi-strategy", choices=("rerank", "token"), default="rerank")
-    parser.add_argument("--vocab-size", type=int, default=4000)
-    parser.add_argument("--exemplars", type=int, default=15)
-    parser.add_argument("--inputs", choices=("features", "images"), default="features")
+    parser.add_argument("--num-images", type=int, default=512, help="probe-world scenes")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--layers", default=",".join(LAYERS))
+    parser.add_argument("--units-per-layer", type=int, help="describe units 0..N-1 per layer")
+    parser.add_argument("--original-units", type=int, help="units timed original-style")
+    parser.add_argument("--captioner", help="captioner directory (default: embedded)")
+    parser.add_argument("--num-beams", type=int, help="default: the captioner's (50)")
+    parser.add_argument("--batch-size", type=int, default=64, help="units per decode call")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
-
-
-def build_model(args: argparse.Namespace) -> MilanCaptionerModel:
-    torch.manual_seed(args.seed)
-    prior = MilanPriorConfig(vocab_size=args.vocab_size)
-    config = MilanCaptionerConfig(
-        vocab_size=args.vocab_size,
-        image_size=args.image_size,
-        pmi_strategy=args.pmi_strategy,
-        beam_size=args.num_beams,
-        prior_config=prior,
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="a few minutes on CPU: 64 images at 112 px, 8 units per layer, 8 original-style",
     )
-    return MilanCaptionerModel(config).eval().to(args.device)
+    args = parser.parse_args(argv)
+    if args.small:
+        args.num_images, args.image_size = min(args.num_images, 64), min(args.image_size, 112)
+        args.units_per_layer = args.units_per_layer or 8
+        args.original_units = args.original_units or 8
+    return args
 
 
-def make_inputs(model: MilanCaptionerModel, args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(args.seed)
-    k = args.exemplars
-    if args.inputs == "features":
-        shape = (args.units, k, model.config.feature_size)
-        features = torch.randn(*shape, generator=generator).abs()
-        return {"exemplar_features": features.to(args.device)}
-    size = args.image_size
-    pixel_values = torch.randn(args.units, k, 3, size, size, generator=generator)
-    masks = (torch.rand(args.units, k, size, size, generator=generator) > 0.8).float()
-    return {"pixel_values": pixel_values.to(args.device), "masks": masks.to(args.device)}
+class Phases:
+    """Wall time, CPU time (this process: on a shared machine wall time includes waiting) and
+    peak resident memory after each named phase."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, name: str):
+        self._sync()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        yield
+        self._sync()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+        self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + cpu
+        self.peak_rss_mb[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def wrap(self, name: str, function: Callable) -> Callable:
+        def timed_function(*args, **kwargs):
+            with self.timed(name):
+                return function(*args, **kwargs)
+
+        return timed_function
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
-def describe(model: MilanCaptionerModel, inputs: dict[str, torch.Tensor], batch_size: int):
-    """Describe all units, ``batch_size`` units per generate call; returns the token ids."""
-    units = next(iter(inputs.values())).shape[0]
-    sequences = []
-    for start in range(0, units, batch_size):
-        chunk = {name: value[start : start + batch_size] for name, value in inputs.items()}
-        output = model.generate(**chunk)
-        sequences.extend(output.sequences.tolist())
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return sequences
+def extract(args, probe, phases: Phases) -> datasets.Dataset:
+    """Exemplars of every unit of the layers, pass 1 and pass 2 timed separately."""
+    torch.manual_seed(0)  # the same random resnet18 in every run
+    vision_model = load_vision_model(timm.create_model("resnet18"))
+    originals = exemplars_module.pass_one, exemplars_module._exemplar_maps
+    exemplars_module.pass_one = phases.wrap("pass 1", originals[0])
+    exemplars_module._exemplar_maps = phases.wrap("pass 2", originals[1])
+    try:
+        # accelerate's default device: the GPU when there is one.
+        found = extract_exemplars(
+            vision_model, args.layers.split(","), probe, batch_size=32, progress=False
+        )
+    finally:
+        exemplars_module.pass_one, exemplars_module._exemplar_maps = originals
+    if args.units_per_layer:
+        units = np.asarray(found["unit"])
+        found = found.select(np.flatnonzero(units < args.units_per_layer))
+    return found
 
 
-def time_mode(model, inputs, batch_size: int, repeats: int) -> tuple[float, list]:
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sequences = describe(model, inputs, batch_size)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), sequences
+def describe_milan_hf(found, probe, captioner, processor, args, phases) -> list[str]:
+    generation = {"num_beams": args.num_beams}
+    with phases.timed("encoding"):
+        slots = collect_slots(found, probe_images=probe)
+        encoded = encode_exemplar_sets(slots, captioner, processor)
+    with phases.timed("decoding"):
+        records = decode_units(
+            encoded, slots.names, captioner, processor, args.batch_size, **generation
+        )
+    phases.distinct_images = len(slots.images)
+    return [record["description"] for record in records]
 
 
-def strip_padding(sequence: list[int], pad_id: int) -> list[int]:
-    while sequence and sequence[-1] == pad_id:
-        sequence = sequence[:-1]
-    return sequence
+def write_outputs(found, descriptions: list[str], folder: Path, phases: Phases) -> None:
+    with phases.timed("writing"):
+        save_exemplars(found, folder / "exemplars", overwrite=True)
+        with open(folder / "descriptions.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["layer", "unit", "description"])
+            writer.writerows(zip(found["layer"], found["unit"], descriptions))
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+def describe_original_style(found, probe, captioner, processor, args, phases) -> list[str]:
+    """Materialised images; per unit: encoder per (unit, exemplar) pair, then that unit alone
+    decoded (as the original MILAN code did)."""
+    count = min(args.original_units or len(found), len(found))
+    device = phases.device
+    descriptions = []
+    with phases.timed("original: materialise"):
+        rows = materialize_images(found.select(range(count)), probe_images=probe, progress=False)
+    with phases.timed("original: encode + decode"):
+        for row in rows:
+            inputs = processor(row)
+            with torch.inference_mode():
+                output = captioner.generate(
+                    pixel_values=inputs["pixel_values"].to(device),
+                    masks=inputs["masks"].to(device),
+                    num_beams=args.num_beams,
+                )
+            descriptions += processor.batch_decode(output.sequences)
+    return descriptions
+
+
+def report(args, phases: Phases, units: int, original_units: int, same: int) -> dict[str, Any]:
+    seconds = phases.seconds
+    extraction = seconds["pass 1"] + seconds["pass 2"]
+    ours = extraction + seconds["encoding"] + seconds["decoding"] + seconds["writing"]
+    per_unit = (seconds["original: materialise"] + seconds["original: encode + decode"]) / max(
+        original_units, 1
+    )
+    original = extraction + seconds["writing"] + per_unit * units
+    print(
+        f"device={phases.device} threads={torch.get_num_threads()} images={args.num_images} "
+        f"({args.image_size} px) layers={args.layers} units={units} "
+        f"distinct exemplar images={phases.distinct_images} beams={args.num_beams or 'default'}"
+    )
+    print("| phase | wall s | CPU s | peak RSS (MB) |")
+    print("|---|---|---|---|")
+    for name, value in seconds.items():
+        cpu, rss = phases.cpu_seconds[name], phases.peak_rss_mb[name]
+        print(f"| {name} | {value:.2f} | {cpu:.2f} | {rss:.0f} |")
+    estimated = "" if original_units == units else f" (extrapolated from {original_units} units)"
+    print(f"milan_hf total: {ours:.1f} s, {units / ours:.2f} units/s")
+    print(f"original-style total{estimated}: {original:.1f} s, {units / original:.2f} units/s")
+    print(f"speed-up end to end: {original / ours:.1f}x")
+    describing = seconds["encoding"] + seconds["decoding"]
+    print(
+        f"describing alone (after the shared extraction): {units / describing:.2f} units/s vs "
+        f"{1 / per_unit:.2f} original-style, {per_unit * units / describing:.1f}x"
+    )
+    print(f"describe / exemplars alone: {ours / extraction:.2f}x")
+    print(f"identical descriptions (original-style vs milan_hf): {same}/{original_units}")
+    return {"units": units, "milan_hf_seconds": ours, "original_seconds": original,
+            "speedup": original / ours, "identical": same, "phases": seconds}  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = build_model(args)
-    inputs = make_inputs(model, args)
-    describe(model, {k: v[:2] for k, v in inputs.items()}, 2)  # warm-up
-
-    batched_seconds, batched = time_mode(model, inputs, args.batch_size, args.repeats)
-    single_seconds, single = time_mode(model, inputs, 1, args.repeats)
-    pad_id = model.config.pad_token_id
-    same = sum(
-        strip_padding(a, pad_id) == strip_padding(b, pad_id) for a, b in zip(batched, single)
-    )
-
-    batched_rate, single_rate = args.units / batched_seconds, args.units / single_seconds
-    print(
-        f"device={args.device} threads={torch.get_num_threads()} units={args.units} "
-        f"inputs={args.inputs} beams={args.num_beams} pmi={args.pmi_strategy} "
-        f"(λ={model.config.pmi_weight}) vocab={args.vocab_size} k={args.exemplars} "
-        f"repeats={args.repeats} (median)"
-    )
-    print("| mode | units per call | seconds | units/s |")
-    print("|---|---|---|---|")
-    print(f"| one unit at a time | 1 | {single_seconds:.2f} | {single_rate:.2f} |")
-    print(f"| batched | {args.batch_size} | {batched_seconds:.2f} | {batched_rate:.2f} |")
-    print(f"speed-up from batching: {batched_rate / single_rate:.1f}×")
-    print(f"identical descriptions in both modes: {same}/{args.units}")
-    return {
-        "batched_units_per_second": batched_rate,
-        "single_units_per_second": single_rate,
-        "speedup": batched_rate / single_rate,
-        "identical": same,
-    }
+    phases = Phases(torch.device(args.device))
+    probe = build_scene_dataset(num_images=args.num_images, seed=0, size=args.image_size)
+    captioner, processor = load_captioner(args.captioner, device=args.device)
+    found = extract(args, probe, phases)
+    # Untimed warm-up of both paths (one-time kernel set-up would otherwise count for the first).
+    warm_up = Phases(phases.device)
+    describe_milan_hf(found.select(range(2)), probe, captioner, processor, args, warm_up)
+    warm_up_args = argparse.Namespace(**{**vars(args), "original_units": 2})
+    describe_original_style(found, probe, captioner, processor, warm_up_args, warm_up)
+    ours = describe_milan_hf(found, probe, captioner, processor, args, phases)
+    with tempfile.TemporaryDirectory() as folder:
+        write_outputs(found, ours, Path(folder), phases)
+    original = describe_original_style(found, probe, captioner, processor, args, phases)
+    same = sum(a == b for a, b in zip(original, ours))
+    return report(args, phases, len(found), len(original), same)
 
 
 if __name__ == "__main__":

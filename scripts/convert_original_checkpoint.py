@@ -40,7 +40,7 @@ from milan_hf.configuration_milan import (
     MilanCaptionerConfig,
     MilanPriorConfig,
 )
-from milan_hf.modeling_milan import MilanCaptionerModel
+from milan_hf.modeling_milan import MilanCaptionerModel, weights_only_refusal_reason
 from milan_hf.processing_milan import MilanProcessor
 from milan_hf.staged_output import staged_directory
 from milan_hf.tokenization_milan import SPECIAL_TOKENS, MilanTokenizer
@@ -88,8 +88,9 @@ def load_original_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ValueError(
-            f"Refusing {path}: it holds objects a MILAN decoder checkpoint does not ({error})"
-        ) from error
+            f"Refusing {path}: it holds objects a MILAN decoder checkpoint does not "
+            f"({weights_only_refusal_reason(error)}); it is not loaded, as that could run code"
+        ) from None
     if not isinstance(payload, Mapping):
         raise ValueError(f"{path} holds a {type(payload).__name__}, not a serialized decoder.")
     return dict(payload)
@@ -174,15 +175,22 @@ def convert(payload: Mapping[str, Any]) -> tuple[MilanCaptionerModel, MilanToken
         attention_hidden_size=properties.get("attention_hidden_size"),
         dropout=properties["dropout"],
         max_description_length=properties.get("length", 15),
-        beam_size=properties.get("beam_size", 50),
-        pmi_weight=properties.get("temperature", 0.2),
-        pmi_strategy="rerank",
         prior_config=prior_config,
     )
     model = MilanCaptionerModel(config)
+    # The release's decoding settings become the converted captioner's defaults.
+    model.generation_config.num_beams = properties.get("beam_size", 50)
+    model.generation_config.pmi_weight = properties.get("temperature", 0.2)
 
     decoder_rows = _old_ids_of_new(tokenizer, words)
     prior_rows = _old_ids_of_new(tokenizer, lm_words) if lm_words is not None else None
+    model.load_state_dict(_converted_state_dict(model, payload, decoder_rows, prior_rows))
+    return model.eval(), tokenizer
+
+
+def _converted_state_dict(model, payload, decoder_rows, prior_rows) -> dict[str, torch.Tensor]:
+    """The original state dict under our names, vocabulary rows reordered, checked to fill
+    ``model`` exactly."""
     converted, unexpected = {}, []
     for key, tensor in payload["state_dict"].items():
         if key in ("encoder.mean", "encoder.std") or key.startswith("encoder.encoder.model.fc."):
@@ -208,9 +216,7 @@ def convert(payload: Mapping[str, Any]) -> tuple[MilanCaptionerModel, MilanToken
             raise ValueError(
                 f"{key}: checkpoint shape {tuple(tensor.shape)}, model {tuple(own[key].shape)}"
             )
-    model.load_state_dict(converted)
-    model.tokenizer = tokenizer
-    return model.eval(), tokenizer
+    return converted
 
 
 def save_atomically(

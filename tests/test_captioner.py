@@ -11,6 +11,7 @@ from transformers import AutoModel, pipeline
 
 import milan_hf.pipeline_milan  # noqa: F401  (registers the "neuron-description" task)
 from milan_hf.configuration_milan import MilanCaptionerConfig
+from milan_hf.image_processing_milan import MilanImageProcessor
 from milan_hf.modeling_milan import (
     MilanCaptionerModel,
     PriorLogitsProcessor,
@@ -191,7 +192,8 @@ def test_save_load_round_trip_identical_outputs_and_descriptions(tokenizer, tmp_
     rows = random_rows(units=3)
     inputs = processor(rows)
     ids = processor(text=["red squares", "blue"])["input_ids"]
-    before = model.generate(**inputs, num_beams=5, tokenizer=tokenizer)
+    before = model.generate(**inputs, num_beams=5)
+    before_descriptions = processor.batch_decode(before.sequences)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
@@ -200,8 +202,10 @@ def test_save_load_round_trip_identical_outputs_and_descriptions(tokenizer, tmp_
     assert isinstance(loaded, MilanCaptionerModel) and loaded.prior is not None
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
-    after = loaded.generate(**MilanProcessor.from_pretrained(tmp_path)(rows), num_beams=5)
-    assert after.descriptions == before.descriptions  # decoded with the saved tokenizer
+    loaded_processor = MilanProcessor.from_pretrained(tmp_path)
+    after = loaded.generate(**loaded_processor(rows), num_beams=5)
+    # decoded with the saved tokenizer
+    assert loaded_processor.batch_decode(after.sequences) == before_descriptions
     assert torch.equal(after.sequences, before.sequences)
     torch.testing.assert_close(after.scores, before.scores, rtol=0, atol=0)
     features = inputs["pixel_values"][:2], inputs["masks"][:2]
@@ -211,12 +215,12 @@ def test_save_load_round_trip_identical_outputs_and_descriptions(tokenizer, tmp_
 
     describer = pipeline("neuron-description", model=str(tmp_path))
     results = describer(rows, batch_size=2, num_beams=5)
-    assert [r["description"] for r in results] == before.descriptions
+    assert [r["description"] for r in results] == before_descriptions
     assert results[1]["unit"] == 1 and results[1]["layer"] == "layer1"
     assert set(results[0]) >= {"score", "captioner_log_prob", "prior_log_prob"}
-    assert describer(rows[0], num_beams=5)["description"] == before.descriptions[0]
-    in_memory = pipeline("neuron-description", model=loaded)  # processor from its tokenizer
-    assert in_memory(rows, num_beams=5)[2]["description"] == before.descriptions[2]
+    assert describer(rows[0], num_beams=5)["description"] == before_descriptions[0]
+    in_memory = pipeline("neuron-description", model=loaded)  # processor from its directory
+    assert in_memory(rows, num_beams=5)[2]["description"] == before_descriptions[2]
 
 
 def test_pretrained_backbone_survives_post_init_and_round_trip(tokenizer, tmp_path):
@@ -239,7 +243,7 @@ def test_pretrained_backbone_survives_post_init_and_round_trip(tokenizer, tmp_pa
 
 
 def test_processor_resizes_and_pads_exemplar_sets(tokenizer):
-    processor = MilanProcessor(tokenizer, image_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = MilanProcessor(MilanImageProcessor(16, [0.5] * 3, [0.5] * 3), tokenizer)
     rows = random_rows(units=2, k=3)
     rows[1] = {**rows[1], "images": rows[1]["images"][:2], "masks": rows[1]["masks"][:2]}
     rows[0]["masks"][0] = np.ones((40, 48), np.uint8)
@@ -252,13 +256,13 @@ def test_processor_resizes_and_pads_exemplar_sets(tokenizer):
     model = tiny_captioner(tokenizer)
     padded = model.generate(**batch, num_beams=3)
     alone = model.generate(**processor(rows[1]), num_beams=3)
-    assert padded.descriptions is None or padded.sequences.shape[0] == 2
+    assert padded.sequences.shape[0] == 2
     length = alone.sequences.shape[1]
     assert torch.equal(padded.sequences[1, :length], alone.sequences[0])
 
 
 def test_bad_inputs_give_clear_errors(tokenizer):
-    processor = MilanProcessor(tokenizer, image_size=16)
+    processor = MilanProcessor(MilanImageProcessor(image_size=16), tokenizer)
     row = random_rows(units=1, k=3)[0]
     with pytest.raises(ValueError, match="3 images but 2 masks"):
         processor({**row, "masks": row["masks"][:2]})
@@ -288,23 +292,27 @@ def test_push_to_hub_sends_a_complete_describer(tokenizer, monkeypatch):
 
     from huggingface_hub import HfApi
 
-    sent = {}
+    sent = {"repo_ids": set(), "files": set()}
     monkeypatch.setattr(
         HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id)
     )
 
     def create_commit(self, repo_id, operations, **kwargs):
-        sent["repo_id"] = repo_id
-        sent["files"] = sorted(operation.path_in_repo for operation in operations)
+        sent["repo_ids"].add(repo_id)
+        sent["files"] |= {operation.path_in_repo for operation in operations}
 
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     model = tiny_captioner(tokenizer)
-    model.tokenizer = tokenizer
     model.push_to_hub("someone/milan-captioner")
-    assert sent["repo_id"] == "someone/milan-captioner"
-    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= set(
-        sent["files"]
-    )
+    MilanProcessor.from_model_config(model.config, tokenizer).push_to_hub("someone/milan-captioner")
+    assert sent["repo_ids"] == {"someone/milan-captioner"}
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "processor_config.json",
+    } <= sent["files"]
 
 
 def test_checkpoint_can_leave_the_pretrained_backbone_out(tokenizer, tmp_path):
@@ -349,7 +357,13 @@ def test_no_repeat_ngram_size_forbids_repeats(tokenizer, features):
         model.output.weight.zero_()
         model.output.bias.zero_()
         model.output.bias[red], model.output.bias[eos] = 5.0, -5.0
-    plain = model.generate(exemplar_features=features, pmi_weight=0.0, num_beams=4, max_length=6)
+    plain = model.generate(
+        exemplar_features=features,
+        pmi_weight=0.0,
+        num_beams=4,
+        max_length=6,
+        no_repeat_ngram_size=0,
+    )
     assert plain.sequences[0].tolist()[1:] == [red] * 6
     for size in (1, 2):
         output = model.generate(
@@ -365,3 +379,77 @@ def test_no_repeat_ngram_size_forbids_repeats(tokenizer, features):
             assert len(grams) == len(set(grams)), (size, tokens)
     with pytest.raises(ValueError, match="no_repeat_ngram_size must be >= 0"):
         model.generate(exemplar_features=features, no_repeat_ngram_size=-1)
+
+
+def test_rerank_of_one_beam_is_generate_at_each_lambda(tokenizer, features):
+    model = tiny_captioner(tokenizer, seed=4)
+    searched = model.generate(exemplar_features=features, pmi_weight=0.0, num_beams=6)
+    for weight in (0.0, 0.3, 1.5):
+        direct = model.generate(exemplar_features=features, pmi_weight=weight, num_beams=6)
+        reranked = searched.rerank(weight)
+        assert torch.equal(reranked.sequences, direct.sequences)
+        torch.testing.assert_close(reranked.scores, direct.scores)
+        torch.testing.assert_close(reranked.prior_log_probs, direct.prior_log_probs)
+    model.prior = None
+    without_prior = model.generate(exemplar_features=features, pmi_weight=0.0, num_beams=6)
+    with pytest.raises(ValueError, match="pmi_weight=0.5 needs a prior"):
+        without_prior.rerank(0.5)
+
+
+def test_decoding_defaults_live_in_the_generation_config(tokenizer, features, tmp_path):
+    model = tiny_captioner(tokenizer)
+    settings = model.generation_config
+    assert (settings.num_beams, settings.pmi_weight, settings.pmi_strategy) == (50, 0.2, "rerank")
+    assert (settings.max_new_tokens, settings.no_repeat_ngram_size) == (15, 3)
+    assert not hasattr(model.config, "beam_size") and not hasattr(model.config, "pmi_weight")
+    explicit = model.generate(
+        exemplar_features=features,
+        num_beams=50,
+        pmi_weight=0.2,
+        pmi_strategy="rerank",
+        max_length=15,
+        no_repeat_ngram_size=3,
+    )
+    assert torch.equal(model.generate(exemplar_features=features).sequences, explicit.sequences)
+    # Changing the generation config changes what generate does by default.
+    model.generation_config.num_beams = 3
+    model.save_pretrained(tmp_path)
+    loaded = MilanCaptionerModel.from_pretrained(tmp_path)
+    assert loaded.generation_config.num_beams == 3 and loaded.generation_config.pmi_weight == 0.2
+    three_beams = loaded.generate(exemplar_features=features)
+    assert three_beams.beam_sequences.shape[1] == 3
+    with pytest.raises(TypeError, match="decode with MilanProcessor.batch_decode"):
+        loaded.generate(exemplar_features=features, tokenizer=tokenizer)
+
+
+def test_checkpoints_with_decoding_settings_in_config_json_still_load(tokenizer, tmp_path):
+    """Checkpoints written before generation_config.json held the defaults carried them in
+    config.json (and a generation_config.json without them, or none at all)."""
+    import json
+
+    model = tiny_captioner(tokenizer)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(beam_size=7, pmi_weight=0.4, pmi_strategy="token", max_description_length=9)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "generation_config.json").write_text(
+        json.dumps({"_from_model_config": True, "bos_token_id": 1, "use_cache": False})
+    )
+    for with_generation_file in (True, False):
+        if not with_generation_file:
+            (tmp_path / "generation_config.json").unlink()
+        loaded = MilanCaptionerModel.from_pretrained(tmp_path)
+        settings = loaded.generation_config
+        assert (settings.num_beams, settings.pmi_weight, settings.pmi_strategy) == (7, 0.4, "token")
+        assert (settings.max_new_tokens, settings.no_repeat_ngram_size) == (9, 3)
+        assert not hasattr(loaded.config, "beam_size")  # moved, not duplicated
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, loaded.state_dict()[key]), key
+    # A processor_config.json of the older flat layout still loads.
+    (tmp_path / "processor_config.json").write_text(
+        json.dumps({"processor_class": "MilanProcessor", "image_size": 32,
+                    "image_mean": [0.5] * 3, "image_std": [0.5] * 3})  # fmt: skip
+    )
+    tokenizer.save_pretrained(tmp_path)
+    processor = MilanProcessor.from_pretrained(tmp_path)
+    assert processor.image_size == 32 and processor.image_processor.image_mean == [0.5] * 3

@@ -164,13 +164,16 @@ def test_converts_original_checkpoint(checkpoint, tmp_path):
     output_dir = convert_script.main([str(path), "--output-dir", str(tmp_path / "converted")])
 
     from milan_hf.modeling_milan import MilanCaptionerModel
+    from milan_hf.processing_milan import MilanProcessor
 
     model = MilanCaptionerModel.from_pretrained(output_dir).eval()
-    tokenizer = model.tokenizer
+    processor = MilanProcessor.from_pretrained(output_dir)
+    tokenizer = processor.tokenizer
     state = payload["state_dict"]
     assert tokenizer.convert_ids_to_tokens(list(range(4, 10))) == list(WORDS)
     assert model.config.backbone == "resnet18" and model.config.feature_size == FEATURES
-    assert model.config.pmi_weight == 0.2 and model.config.beam_size == 50
+    settings = model.generation_config
+    assert settings.pmi_weight == 0.2 and settings.num_beams == 50
     assert model.prior.config.num_layers == 2
     torch.testing.assert_close(
         model.encoder.backbone.layer4[1].conv2.weight,
@@ -194,7 +197,8 @@ def test_converts_original_checkpoint(checkpoint, tmp_path):
     old_ids = new_ids.clone().apply_(lambda i: old_of_new[i])
     expected = original_log_probs(state, features, old_ids)
     torch.testing.assert_close(model.sequence_log_probs(new_ids[:, :4], features), expected)
-    assert len(model.generate(exemplar_features=features, num_beams=4).descriptions) == 2
+    output = model.generate(exemplar_features=features, num_beams=4)
+    assert len(processor.batch_decode(output.sequences)) == 2
 
 
 def test_conversion_refuses_unexpected_contents(checkpoint, tmp_path):
@@ -225,7 +229,9 @@ def test_conversion_refuses_unexpected_contents(checkpoint, tmp_path):
     # Arbitrary pickled objects are refused by the weights-only loader.
     smuggled = tmp_path / "smuggled.pth"
     torch.save({"properties": {}, "state_dict": {}, "children": {"x": Path("/etc")}}, smuggled)
-    with pytest.raises(ValueError, match="Refusing"):
+    with pytest.raises(ValueError, match="Refusing.*pathlib.PosixPath") as refused:
         convert_script.load_original_checkpoint(smuggled)
+    assert "weights_only=False" not in str(refused.value)
+    assert "likely succeed" not in str(refused.value)
     with pytest.raises(FileNotFoundError):
         convert_script.load_original_checkpoint(tmp_path / "missing.pth")

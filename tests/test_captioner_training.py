@@ -12,6 +12,7 @@ import torch
 from huggingface_hub import HfApi
 
 from milan_hf import cli, training
+from milan_hf.image_processing_milan import MilanImageProcessor
 from milan_hf.modeling_milan import MilanCaptionerModel
 from milan_hf.processing_milan import MilanProcessor
 from tests.captioner_fixtures import (
@@ -75,8 +76,9 @@ def test_tiny_captioner_learns_its_corpus_and_pushes_to_hub(tmp_path, monkeypatc
     processor = MilanProcessor.from_pretrained(output_dir)
     rows = [corpus[index] for index in range(len(corpus))]
     output = model.generate(**processor(rows), pmi_weight=0.0, num_beams=3)
-    reproduced = [d in row["descriptions"] for d, row in zip(output.descriptions, rows)]
-    assert all(reproduced), list(zip(output.descriptions, [r["descriptions"] for r in rows]))
+    descriptions = processor.batch_decode(output.sequences)
+    reproduced = [d in row["descriptions"] for d, row in zip(descriptions, rows)]
+    assert all(reproduced), list(zip(descriptions, [r["descriptions"] for r in rows]))
     assert model.generate(**processor(rows[:2]), num_beams=3).prior_log_probs is not None
 
     # Written atomically: no temporary folders left beside the result.
@@ -140,7 +142,7 @@ def test_reads_milannotations_format_directories(tmp_path):
     )
     row = dataset[0]
     assert len(row["descriptions"]) == 3 and len(row["images"]) == len(row["masks"])
-    batch = MilanProcessor(image_size=MASK_SIZE)(row)
+    batch = MilanImageProcessor(image_size=MASK_SIZE)(row)
     assert batch["pixel_values"].shape[1:] == (len(row["images"]), 3, MASK_SIZE, MASK_SIZE)
 
 

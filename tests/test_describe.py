@@ -85,7 +85,7 @@ def test_embedded_captioner_is_small_and_loads():
     size = sum(path.stat().st_size for path in EMBEDDED_CAPTIONER.iterdir())
     assert size < 15e6, f"embedded captioner is {size / 1e6:.1f} MB"
     model, processor = load_captioner()
-    assert model.prior is not None and model.tokenizer is not None
+    assert model.prior is not None and processor.tokenizer is not None
     assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
     assert processor.image_size == model.config.image_size
     # Held-out networks never trained it: the card says which they were.

@@ -165,17 +165,22 @@ def test_lambda_sweep_reranks_one_beam_like_generate(captioner_dir, test_split):
     swept = generate_descriptions(captioner, processor, rows, settings, batch_size=4)
     inputs = processor(list(rows))
     for setting in settings:
-        expected = captioner.generate(
-            **inputs, num_beams=setting.num_beams, pmi_weight=setting.pmi_weight
-        ).descriptions
+        expected = processor.batch_decode(
+            captioner.generate(
+                **inputs, num_beams=setting.num_beams, pmi_weight=setting.pmi_weight,
+                no_repeat_ngram_size=0,
+            ).sequences
+        )  # fmt: skip
         assert swept[setting.method] == expected, setting.method
-    beam = captioner.generate(**inputs, num_beams=4, pmi_weight=0.0)
+    beam = captioner.generate(**inputs, num_beams=4, pmi_weight=0.0, no_repeat_ngram_size=0)
     assert torch.equal(rerank_beam(beam, 0.0), beam.sequences)
     token_level = generate_descriptions(
         captioner, processor, rows, settings[-1:], batch_size=4, pmi_strategy="token"
     )
-    expected = captioner.generate(**inputs, num_beams=4, pmi_weight=3.0, pmi_strategy="token")
-    assert token_level["PMI λ=3"] == expected.descriptions
+    expected = captioner.generate(
+        **inputs, num_beams=4, pmi_weight=3.0, pmi_strategy="token", no_repeat_ngram_size=0
+    )
+    assert token_level["PMI λ=3"] == processor.batch_decode(expected.sequences)
 
 
 def test_empty_descriptions_score_zero_bertscore_instead_of_crashing():

@@ -47,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-repeat-ngram-size",
         type=int,
-        default=3,
-        help="no n-gram of this size twice in a description (default 3; 0: off, as the original)",
+        help="no n-gram of this size twice in a description (default: the captioner's, 3; "
+        "0: off, as the original)",
     )
     parser.add_argument(
         "--max-units",
@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             pretrained=args.pretrained,
             image_column=args.image_column,
             split=args.split,
+            seed=args.seed,
             **common,
         )
     if args.push_to_hub:

@@ -18,9 +18,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_extraction_arguments(parser, required=True)
     parser.add_argument("--output", required=True, type=Path, help="output directory")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of a randomly initialised model (default 0)"
-    )
     parser.add_argument("--num-workers", type=int, default=0, help="image-decoding workers")
     parser.add_argument(
         "--materialize-images",
@@ -76,6 +73,9 @@ def add_extraction_arguments(
     )
     parser.add_argument("--split", help="split of a multi-split probe dataset")
     parser.add_argument("--image-column", help="image column of the probe dataset")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of a randomly initialised model (default 0)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
