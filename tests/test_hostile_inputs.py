@@ -474,10 +474,11 @@ def test_cli_seed_reaches_the_model(tmp_path, probe_folder):
 def test_cli_bad_checkpoints_are_one_line_and_exit_2(tmp_path, probe_folder, capsys):
     torch.save({"conv1.0.weight": Evil()}, tmp_path / "evil.pt")
     (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    (tmp_path / "a_folder").mkdir()  # beside the output: an output inside an input is refused
     for checkpoint, expected in [
         (tmp_path / "evil.pt", "refused to load"),
         (tmp_path / "cut.safetensors", "is not a readable safetensors file"),
-        (tmp_path, "is a directory"),
+        (tmp_path / "a_folder", "is a directory"),
     ]:
         code = cli(
             *["--model", TINY_TIMM, "--layers", "layer1", "--images", str(probe_folder)],
