@@ -222,10 +222,15 @@ def candidate_phrases(
     return list(_checked_phrases(tuple(expression), tuple(captions)))
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=16384)
+def _unchecked_phrases(expression: tuple[str, ...], captions: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_template_phrases(expression, {}, captions)))
+
+
+@lru_cache(maxsize=1024)
 def _checked_phrases(expression: tuple[str, ...], captions: tuple[str, ...]) -> tuple[str, ...]:
-    forms = _template_phrases(expression, {}, captions)
-    return tuple(text for text in dict.fromkeys(forms) if not description_defects(text))
+    forms = _unchecked_phrases(expression, captions)
+    return tuple(text for text in forms if not description_defects(text))
 
 
 def _template_phrases(
@@ -291,11 +296,20 @@ def phrase(
 ) -> list[str]:
     """``count`` distinct descriptions of ``expression``, sampled from the grammar."""
     rng = rng if rng is not None else np.random.default_rng(0)
-    candidates = list(dict.fromkeys(candidate_phrases(expression, stamps_vocabulary, captions)))
+    if stamps_vocabulary:
+        forms = list(dict.fromkeys(_template_phrases(expression, stamps_vocabulary, captions)))
+    else:
+        forms = _unchecked_phrases(tuple(expression), tuple(captions))
+    # Check only what is drawn (the full check of every form costs ~50 ms per expression).
+    candidates = []
+    for index in rng.permutation(len(forms)):
+        if not description_defects(forms[index]):
+            candidates.append(forms[index])
+            if len(candidates) == count:
+                break
     if not candidates:
         raise ValueError(f"the grammar has no phrase for {expression!r}")
-    picks = rng.permutation(len(candidates))[:count]
-    chosen = [candidates[i] for i in picks]
+    chosen = list(candidates)
     while len(chosen) < count:  # a tiny grammar: repeat rather than return fewer
         chosen.append(candidates[len(chosen) % len(candidates)])
     return chosen
