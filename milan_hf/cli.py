@@ -12,6 +12,7 @@ _COMMAND_MODULES = [
     "milan_hf.commands.describe",
     "milan_hf.commands.exemplars",
     "milan_hf.commands.probe_world",
+    "milan_hf.commands.benchmark",
 ]
 
 

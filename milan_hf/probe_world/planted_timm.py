@@ -276,22 +276,25 @@ def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(greater + 0.5 * ties)
 
 
-def _max_activations(vision_model, layer: str, images) -> np.ndarray:
+def _max_activations(vision_model, layer: str, images, batch_size: int = 32) -> np.ndarray:
     """(images, channels) spatial maximum of ``layer``'s output (patch tokens for a ViT)."""
     module = dict(vision_model.module.named_modules())[layer]
     outputs = []
     handle = module.register_forward_hook(lambda _m, _i, output: outputs.append(output))
     try:
         with torch.no_grad():
-            batch = torch.stack([vision_model.transform(image) for image in images])
-            vision_model(batch)
+            for start in range(0, len(images), batch_size):
+                chunk = images[start : start + batch_size]
+                vision_model(torch.stack([vision_model.transform(image) for image in chunk]))
     finally:
         handle.remove()
-    output = outputs[0]
-    if output.ndim == 3:  # (B, tokens, C): drop the prefix tokens
-        prefix = vision_model.num_prefix_tokens or 0
-        return output[:, prefix:].amax(dim=1).numpy()
-    return output.amax(dim=(2, 3)).numpy()
+    maxima = []
+    for output in outputs:
+        if output.ndim == 3:  # (B, tokens, C): drop the prefix tokens
+            maxima.append(output[:, (vision_model.num_prefix_tokens or 0) :].amax(dim=1))
+        else:
+            maxima.append(output.amax(dim=(2, 3)))
+    return torch.cat(maxima).numpy()
 
 
 def check_planted_units(
@@ -302,8 +305,9 @@ def check_planted_units(
     size: int = 128,
     seed: int = 0,
 ) -> dict[int, float]:
-    """Unit -> AUC of its spatial-max activation on renders of its concept against scenes
-    without it, loading the checkpoint the way ``describe`` does."""
+    """Unit -> AUC of its spatial-max activation on ``num_images`` renders of its concept
+    against up to ``num_images`` scenes without it, loading the checkpoint as ``describe``
+    does (one forward pass over every image)."""
     from PIL import Image
 
     from milan_hf.vision_models import load_vision_model
@@ -313,16 +317,28 @@ def check_planted_units(
     from .synthetic_units import expression_mask
 
     vision_model = load_vision_model(name, checkpoint=checkpoint)
+    controls = [generate_scene(seed + 104729, i, size, ()) for i in range(3 * num_images)]
+    renders = {}
+    for unit in units:
+        if unit.expression not in renders:
+            renders[unit.expression] = render_concepts(
+                unit.expression, num_images, seed=seed, size=size, stamps=()
+            )
+    scenes = controls + [scene for group in renders.values() for scene in group]
+    scores = _max_activations(
+        vision_model, units[0].layer, [Image.fromarray(s.image) for s in scenes]
+    )
+    offsets, position = {}, len(controls)
+    for expression in renders:
+        offsets[expression] = position
+        position += num_images
     aucs = {}
     for unit in units:
-        positives = render_concepts(unit.expression, num_images, seed=seed, size=size, stamps=())
-        negatives, index = [], 0
-        while len(negatives) < num_images:
-            scene = generate_scene(seed + 104729, index, size, ())
-            index += 1
-            if not expression_mask(unit.expression, scene).any():
-                negatives.append(scene)
-        images = [Image.fromarray(s.image) for s in positives + negatives]
-        scores = _max_activations(vision_model, unit.layer, images)[:, unit.unit]
-        aucs[unit.unit] = _auc(scores[:num_images], scores[num_images:])
+        without = [
+            i for i, c in enumerate(controls) if not expression_mask(unit.expression, c).any()
+        ]
+        start = offsets[unit.expression]
+        positive = scores[start : start + num_images, unit.unit]
+        negative = scores[without[:num_images], unit.unit]
+        aucs[unit.unit] = _auc(positive, negative)
     return aucs
