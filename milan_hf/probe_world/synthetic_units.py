@@ -23,6 +23,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -31,6 +32,9 @@ from . import concepts as C
 from .annotation import expression_text
 from .phrasing import phrase
 from .scenes import STRIPE_TEXTURES, Scene, generate_scene, region_masks
+
+if TYPE_CHECKING:
+    import datasets
 
 SOURCE = "synthetic"
 #: Seeds below this are for training streams; the benchmark draws from this seed on, so its
@@ -318,7 +322,7 @@ def iter_synthetic_units(
             unit += 1
 
 
-def synthetic_unit_features(image_size: int):
+def synthetic_unit_features(image_size: int) -> datasets.Features:
     """The ``datasets.Features`` of synthetic-unit rows (exemplar schema + known meaning)."""
     from datasets import Value
 
@@ -336,7 +340,7 @@ def synthetic_unit_dataset(
     settings: SyntheticUnitSettings | None = None,
     streaming: bool = False,
     cache_dir: str | None = None,
-):
+) -> datasets.Dataset | datasets.IterableDataset:
     """Synthetic units as a ``datasets.Dataset`` (``num_units`` rows), or as an endless
     ``datasets.IterableDataset`` when ``streaming`` (``num_units`` None: without end)."""
     from datasets import Dataset, IterableDataset
