@@ -16,6 +16,10 @@ FILE --layers LAYER --max-units N``), so the planted units are units ``0..N-1`` 
   three times by zero-padded 3x3 convolutions, which leaves 1 only on the rows (columns) of
   one half, and the unit is ``relu(colour + M·gate - M)``. ViT: the position embedding carries
   the token's row/column, the first block's MLP computes ``gelu(colour) - M·gelu(k·outside)``.
+- **OR of two colours** (ResNet, ViT): the sum of the two colour units after their ReLU/GELU.
+- Not planted: orientation (an edge-energy stem channel pooled over two 3x3 stages reached an
+  AUC of only 0.55-0.64 for stripes against shape edges, text and grass), AND of a colour and
+  a shape.
 
 ``plant_units(name)`` returns the model and its ``PlantedTimmUnit`` list; ``check_planted_units``
 measures each unit's AUC on probe-world renders of its concept against scenes without it.
@@ -36,6 +40,7 @@ from . import concepts as C
 
 PLANTABLE_COLOURS = ("red", "yellow", "green", "blue", "black", "white")
 GATED_REGIONS = ("top", "bottom", "left", "right")
+DISJUNCTIONS = (("red", "blue"), ("green", "yellow"))
 ARCHITECTURES = {
     # timm name: (layer described, whether region gating is planted)
     "resnet18": ("layer4", True),
@@ -163,6 +168,27 @@ def plant_resnet(model: nn.Module, mean, std) -> list[tuple[int, tuple[str, ...]
         second.conv2.weight.data[unit, shifted_twice, row, col] = _GATE
         _identity_norm(second.bn2, unit, bias=-_GATE)
         units.append((unit, ("and", colour, region)))
+    return units + _plant_resnet_disjunctions(first, second, colours, len(units))
+
+
+def _plant_resnet_disjunctions(first, second, colours, start: int) -> list:
+    """OR units in layer4: ``relu(colour_a + colour_b)``, from copies of the carried colours
+    inside layer4.1 (its conv2 reads only the block-internal channels)."""
+    units = []
+    for index, pair in enumerate(DISJUNCTIONS):
+        unit = start + index
+        first.conv2.weight.data[unit] = 0.0
+        _identity_norm(first.bn2, unit)
+        first.downsample[0].weight.data[unit] = 0.0
+        second.conv2.weight.data[unit] = 0.0
+        _identity_norm(second.bn2, unit)
+        for offset, colour in enumerate(pair):
+            copy = 400 + 2 * index + offset  # layer4.1 internal channel: a copy of the colour
+            second.conv1.weight.data[copy] = 0.0
+            second.conv1.weight.data[copy, colours.index(colour), 1, 1] = 1.0
+            _identity_norm(second.bn1, copy)
+            second.conv2.weight.data[unit, copy, 1, 1] = 1.0
+        units.append((unit, ("or", *pair)))
     return units
 
 
@@ -228,6 +254,11 @@ def plant_vit(model: nn.Module, mean, std) -> list[tuple[int, tuple[str, ...]]]:
         fc2.weight.data[unit, colours.index(colour)] = 1.0
         fc2.weight.data[unit, dim + outside] = -_GATE
         units.append((unit, ("and", colour, region)))
+    for pair in DISJUNCTIONS:
+        unit = len(units)
+        for colour in pair:
+            fc2.weight.data[unit, colours.index(colour)] = 1.0
+        units.append((unit, ("or", *pair)))
     return units
 
 
