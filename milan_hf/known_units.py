@@ -17,8 +17,10 @@ word or a grammar synonym appears ("ivory" = white, "pinstripes" = vertical stri
 does not count for "right". AND (attribute+thing, concept+region) needs both parts; OR needs
 both for *strict* accuracy, either for *lenient*. *Filler*: a description that names no
 concept but a region, or is one of the grammar's "no clear concept" phrases
-(``phrasing.is_filler``). *Defects*: ``phrasing.description_defects`` (doubled words or
-phrases, "parts of parts", dangling "either", cut-off or over-long strings).
+(``phrasing.is_filler``). *Exact*: strictly named and no other concept (regions aside)
+named, since the rule does not penalise extra concepts ("either red areas or boxes" names
+red). *Defects*: ``phrasing.description_defects`` (doubled words or phrases, "parts of
+parts", dangling "either", cut-off or over-long strings).
 """
 
 from __future__ import annotations
@@ -46,10 +48,22 @@ def score_description(description: str, expression: Sequence[str], **where: Any)
         "family": expression_family(expression),
         "description": description,
         "strict": phrasing.expression_named(description, expression, strict=True),
+        "exact": _names_exactly(description, expression),
         "lenient": phrasing.expression_named(description, expression, strict=False),
         "filler": phrasing.is_filler(description),
         "defects": phrasing.description_defects(description),
     }
+
+
+def _names_exactly(description: str, expression: Sequence[str]) -> bool:
+    """Strictly named, and no other concept but regions named ("either red areas or boxes"
+    names red, but is not an exact description of a red unit)."""
+    from .probe_world.concepts import REGION, concept_family
+
+    if not phrasing.expression_named(description, expression, strict=True):
+        return False
+    named = {n for n in phrasing.named_concepts(description) if concept_family(n) != REGION}
+    return named <= set(expression[1:])
 
 
 def _describe_args(name, layer, checkpoint, images, units, output, captioner) -> list[str]:
@@ -233,6 +247,7 @@ def _tally(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "composition_accuracy": share(composed, "strict"),
         "composition_lenient_accuracy": share(composed, "lenient"),
         "accuracy": share(rows, "strict"),
+        "exact_accuracy": share(rows, "exact"),
         "filler_share": share(rows, "filler"),
         "defect_count": sum(bool(r["defects"]) for r in rows),
     }
@@ -259,11 +274,11 @@ def results_markdown(summary: dict[str, Any], notes: Sequence[str] = ()) -> str:
     """The benchmark's tables: per part and architecture, then per family."""
     header = (
         "| part / architecture | units | single | composition (strict) | composition "
-        "(lenient) | filler | defects |\n|---|---:|---:|---:|---:|---:|---:|"
+        "(lenient) | exact | filler | defects |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = ["## Known-unit benchmark", "", header]
     keys = ["single_accuracy", "composition_accuracy", "composition_lenient_accuracy"]
-    keys += ["filler_share", "defect_count"]
+    keys += ["exact_accuracy", "filler_share", "defect_count"]
     for part, tally in summary["by_part"].items():
         groups = [(part, tally)] + [
             (f"{part} / {name.split('/', 1)[1]}", t)

@@ -38,7 +38,7 @@ def test_scores_and_tables():
             "nothing in particular", ("concept", "blue"), part="planted", architecture="r"
         ),
     ]
-    assert rows[0]["strict"] and not rows[1]["strict"] and rows[1]["defects"]
+    assert rows[0]["strict"] and rows[0]["exact"] and not rows[1]["strict"] and rows[1]["defects"]
     assert not rows[2]["strict"] and rows[2]["lenient"] and rows[3]["filler"]
     summary = summarize(rows)
     assert summary["by_part"]["synthetic"]["single_accuracy"] == 1.0
@@ -71,3 +71,10 @@ def test_benchmark_command_end_to_end(tmp_path, single_thread):  # noqa: F811
     assert sum(r["part"] == "synthetic" for r in results["units"]) == 3
     assert "Known-unit benchmark" in (output / "results.md").read_text()
     assert main(["benchmark", "--output", str(output), "--num-images", "0"]) == 2
+
+
+def test_exact_naming_rejects_extra_concepts():
+    extra = score_description("either red areas or boxes", ("concept", "red"), part="p")
+    assert extra["strict"] and not extra["exact"]
+    located = score_description("red patches at the top", ("and", "red", "top"), part="p")
+    assert located["exact"]
