@@ -18,9 +18,14 @@ from tests.captioner_fixtures import single_thread, tiny_captioner, tiny_tokeniz
 
 def test_planted_resnet_units_fire_on_their_concept(tmp_path):
     model, units = plant_units("resnet18")
-    assert {u.expression[0] for u in units} == {"concept", "and"}
+    assert {u.expression[0] for u in units} == {"concept", "and", "or"}
     path = save_planted_model(model, tmp_path / "resnet18.safetensors")
-    colour_and_gated = [units[0], units[6]]  # red; red AND top
+    colour_and_gated = [units[0], units[6], units[14]]  # red; red AND top; red OR blue
+    assert [u.expression for u in colour_and_gated] == [
+        ("concept", "red"),
+        ("and", "red", "top"),
+        ("or", "red", "blue"),
+    ]
     aucs = check_planted_units("resnet18", path, colour_and_gated, num_images=8, size=64)
     assert all(aucs[u.unit] >= 0.9 for u in colour_and_gated), aucs
     with pytest.raises(ValueError, match="no planting recipe"):
