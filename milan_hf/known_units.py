@@ -182,7 +182,7 @@ def synthetic_part(
 
 def _parse_expression(concept: str) -> tuple[str, ...]:
     """``expression_text``'s inverse: ``red AND top`` -> ("and", "red", "top")."""
-    for operator in ("AND", "OR"):
+    for operator in ("AND", "OR", "ABOVE"):
         if f" {operator} " in concept:
             return (operator.lower(), *concept.split(f" {operator} "))
     return ("none",) if concept == "none" else ("concept", concept)

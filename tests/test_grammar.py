@@ -78,7 +78,7 @@ def test_grammar_writes_no_defects_over_thousands_of_samples():
     for text in NOTHING_PHRASES:
         assert description_defects(text) == [] and is_filler(text)
     assert count == 3600
-    expected = {"and", "or", C.COLOUR, C.SHAPE, C.TEXTURE, C.TEXT} | (
+    expected = {"and", "or", "above", C.COLOUR, C.SHAPE, C.TEXTURE, C.TEXT} | (
         {C.OBJECT} if stamps else set()
     )
     assert expected <= families
@@ -118,6 +118,9 @@ def test_expression_named_for_compositions():
     assert expression_named("grass or bricks", ("or", "grass", "brick"))
     assert not expression_named("grass", ("or", "grass", "brick"))
     assert expression_named("grass", ("or", "grass", "brick"), strict=False)
+    assert expression_named("red circles above squares", ("above", "circle", "square"))
+    assert not expression_named("squares above red circles", ("above", "circle", "square"))
+    assert not expression_named("red circles and squares", ("above", "circle", "square"))
     assert expression_named("nothing in particular", ("none",))
     assert not expression_named("red areas", ("none",))
     assert is_filler("things at the top") and not is_filler("birds at the top")

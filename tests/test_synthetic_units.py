@@ -10,6 +10,7 @@ from milan_hf.probe_world.synthetic_units import (
     SyntheticUnitSettings,
     expression_mask,
     iter_synthetic_units,
+    relation_scene,
     synthetic_unit_dataset,
     unit_masks,
 )
@@ -18,7 +19,7 @@ SMALL = SyntheticUnitSettings(k=6, image_size=32, units_per_block=8, scenes_per_
 
 
 def _expression(concept: str) -> tuple:
-    for operator in (" AND ", " OR "):
+    for operator in (" AND ", " OR ", " ABOVE "):
         if operator in concept:
             return (operator.strip().lower(), *concept.split(operator))
     return ("concept", concept)
@@ -55,6 +56,13 @@ def test_masks_lie_on_the_concept():
     assert all(m[32:].sum() < 0.1 * max(1, m.sum()) for m in masks)  # hardly any at the bottom
 
 
+def test_relation_units_fire_on_the_upper_concept_only():
+    scene = relation_scene(3, 0, 64, (), "red", "circle")
+    assert expression_mask(("above", "red", "circle"), scene).any()
+    assert not expression_mask(("above", "circle", "red"), scene).any()
+    assert np.array_equal(expression_mask(("above", "red", "circle"), scene), scene.masks["red"])
+
+
 def test_negative_share_and_composition_share():
     settings = SyntheticUnitSettings(
         k=10,
@@ -74,8 +82,8 @@ def test_negative_share_and_composition_share():
     assert families <= {C.COLOUR, C.SHAPE, C.TEXTURE, C.TEXT, C.OBJECT}
 
 
-def test_dataset_schema_and_streaming():
-    dataset = synthetic_unit_dataset(4, seed=3, settings=SMALL)
+def test_dataset_schema_and_streaming(tmp_path):
+    dataset = synthetic_unit_dataset(4, seed=3, settings=SMALL, cache_dir=str(tmp_path))
     assert len(dataset) == 4
     for column in (
         "layer",

@@ -263,6 +263,11 @@ def _template_phrases(
                 for area in AREAS[:6]
             ]
         return forms
+    if operator == "above":
+        a_forms = _spread(_nouns(first, vocab, captions))
+        b_forms = _spread(_nouns(second, vocab, captions))
+        templates = ("{a} above {b}", "{a} over {b}", "{a} placed above {b}")
+        return [t.format(a=a, b=b) for t in templates for a in a_forms for b in b_forms]
     if operator != "and":
         raise ValueError(f"unknown expression operator {operator!r} in {expression!r}")
     regions = [n for n in (first, second) if C.concept_family(n) == C.REGION]
@@ -346,7 +351,7 @@ MAX_DESCRIPTION_TOKENS = 14
 #: Words that glue a noun phrase together; repeating them is fine ("the top of the image").
 FUNCTION_WORDS = frozenset(
     "a an the of in on at with and or as well that are to near along toward around across "
-    "located either like filled next without no into over under by for from".split()
+    "located either like filled next without no into over under by for from above".split()
 )
 # A noun phrase never ends with these (a cut-off description does: "... equipments in the").
 _DANGLING_ENDS = FUNCTION_WORDS - {"well"}
@@ -410,6 +415,8 @@ def description_defects(text: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- naming concepts
 
+#: Words that say "a is above b" in ``("above", a, b)`` descriptions.
+RELATION_WORDS = ("above", "over")
 _SPELLINGS = {"color": "colour", "colored": "coloured", "center": "centre", "gray": "grey"}
 _ARTICLES = frozenset({"a", "an", "the"})
 # Region words the frame phrases of concepts.py do not list on their own.
@@ -507,10 +514,20 @@ def expression_named(
     a, b)``, ``("or", a, b)``, ``("none",)``).
 
     AND (attribute+thing, concept+region) needs both operands named; OR needs both when
-    ``strict``, either otherwise; "none" is named by filler (``is_filler``).
+    ``strict``, either otherwise; ``("above", a, b)`` needs a named before "above"/"over" and
+    b after it; "none" is named by filler (``is_filler``).
     """
     if expression[0] == "none":
         return is_filler(description, stamps)
+    if expression[0] == "above":
+        # "a above b": a named before the relation word, b after it ("b above a" is wrong).
+        words = description.lower().split()
+        cut = next((i for i, w in enumerate(words) if w in RELATION_WORDS), None)
+        if cut is None:
+            return False
+        upper = named_concepts(" ".join(words[:cut]), stamps)
+        lower = named_concepts(" ".join(words[cut + 1 :]), stamps)
+        return expression[1] in upper and expression[2] in lower
     named = named_concepts(description, stamps)
     operands = [name in named for name in expression[1:]]
     if expression[0] == "concept" or expression[0] == "and" or strict:

@@ -2,8 +2,9 @@
 
 A synthetic unit is what a real unit would look like if it computed a known concept
 expression: ``("concept", c)``, ``("and", a, b)`` (attribute+thing such as a red circle, a
-pattern on a shape, or a concept confined to a region) or ``("or", a, b)``. Its ``k``
-exemplars are scenes that contain the expression (and a controllable share that do not, as
+pattern on a shape, or a concept confined to a region), ``("or", a, b)`` or ``("above", a,
+b)`` (a where it lies above b). Its ``k`` exemplars are scenes that contain the expression
+(and a controllable share that do not, as
 real units' lower exemplars often do); its masks are cut from the scenes' concept masks the
 way a unit's masks look after MILAN's extraction: the concept mask pooled to a coarse feature
 map (7x7 ... 28x28), made partial and noisy, upsampled bilinearly and thresholded, weaker for
@@ -31,7 +32,16 @@ from PIL import Image
 from . import concepts as C
 from .annotation import expression_text
 from .phrasing import phrase
-from .scenes import STRIPE_TEXTURES, Scene, generate_scene, region_masks
+from .scenes import (
+    STRIPE_TEXTURES,
+    Scene,
+    SceneSpec,
+    draw_scene,
+    generate_scene,
+    region_masks,
+    sample_scene_spec,
+    scene_rng,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -99,7 +109,8 @@ def sample_expression(
 
     Compositions (``composed``; None: a single concept one time in six): colour+shape,
     colour+text, pattern+shape, colour+stripes (attribute+thing, on one item), any single
-    concept + a region, and OR of two singles.
+    concept + a region, OR of two singles, and one single above another (``("above", a,
+    b)``: a on an item in the top half, b on one in the bottom half).
     """
     singles = [C.COLOUR, C.SHAPE, C.TEXTURE, C.TEXT] + ([C.OBJECT] if stamps else [])
 
@@ -114,7 +125,7 @@ def sample_expression(
         composed = rng.random() >= 1 / 6
     if not composed:
         return ("concept", single())
-    kind = int(rng.integers(5))
+    kind = int(rng.integers(6))
     if kind == 0:  # attribute + thing
         options = [
             (pick(C.COLOUR), pick(C.SHAPE)),
@@ -128,7 +139,7 @@ def sample_expression(
     first, second = single(), single()
     while second == first:
         second = single()
-    return ("or", first, second)
+    return ("or" if kind < 5 else "above", first, second)
 
 
 def expression_mask(expression: Sequence[str], scene: Scene) -> np.ndarray:
@@ -150,7 +161,34 @@ def expression_mask(expression: Sequence[str], scene: Scene) -> np.ndarray:
         return mask(operands[0]) & mask(operands[1])
     if operator == "or":
         return mask(operands[0]) | mask(operands[1])
+    if operator == "above":
+        upper, lower = mask(operands[0]), mask(operands[1])
+        if not upper.any() or not lower.any():
+            return np.zeros((height, width), dtype=bool)
+        rows = np.arange(height)
+        gap = rows @ lower.sum(axis=1) / lower.sum() - rows @ upper.sum(axis=1) / upper.sum()
+        return upper if gap > 0.1 * height else np.zeros((height, width), dtype=bool)
     raise ValueError(f"cannot draw a mask for expression {tuple(expression)!r}")
+
+
+def relation_scene(
+    seed: int, index: int, size: int, stamps: Sequence[C.Stamp], upper: str, lower: str
+) -> Scene:
+    """A scene with ``upper`` on an item in the top half above ``lower`` in the bottom half."""
+    rng = scene_rng(seed, index)
+    below = sample_scene_spec(rng, stamps, [lower, "bottom"], num_items=1)
+    for _ in range(8):  # the upper item must not take the background's colour (invisible)
+        above = sample_scene_spec(rng, stamps, [upper, "top"], num_items=1)
+        if not set(above.items[0].fill.colours) & set(below.background.colours):
+            break
+    spec = SceneSpec(below.background, below.items + above.items)
+    return draw_scene(spec, size, rng, stamps)
+
+
+def _render_positive(expression, seed, index, size, stamps, extra: int) -> Scene:
+    if expression[0] == "above":
+        return relation_scene(seed, index, size, stamps, expression[1], expression[2])
+    return generate_scene(seed, index, size, stamps, _required(expression, extra))
 
 
 def _required(expression: Sequence[str], index: int) -> list[str]:
@@ -196,8 +234,7 @@ def _exemplar_scenes(
     for extra in range(positives - len(chosen)):
         # A rare expression: render the rest, and keep them in the pool for later units.
         index = len(block.scenes)
-        required = _required(expression, extra)
-        scene = generate_scene(block.seed, index, settings.image_size, stamps, required)
+        scene = _render_positive(expression, block.seed, index, settings.image_size, stamps, extra)
         block.scenes.append(scene)
         ids.append(block.first_id + index)
         scenes.append(scene)
@@ -348,7 +385,8 @@ def synthetic_unit_dataset(
     settings = settings or SyntheticUnitSettings()
     if not streaming and num_units is None:
         raise ValueError("a materialised synthetic-unit dataset needs num_units")
-    kwargs = {"seed": seed, "num_units": num_units, "settings": settings}
+    # The code version keys the datasets cache: a changed grammar or world must not reuse it.
+    kwargs = {"seed": seed, "num_units": num_units, "settings": settings, "code": code_version()}
     features = synthetic_unit_features(settings.image_size)
     if streaming:
         return IterableDataset.from_generator(_generate_rows, features=features, gen_kwargs=kwargs)
@@ -357,5 +395,16 @@ def synthetic_unit_dataset(
     )
 
 
-def _generate_rows(seed: int, num_units: int | None, settings: SyntheticUnitSettings):
+def code_version() -> str:
+    """A hash of the code that makes synthetic units (world, grammar and this module)."""
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    for module in ("concepts.py", "scenes.py", "phrasing.py", "synthetic_units.py"):
+        digest.update((Path(__file__).parent / module).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _generate_rows(seed: int, num_units: int | None, settings: SyntheticUnitSettings, code: str):
     yield from iter_synthetic_units(seed, num_units, settings)
