@@ -226,7 +226,7 @@ def encode_exemplar_sets(
         # Bounded memory: the masks (and gathered feature maps) of a few slots at a time.
         for begin in range(0, len(chunk_slots), 4 * images_per_pass):
             part = chunk_slots[begin : begin + 4 * images_per_pass]
-            masks = torch.stack([image_processor.resize_mask(slots.mask(s)) for _, s in part])
+            masks = image_processor.resize_masks([slots.mask(slot) for _, slot in part])
             image_index = torch.tensor([local for local, _ in part], device=device)
             with torch.inference_mode():
                 pooled = encoder.pool(feature_maps, image_index, masks.to(device))
