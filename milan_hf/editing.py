@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from . import schema
 from .ablation import (
     AccuracyEvaluator,
     Unit,
@@ -383,7 +384,7 @@ def ablate_text_units(
     if "validation" not in splits:
         raise ValueError(f"splits must include 'validation', got {sorted(splits)}")
     words = text_query_words() if words is None else words
-    texts = [str(text) for text in descriptions["description"]]
+    texts = [str(text) for text in descriptions[schema.DESCRIPTION]]
     matches = match_descriptions(texts, query, words=words, threshold=threshold)
     selected = [
         (str(layer), int(unit))
