@@ -17,8 +17,10 @@ which ``milan_hf.milannotations`` reads like the released sets. The output appea
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -319,3 +321,54 @@ def _vocabulary(staging: Path, records: list[dict]) -> set[str]:
             for row in csv.DictReader(handle):
                 words.update(row["summary"].split())
     return words
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI of ``scripts/make_probe_annotations.py``: build the corpus, print a summary;
+    2 on bad input."""
+    parser = argparse.ArgumentParser(
+        description="Build the automatically annotated probe-world corpus in the original "
+        "MILANNOTATIONS layout."
+    )
+    parser.add_argument("--output", type=Path, required=True, help="corpus directory")
+    parser.add_argument("--num-images", type=int, default=1500, help="probe scenes per set")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=64, help="scene side for the probe nets")
+    parser.add_argument(
+        "--efficientnet-size", type=int, default=96, help="scene side for EfficientNet-Lite0"
+    )
+    parser.add_argument("--k", type=int, default=15, help="exemplars per unit")
+    parser.add_argument(
+        "--tiny", action="store_true", help="a tiny corpus (planted + two tiny nets) for tests"
+    )
+    parser.add_argument("--no-efficientnet", action="store_true")
+    parser.add_argument("--no-objects", action="store_true", help="ignore the tuxpaint stamps")
+    parser.add_argument("--model-cache", type=Path, help="where trained probe nets are cached")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        corpus = build_corpus(
+            args.output,
+            num_images=args.num_images,
+            seed=args.seed,
+            image_size=args.size,
+            efficientnet_size=args.efficientnet_size,
+            k=args.k,
+            tiny=args.tiny,
+            with_efficientnet=not args.no_efficientnet,
+            use_stamps=not args.no_objects,
+            model_cache_dir=args.model_cache,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"make_probe_annotations: error: {error}", file=sys.stderr)
+        return 2
+    summary = {key: corpus[key] for key in ("units", "descriptions", "vocabulary_size")}
+    summary["build_seconds"] = corpus["build_seconds"]
+    summary["networks"] = {n["name"]: n["units"] for n in corpus["networks"]}
+    print(json.dumps(summary, indent=2))
+    return 0
