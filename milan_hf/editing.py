@@ -45,6 +45,7 @@ from .ablation import (
 from .probe_world.probe_models import (
     ProbeCNN,
     normalise,
+    optimisation_step,
     probe_model_cache_dir,
     task_classes,
     task_scene,
@@ -186,12 +187,7 @@ def train_text_classifier(
             batch = order[start : start + config.batch_size]
             # No flips: they would mirror the written words.
             loss = F.cross_entropy(model(normalise(images[batch])), labels[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            optimisation_step(loss, optimiser, schedule, bar)
     bar.close()
     metrics = {"classes": config.classes, "train_seconds": round(time.perf_counter() - started, 1)}
     return model.eval(), metrics
