@@ -26,11 +26,13 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import datasets
-from huggingface_hub import DatasetCard, DatasetCardData, HfApi
+from huggingface_hub import DatasetCard, DatasetCardData
 
 from milan_hf import schema
+from milan_hf.hub import push_dataset_folder
 from milan_hf.milannotations import (
     CITATION,
     GENERALIZATION_SPLITS,
@@ -255,36 +257,26 @@ def export_milannotations(
 
 def push_milannotations(
     repo_id: str,
-    sets: Sequence[str] | None = None,
-    data_dir: str | None = None,
-    imagenet_dir: str | None = None,
-    cache_dir: str | None = None,
-    seed: int = 0,
-    test_fraction: float = 0.1,
-    with_images: bool = True,
+    *,
     private: bool = False,
     token: str | None = None,
     output_dir: str | os.PathLike | None = None,
+    **export_options: Any,
 ) -> str:
-    """Export (to ``output_dir`` or a temporary folder) and upload as the dataset ``repo_id``."""
+    """Export (to ``output_dir`` or a temporary folder) and upload as the dataset ``repo_id``;
+    ``export_options`` (``sets``, ``data_dir``, ``seed``...) as in
+    :func:`export_milannotations`."""
     with tempfile.TemporaryDirectory() as temporary:
         folder = export_milannotations(
             repo_id,
             Path(output_dir) if output_dir else Path(temporary) / "milannotations",
-            sets=sets,
-            data_dir=data_dir,
-            imagenet_dir=imagenet_dir,
-            cache_dir=cache_dir,
-            seed=seed,
-            test_fraction=test_fraction,
-            with_images=with_images,
+            **export_options,
         )
-        api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            repo_type="dataset",
-            folder_path=str(folder),
+        commit = push_dataset_folder(
+            folder,
+            repo_id,
+            private=private,
+            token=token,
             commit_message="Upload MILANNOTATIONS as parquet (milan_hf)",
         )
     return str(getattr(commit, "commit_url", commit))
