@@ -36,13 +36,13 @@ import datasets
 import sacrebleu
 import torch
 from accelerate import Accelerator
-from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from milan_hf import schema
 from milan_hf.configuration_milan import MilanCaptionerConfig, MilanPriorConfig
+from milan_hf.hub import push_folder
 from milan_hf.modeling_milan import MilanCaptionerModel
 from milan_hf.processing_milan import MilanProcessor
 from milan_hf.staged_output import require_own_output, staged_directory
@@ -478,12 +478,12 @@ def save_atomically(
 
 def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | None = None) -> Any:
     """Create the model repo if needed and upload the trained folder in one commit."""
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    return api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
+    return push_folder(
+        folder,
+        repo_id,
         repo_type="model",
+        private=private,
+        token=token,
         commit_message="Upload MILAN captioner trained with milan_hf",
     )
 
