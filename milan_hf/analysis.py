@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from . import part_of_speech as pos
+from . import schema
 from .ablation import AblationCurve, AccuracyEvaluator, Unit, ablation_curve, ablation_steps
 from .vision_models import VisionModel
 
@@ -152,16 +153,17 @@ def analyze_descriptions(
             (``None``: after every unit).
         mode: ``"zero"`` or ``"mean"`` ablation.
     """
-    for column in ("layer", "unit", "description"):
+    for column in (schema.LAYER, schema.UNIT, schema.DESCRIPTION):
         if column not in descriptions.column_names:
             raise ValueError(f"the descriptions have no column {column!r}")
     if len(descriptions) == 0:
         raise ValueError("no described units to analyse")
     tagger = tagger or pos.load_tagger()
     units = [
-        (str(layer), int(unit)) for layer, unit in zip(descriptions["layer"], descriptions["unit"])
+        (str(layer), int(unit))
+        for layer, unit in zip(descriptions[schema.LAYER], descriptions[schema.UNIT])
     ]
-    texts = [str(text) for text in descriptions["description"]]
+    texts = [str(text) for text in descriptions[schema.DESCRIPTION]]
     properties = description_properties(texts, tagger, sentence_model)
     evaluator = AccuracyEvaluator(model, dataset, transform=transform, **evaluator_options)
     means = None

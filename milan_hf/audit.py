@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import schema
 from .part_of_speech import PREPOSITIONS, words_of
 
 _STOP_WORDS = (
@@ -152,9 +153,9 @@ def audit_descriptions(
 ) -> ModelAudit:
     """Audit one model's descriptions (a ``describe`` output dataset, or rows with layer, unit
     and description); ``match_options`` as in :func:`match_descriptions`."""
-    layers = [str(layer) for layer in descriptions["layer"]]
-    units = [int(unit) for unit in descriptions["unit"]]
-    texts = [str(text) for text in descriptions["description"]]
+    layers = [str(layer) for layer in descriptions[schema.LAYER]]
+    units = [int(unit) for unit in descriptions[schema.UNIT]]
+    texts = [str(text) for text in descriptions[schema.DESCRIPTION]]
     matches = match_descriptions(texts, query, **match_options)
     counts: dict[str, dict[str, int]] = {}
     found = []

@@ -52,7 +52,6 @@ from milan_hf.probe_world.ground_truth import (  # noqa: F401  (moved there; nam
     KNOWN_BY,
     PLANTED,
     PLANTED_NETWORK,
-    SOURCE,
     GroundTruth,
     KnownUnit,
     ProbeWorldCorpus,
@@ -181,9 +180,9 @@ PER_UNIT_ONLY_METRICS = ("bertscore", "embedding_cosine")
 def _qualified_layers(exemplars: datasets.Dataset) -> list[str]:
     # Two networks may share layer names (conv1): key units by set and layer when sets differ.
     layers = list(exemplars[schema.LAYER])
-    if SOURCE not in exemplars.column_names:
+    if schema.SOURCE not in exemplars.column_names:
         return layers
-    return [f"{source}::{layer}" for source, layer in zip(exemplars[SOURCE], layers)]
+    return [f"{source}::{layer}" for source, layer in zip(exemplars[schema.SOURCE], layers)]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -215,7 +214,7 @@ class _UnitKeys:
 
 
 #: Columns of ``score_descriptions``'s per-unit output that are not scores.
-_NOT_SCORES = (schema.LAYER, schema.UNIT, "description", "references")
+_NOT_SCORES = (schema.LAYER, schema.UNIT, schema.DESCRIPTION, "references")
 
 
 def _metric_groups(
@@ -253,7 +252,9 @@ def _joint_scores(
         return {}, {}
     methods = list(descriptions)
     scored, summary = score_descriptions(
-        keys.dataset("description", [t for m in methods for t in descriptions[m]], len(methods)),
+        keys.dataset(
+            schema.DESCRIPTION, [t for m in methods for t in descriptions[m]], len(methods)
+        ),
         keys.dataset(schema.DESCRIPTIONS, references * len(methods), len(methods)),
         metrics=modules,
         metric_kwargs=kwargs,
@@ -288,7 +289,7 @@ def _per_unit_results(
     return (
         scored.remove_columns([schema.LAYER])
         .add_column(schema.LAYER, layers)
-        .add_column(SOURCE, sources)
+        .add_column(schema.SOURCE, sources)
         .add_column(CONCEPT, [record.get(CONCEPT) for record in records])
         .add_column(FAMILY, [record.get(FAMILY) for record in records])
         .add_column(KNOWN_BY, [record.get(KNOWN_BY) for record in records])
@@ -327,7 +328,9 @@ def score_methods(
     joint_scores, joint_summary = _joint_scores(keys, descriptions, unit_references, joint)
     references = keys.dataset(schema.DESCRIPTIONS, unit_references)
     sources = (
-        list(exemplars[SOURCE]) if SOURCE in exemplars.column_names else ["(all)"] * len(exemplars)
+        list(exemplars[schema.SOURCE])
+        if schema.SOURCE in exemplars.column_names
+        else ["(all)"] * len(exemplars)
     )
     truth = list(ground_truth) if ground_truth is not None else [None] * len(exemplars)
 
@@ -335,7 +338,7 @@ def score_methods(
     per_unit: dict[str, datasets.Dataset] = {}
     for position, (method, texts) in enumerate(descriptions.items()):
         scored, summary = score_descriptions(
-            keys.dataset("description", list(texts)),
+            keys.dataset(schema.DESCRIPTION, list(texts)),
             references,
             metrics=separate_modules,
             metric_kwargs=separate_kwargs,
@@ -462,7 +465,7 @@ def run_benchmark(
         concept_phrases=known.concept_phrases if known else None,
     )
     timings["scoring"] = time.perf_counter() - scoring_started
-    sources = list(exemplars[SOURCE]) if SOURCE in exemplars.column_names else []
+    sources = list(exemplars[schema.SOURCE]) if schema.SOURCE in exemplars.column_names else []
     metadata.update(
         {
             "num_units": len(exemplars),

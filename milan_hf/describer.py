@@ -160,18 +160,24 @@ def describe(
     if output_dir is None:
         found = run.find_exemplars(inputs.layers)
         return datasets.concatenate_datasets([run.describe_layer(found[n]) for n in inputs.layers])
-    settings = {
-        "model": model_fingerprint(model, inputs.model, checkpoint),
-        "images": probe_fingerprint(inputs.probe),
-        "captioner": captioner_fingerprint(captioner, EMBEDDED_CAPTIONER),
-        "units": units if units is None or isinstance(units, int) else sorted(set(units)),
-        "k": k,
-        "quantile": quantile,
-        "input_size": list(inputs.model.input_size),
-        **generation,
-    }
+    settings = _run_settings(model, checkpoint, captioner, run)
     title = (report_title or f"MILAN descriptions of {inputs.model.name}") if report else None
     return _describe_resumably(output_dir, run, settings, overwrite=overwrite, report_title=title)
+
+
+def _run_settings(model: Any, checkpoint: Any, captioner: Any, run: _LayerRun) -> dict:
+    """Everything a run's descriptions depend on: a resumed run must match it exactly."""
+    units = run.units
+    return {
+        "model": model_fingerprint(model, run.inputs.model, checkpoint),
+        "images": probe_fingerprint(run.inputs.probe),
+        "captioner": captioner_fingerprint(captioner, EMBEDDED_CAPTIONER),
+        "units": units if units is None or isinstance(units, int) else sorted(set(units)),
+        "k": run.k,
+        "quantile": run.quantile,
+        "input_size": list(run.inputs.model.input_size),
+        **run.generation,
+    }
 
 
 @dataclass

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from . import schema
 from .ablation import (
     AccuracyEvaluator,
     Unit,
@@ -44,6 +45,7 @@ from .ablation import (
 from .probe_world.probe_models import (
     ProbeCNN,
     normalise,
+    optimisation_step,
     probe_model_cache_dir,
     task_classes,
     task_scene,
@@ -185,12 +187,7 @@ def train_text_classifier(
             batch = order[start : start + config.batch_size]
             # No flips: they would mirror the written words.
             loss = F.cross_entropy(model(normalise(images[batch])), labels[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            optimisation_step(loss, optimiser, schedule, bar)
     bar.close()
     metrics = {"classes": config.classes, "train_seconds": round(time.perf_counter() - started, 1)}
     return model.eval(), metrics
@@ -383,7 +380,7 @@ def ablate_text_units(
     if "validation" not in splits:
         raise ValueError(f"splits must include 'validation', got {sorted(splits)}")
     words = text_query_words() if words is None else words
-    texts = [str(text) for text in descriptions["description"]]
+    texts = [str(text) for text in descriptions[schema.DESCRIPTION]]
     matches = match_descriptions(texts, query, words=words, threshold=threshold)
     selected = [
         (str(layer), int(unit))

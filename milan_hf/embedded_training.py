@@ -41,7 +41,7 @@ from PIL import Image
 from milan_hf import schema, training
 from milan_hf.benchmark import evaluate_known_units
 from milan_hf.probe_world.ground_truth import markdown_summary
-from milan_hf.staged_output import staged_directory, write_text_atomically
+from milan_hf.staged_output import require_own_output, staged_directory, write_text_atomically
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "resources" / "captioner"
 EVALUATION_FILE = "held_out_evaluation.json"
@@ -182,6 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus = ensure_corpus(args.corpus)
     if args.evaluate_only:
         return evaluate_only(args, corpus)
+    # Checked before training (minutes): only a folder of a captioner's files is replaced.
+    require_own_output(
+        args.output,
+        metadata_file=training.METRICS_FILE,
+        owned=training.OWNED_OUTPUT,
+        what="--output",
+    )
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="milan_hf_embedded_captioner_"))
     work.mkdir(parents=True, exist_ok=True)
     data = training_sets(args.corpus, corpus, work / "train_data", args.image_size)
@@ -274,30 +281,15 @@ def card_text(
     )
     return render_card(
         {
-            "backbone": model.config.backbone,
-            "image_size": model.config.image_size,
-            "feature_size": model.config.feature_size,
-            "embedding_size": model.config.embedding_size,
-            "hidden_size": model.config.hidden_size,
-            "prior_layers": model.config.prior_config.num_layers,
-            "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M",
+            **training.trained_captioner_card_fields(model, metrics),
             "vocabulary_size": model.config.vocab_size,
             "train_networks": network_lines(train_networks),
             "held_out_networks": network_lines(held_out_networks),
             "num_images": corpus["num_images"],
-            "train_units": metrics["train_units"],
-            "validation_units": metrics["validation_units"],
-            "train_descriptions": metrics["train_descriptions"],
-            "validation_bleu": f"{metrics['validation_bleu']:.2f}",
-            "validation_loss": f"{metrics['validation_loss']:.3f}",
-            "prior_validation_loss": f"{metrics['prior_validation_loss']:.3f}",
-            "epochs": len(metrics["captioner_history"]),
             "held_out_accuracy": accuracy,
             "eval_num_beams": (evaluation or {}).get(
                 "num_beams", model.generation_config.num_beams
             ),
             "command": command.strip(),
-            "pmi_weight": model.generation_config.pmi_weight,
-            "beam_size": model.generation_config.num_beams,
         }
     )

@@ -180,26 +180,10 @@ def score_descriptions(
     else:
         scored_texts, scored_references = texts, unit_references
 
-    per_unit_scores: dict[str, list[float]] = {}
     summary: dict[str, Any] = {"num_units": len(pairs)}
-    for metric in metrics:
-        module = load_metric(metric) if isinstance(metric, str) else metric
-        name = metric if isinstance(metric, str) else _registered_name(metric)
-        kwargs = dict((metric_kwargs or {}).get(name, {}))
-        result = module.compute(predictions=scored_texts, references=scored_references, **kwargs)
-        per_prediction_keys = getattr(module, "per_prediction_keys", None) or [
-            key
-            for key, value in result.items()
-            if isinstance(value, list) and len(value) == len(texts)
-        ]
-        for key, value in result.items():
-            if key in per_unit_scores or key in summary:
-                raise ValueError(f"Two metrics both report {key!r}; score them separately.")
-            if key in per_prediction_keys:
-                per_unit_scores[key] = [float(score) for score in value]
-                summary[key] = sum(per_unit_scores[key]) / len(texts)
-            else:
-                summary[key] = value
+    per_unit_scores = _compute_metrics(
+        metrics, metric_kwargs, scored_texts, scored_references, summary
+    )
 
     per_unit = datasets.Dataset.from_dict(
         {
@@ -220,6 +204,37 @@ def score_descriptions(
         ),
     )
     return per_unit, summary
+
+
+def _compute_metrics(
+    metrics: Sequence[str | evaluate.EvaluationModule],
+    metric_kwargs: Mapping[str, Mapping[str, Any]] | None,
+    texts: list[str],
+    references: list[list[str]],
+    summary: dict[str, Any],
+) -> dict[str, list[float]]:
+    """Every metric's per-unit scores; their means and the corpus-level values go to
+    ``summary``."""
+    per_unit_scores: dict[str, list[float]] = {}
+    for metric in metrics:
+        module = load_metric(metric) if isinstance(metric, str) else metric
+        name = metric if isinstance(metric, str) else _registered_name(metric)
+        kwargs = dict((metric_kwargs or {}).get(name, {}))
+        result = module.compute(predictions=texts, references=references, **kwargs)
+        per_prediction_keys = getattr(module, "per_prediction_keys", None) or [
+            key
+            for key, value in result.items()
+            if isinstance(value, list) and len(value) == len(texts)
+        ]
+        for key, value in result.items():
+            if key in per_unit_scores or key in summary:
+                raise ValueError(f"Two metrics both report {key!r}; score them separately.")
+            if key in per_prediction_keys:
+                per_unit_scores[key] = [float(score) for score in value]
+                summary[key] = sum(per_unit_scores[key]) / len(texts)
+            else:
+                summary[key] = value
+    return per_unit_scores
 
 
 # ---- concept accuracy -----------------------------------------------------------------------

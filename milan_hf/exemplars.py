@@ -371,35 +371,48 @@ def extract_exemplars(
         ),
         probe_options=dict(split=split, image_column=image_column),
     )
-    vision_model, layers, probe = inputs.model, inputs.layers, inputs.probe
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    device = accelerator.device
-    vision_model.module.to(device)
     show = progress and accelerator.is_local_main_process
+    found = _search_probe_set(inputs, accelerator, k, quantile, batch_size, num_workers, show)
+    if not accelerator.is_main_process:
+        return None
+    exemplars = _exemplar_set(found, inputs, k, quantile, accelerator.num_processes)
+    if materialize:
+        exemplars = materialize_images(exemplars, probe_images=inputs.probe, progress=progress)
+    return exemplars
 
-    with LayerTaps(vision_model, layers) as taps, torch.inference_mode():
+
+@dataclass
+class _ProbeSearch:
+    """What the two passes over the probe set found, merged across processes."""
+
+    layers: list[str]
+    top: dict[str, _TopK]
+    thresholds: dict[str, torch.Tensor]
+    dead: dict[str, torch.Tensor]
+    exemplar_maps: dict[str, torch.Tensor]
+    skipped: list[str]
+
+
+def _search_probe_set(
+    inputs: ExtractionInputs,
+    accelerator: Accelerator,
+    k: int,
+    quantile: float,
+    batch_size: int,
+    num_workers: int,
+    show: bool,
+) -> _ProbeSearch:
+    """Pass 1 ranks every image and thresholds every unit; pass 2 maps the exemplars only."""
+    vision_model, probe, device = inputs.model, inputs.probe, accelerator.device
+    vision_model.module.to(device)
+    with LayerTaps(vision_model, inputs.layers) as taps, torch.inference_mode():
         # Pass 1: top-k and activation histograms over this process's shard of the images.
-        top, histograms, skipped = pass_one(
-            taps,
-            _loader(
-                probe,
-                vision_model,
-                _shard(list(range(len(probe))), accelerator),
-                batch_size,
-                num_workers,
-                device,
-            ),
-            k,
-            device,
-            show,
-        )
+        own_images = _shard(list(range(len(probe))), accelerator)
+        batches = _loader(probe, vision_model, own_images, batch_size, num_workers, device)
+        top, histograms, skipped = pass_one(taps, batches, k, device, show)
         skipped = _gather_list(skipped, accelerator)
-        readable = len(probe) - len(skipped)
-        if readable < k:
-            raise ValueError(
-                f"only {readable} of {len(probe)} probe images are readable, fewer than k={k}"
-                + (f"; unreadable: {skipped[:5]}" if skipped else "")
-            )
+        _check_enough_readable(len(probe), skipped, k)
         for layer in taps.layers:
             if layer not in top:  # this process saw no image at all: learn the shapes
                 _init_empty_state(taps, probe, vision_model, layer, k, device, top, histograms)
@@ -409,21 +422,12 @@ def extract_exemplars(
 
         # Pass 2: only the images that are somebody's exemplar, for their full maps.
         needed = torch.unique(torch.cat([t.ids.flatten() for t in top.values()])).tolist()
-        needed = [i for i in needed if i != _NO_IMAGE]
+        needed = _shard([i for i in needed if i != _NO_IMAGE], accelerator)
         exemplar_maps = _exemplar_maps(
-            taps,
-            probe,
-            vision_model,
-            top,
-            _shard(needed, accelerator),
-            batch_size,
-            num_workers,
-            device,
-            show,
+            taps, probe, vision_model, top, needed, batch_size, num_workers, device, show
         )
         for layer in exemplar_maps:
             exemplar_maps[layer] = _reduce_sum(exemplar_maps[layer], accelerator)
-
     if skipped and accelerator.is_main_process:
         logger.warning(
             "skipped %d unreadable probe image(s): %s%s",
@@ -431,24 +435,38 @@ def extract_exemplars(
             skipped[:5],
             " ..." if len(skipped) > 5 else "",
         )
-    if not accelerator.is_main_process:
-        return None
+    return _ProbeSearch(taps.layers, top, thresholds, dead, exemplar_maps, skipped)
+
+
+def _check_enough_readable(num_images: int, skipped: list[str], k: int) -> None:
+    readable = num_images - len(skipped)
+    if readable < k:
+        raise ValueError(
+            f"only {readable} of {num_images} probe images are readable, fewer than k={k}"
+            + (f"; unreadable: {skipped[:5]}" if skipped else "")
+        )
+
+
+def _exemplar_set(
+    found: _ProbeSearch, inputs: ExtractionInputs, k: int, quantile: float, num_processes: int
+) -> datasets.Dataset:
+    """The exemplar set of what the search found, with how it was extracted as metadata."""
+    vision_model = inputs.model
     metadata = {
         "model": vision_model.name,
-        "layers": taps.layers,
+        "layers": found.layers,
         "k": k,
         "quantile": quantile,
         "input_size": list(vision_model.input_size),
         "geometry": vision_model.geometry,
-        "probe_source": probe.source,
-        "num_images": len(probe),
-        "skipped_images": skipped,
-        "num_processes": accelerator.num_processes,
+        "probe_source": inputs.probe.source,
+        "num_images": len(inputs.probe),
+        "skipped_images": found.skipped,
+        "num_processes": num_processes,
     }
-    exemplars = _write_dataset(top, thresholds, dead, exemplar_maps, vision_model, metadata)
-    if materialize:
-        exemplars = materialize_images(exemplars, probe_images=probe, progress=progress)
-    return exemplars
+    return _write_dataset(
+        found.top, found.thresholds, found.dead, found.exemplar_maps, vision_model, metadata
+    )
 
 
 def pass_one(

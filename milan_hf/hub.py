@@ -41,6 +41,26 @@ def write_dataset_folder(
     return paths
 
 
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    repo_type: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload with milan_hf",
+) -> Any:
+    """Create the ``repo_type`` repo if needed and upload ``folder`` in one commit."""
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    return api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type=repo_type,
+        commit_message=commit_message,
+    )
+
+
 def push_dataset_folder(
     folder: str | Path,
     repo_id: str,
@@ -50,12 +70,12 @@ def push_dataset_folder(
     commit_message: str = "Upload with milan_hf",
 ) -> Any:
     """Create the dataset repo if needed and upload ``folder`` in one commit."""
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    return api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
+    return push_folder(
+        folder,
+        repo_id,
         repo_type="dataset",
+        private=private,
+        token=token,
         commit_message=commit_message,
     )
 

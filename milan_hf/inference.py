@@ -342,10 +342,10 @@ def description_records(
         {
             schema.LAYER: layer,
             schema.UNIT: unit,
-            "description": description,
-            "score": score,
-            "captioner_log_prob": captioner_log_prob,
-            "prior_log_prob": prior_log_prob,
+            schema.DESCRIPTION: description,
+            schema.SCORE: score,
+            schema.CAPTIONER_LOG_PROB: captioner_log_prob,
+            schema.PRIOR_LOG_PROB: prior_log_prob,
         }
         for (layer, unit), description, score, captioner_log_prob, prior_log_prob in zip(
             names, descriptions, scores, captioner, prior

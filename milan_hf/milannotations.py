@@ -59,9 +59,6 @@ from milan_hf import schema
 
 logger = logging.getLogger(__name__)
 
-#: Column naming the set a row comes from, e.g. ``"alexnet/imagenet"``.
-SOURCE = "source"
-
 #: Where the MILAN authors host the release: one zip per set.
 RELEASE_HOST = "https://milan.csail.mit.edu/data"
 
@@ -546,7 +543,7 @@ class MilannotationsBuilder(datasets.GeneratorBasedBuilder):
         features = schema.exemplar_features(
             sets[0].mask_size, with_images=with_images, with_descriptions=True
         )
-        features[SOURCE] = datasets.Value("string")
+        features[schema.SOURCE] = datasets.Value("string")
         return datasets.DatasetInfo(
             description=__doc__,
             features=features,
@@ -605,7 +602,7 @@ class MilannotationsBuilder(datasets.GeneratorBasedBuilder):
                     schema.THRESHOLD: float("nan"),
                     schema.DEAD: False,
                     schema.DESCRIPTIONS: list(texts),
-                    SOURCE: set_files.name,
+                    schema.SOURCE: set_files.name,
                 }
                 if with_images:
                     if files.images is not None:

@@ -68,7 +68,7 @@ _BUILD_NAME = re.compile(r"[0-9a-f]{12}")
 _STRIP_NAME = re.compile(r"L\d{3}-U\d+\.jpg")
 _STAGING_NAME = re.compile(r"\.[0-9a-f]{12}\.partial-.*")
 
-_DESCRIPTION = "description"
+_DESCRIPTION = schema.DESCRIPTION
 _KEY_COLUMNS = (schema.LAYER, schema.UNIT)
 _BATCH_SIZE = 64
 

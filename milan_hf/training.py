@@ -36,20 +36,23 @@ import datasets
 import sacrebleu
 import torch
 from accelerate import Accelerator
-from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from milan_hf import schema
 from milan_hf.configuration_milan import MilanCaptionerConfig, MilanPriorConfig
+from milan_hf.hub import push_folder
 from milan_hf.modeling_milan import MilanCaptionerModel
 from milan_hf.processing_milan import MilanProcessor
-from milan_hf.staged_output import staged_directory
+from milan_hf.staged_output import require_own_output, staged_directory
 from milan_hf.tokenization_milan import MilanTokenizer
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_cards" / "captioner.md"
 METRICS_FILE = "training_metrics.json"
+#: What a trained captioner's folder holds (config, weights, tokenizer, metrics, card):
+#: replacing a folder with anything else in it is refused.
+OWNED_OUTPUT = ("*.json", "*.safetensors", "README.md")
 #: Inside a feature-cache entry (a directory, staged so that no reader sees half a file).
 FEATURES_FILE = "features.safetensors"
 
@@ -463,6 +466,9 @@ def save_atomically(
     loads as complete."""
     if output_dir.exists() and not overwrite:
         raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it.")
+    require_own_output(
+        output_dir, metadata_file=METRICS_FILE, owned=OWNED_OUTPUT, what="--output-dir"
+    )
     with staged_directory(output_dir) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
@@ -472,12 +478,12 @@ def save_atomically(
 
 def push_to_hub(folder: Path, repo_id: str, private: bool = False, token: str | None = None) -> Any:
     """Create the model repo if needed and upload the trained folder in one commit."""
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    return api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
+    return push_folder(
+        folder,
+        repo_id,
         repo_type="model",
+        private=private,
+        token=token,
         commit_message="Upload MILAN captioner trained with milan_hf",
     )
 
@@ -608,11 +614,22 @@ def training_metrics(
 def _card_fields(
     args: argparse.Namespace, model: MilanCaptionerModel, metrics: dict[str, Any]
 ) -> dict[str, Any]:
-    config = model.config
-    parameters = sum(p.numel() for p in model.parameters())
     return {
         "repo_id": args.push_to_hub or Path(args.output_dir).name,
         "dataset_name": args.dataset_name or Path(args.dataset).name or args.dataset,
+        **trained_captioner_card_fields(model, metrics),
+        "vocabulary_size": metrics["vocabulary_size"],
+    }
+
+
+def trained_captioner_card_fields(
+    model: MilanCaptionerModel, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The model-card fields every trained captioner has: its architecture, how its training
+    went (``metrics`` as :func:`training_metrics` gives them) and its decoding defaults."""
+    config = model.config
+    parameters = sum(p.numel() for p in model.parameters())
+    return {
         "backbone": config.backbone,
         "image_size": config.image_size,
         "feature_size": config.feature_size,
@@ -620,7 +637,6 @@ def _card_fields(
         "hidden_size": config.hidden_size,
         "prior_layers": config.prior_config.num_layers,
         "parameters": f"{parameters / 1e6:.2f}M",
-        "vocabulary_size": metrics["vocabulary_size"],
         "train_units": metrics["train_units"],
         "validation_units": metrics["validation_units"],
         "train_descriptions": metrics["train_descriptions"],

@@ -287,32 +287,19 @@ def test_bad_inputs_give_clear_errors(tokenizer):
         model.generate(pmi_weight=0.0)
 
 
-def test_push_to_hub_sends_a_complete_describer(tokenizer, monkeypatch):
-    from types import SimpleNamespace
-
-    from huggingface_hub import HfApi
-
-    sent = {"repo_ids": set(), "files": set()}
-    monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id)
-    )
-
-    def create_commit(self, repo_id, operations, **kwargs):
-        sent["repo_ids"].add(repo_id)
-        sent["files"] |= {operation.path_in_repo for operation in operations}
-
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+def test_push_to_hub_sends_a_complete_describer(tokenizer, fake_hub):
     model = tiny_captioner(tokenizer)
     model.push_to_hub("someone/milan-captioner")
     MilanProcessor.from_model_config(model.config, tokenizer).push_to_hub("someone/milan-captioner")
-    assert sent["repo_ids"] == {"someone/milan-captioner"}
+    commits = fake_hub.calls_to("create_commit")
+    assert {commit["repo_id"] for commit in commits} == {"someone/milan-captioner"}
     assert {
         "config.json",
         "generation_config.json",
         "model.safetensors",
         "tokenizer.json",
         "processor_config.json",
-    } <= sent["files"]
+    } <= set(fake_hub.sent["someone/milan-captioner"])
 
 
 def test_checkpoint_can_leave_the_pretrained_backbone_out(tokenizer, tmp_path):
@@ -447,8 +434,14 @@ def test_checkpoints_with_decoding_settings_in_config_json_still_load(tokenizer,
             assert torch.equal(value, loaded.state_dict()[key]), key
     # A processor_config.json of the older flat layout still loads.
     (tmp_path / "processor_config.json").write_text(
-        json.dumps({"processor_class": "MilanProcessor", "image_size": 32,
-                    "image_mean": [0.5] * 3, "image_std": [0.5] * 3})  # fmt: skip
+        json.dumps(
+            {
+                "processor_class": "MilanProcessor",
+                "image_size": 32,
+                "image_mean": [0.5] * 3,
+                "image_std": [0.5] * 3,
+            }
+        )  # fmt: skip
     )
     tokenizer.save_pretrained(tmp_path)
     processor = MilanProcessor.from_pretrained(tmp_path)

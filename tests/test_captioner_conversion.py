@@ -1,8 +1,8 @@
-"""scripts/convert_original_checkpoint.py on checkpoints built with the original's format."""
+"""milan_hf.conversion (scripts/convert_original_checkpoint.py) on checkpoints built with the
+original's format."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
 from collections import OrderedDict
@@ -12,19 +12,12 @@ import pytest
 import timm
 import torch
 
+from milan_hf import conversion
 from tests.captioner_fixtures import single_thread  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_original_checkpoint.py"
 WORDS = ("red", "stripes", "dog", "faces", "the", ",")
 EMBEDDING, HIDDEN, FEATURES = 8, 16, 64 + 64 + 128 + 256 + 512  # resnet18 pyramid: 1024
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("convert_original_checkpoint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def serialized_indexer(words, spacy_config):
@@ -159,9 +152,8 @@ def original_log_probs(state, features, old_ids):
 
 
 def test_converts_original_checkpoint(checkpoint, tmp_path):
-    convert_script = load_script()
     path, payload = checkpoint
-    output_dir = convert_script.main([str(path), "--output-dir", str(tmp_path / "converted")])
+    output_dir = conversion.main([str(path), "--output-dir", str(tmp_path / "converted")])
 
     from milan_hf.modeling_milan import MilanCaptionerModel
     from milan_hf.processing_milan import MilanProcessor
@@ -202,16 +194,15 @@ def test_converts_original_checkpoint(checkpoint, tmp_path):
 
 
 def test_conversion_refuses_unexpected_contents(checkpoint, tmp_path):
-    convert_script = load_script()
     _, payload = checkpoint
     with pytest.raises(ValueError, match="top-level keys"):
-        convert_script.convert({**payload, "optimizer": {}})
+        conversion.convert({**payload, "optimizer": {}})
     extra_tensor = {
         **payload,
         "state_dict": {**payload["state_dict"], "extra.weight": torch.ones(1)},
     }
     with pytest.raises(ValueError, match="Unexpected entries.*extra.weight"):
-        convert_script.convert(extra_tensor)
+        conversion.convert(extra_tensor)
     alexnet = {
         **payload,
         "properties": {
@@ -220,9 +211,9 @@ def test_conversion_refuses_unexpected_contents(checkpoint, tmp_path):
         },
     }
     with pytest.raises(ValueError, match="'alexnet' has no timm counterpart"):
-        convert_script.convert(alexnet)
+        conversion.convert(alexnet)
     with pytest.raises(ValueError, match=r"unexpected properties \['optimizer_state'\]"):
-        convert_script.convert(
+        conversion.convert(
             {**payload, "properties": {**payload["properties"], "optimizer_state": 1}}
         )
 
@@ -230,8 +221,8 @@ def test_conversion_refuses_unexpected_contents(checkpoint, tmp_path):
     smuggled = tmp_path / "smuggled.pth"
     torch.save({"properties": {}, "state_dict": {}, "children": {"x": Path("/etc")}}, smuggled)
     with pytest.raises(ValueError, match="Refusing.*pathlib.PosixPath") as refused:
-        convert_script.load_original_checkpoint(smuggled)
+        conversion.load_original_checkpoint(smuggled)
     assert "weights_only=False" not in str(refused.value)
     assert "likely succeed" not in str(refused.value)
     with pytest.raises(FileNotFoundError):
-        convert_script.load_original_checkpoint(tmp_path / "missing.pth")
+        conversion.load_original_checkpoint(tmp_path / "missing.pth")

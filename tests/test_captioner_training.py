@@ -4,12 +4,10 @@ push."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import HfApi
 
 from milan_hf import cli, training
 from milan_hf.image_processing_milan import MilanImageProcessor
@@ -31,20 +29,9 @@ TINY_ARGS = [
 ]  # fmt: skip
 
 
-def test_tiny_captioner_learns_its_corpus_and_pushes_to_hub(tmp_path, monkeypatch):
+def test_tiny_captioner_learns_its_corpus_and_pushes_to_hub(tmp_path, fake_hub):
     corpus = colour_corpus(units_per_colour=4)
     corpus.save_to_disk(str(tmp_path / "corpus"))
-    calls = {}
-    monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo_id, **kw: calls.setdefault("create", (repo_id, kw))
-    )
-
-    def upload_folder(self, *, folder_path, repo_id, **kw):
-        calls["upload"] = (repo_id, kw)
-        calls["uploaded_files"] = sorted(p.name for p in Path(folder_path).iterdir())
-        calls["card"] = (Path(folder_path) / "README.md").read_text()
-
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
 
     output_dir = tmp_path / "captioner"
     metrics = training.main(
@@ -88,15 +75,14 @@ def test_tiny_captioner_learns_its_corpus_and_pushes_to_hub(tmp_path, monkeypatc
     assert saved["validation_bleu"] == metrics["validation_bleu"]
 
     # What the Hub would receive.
-    assert calls["create"] == (
-        "someone/milan-tiny",
-        {"repo_type": "model", "private": False, "exist_ok": True},
-    )
-    assert calls["upload"][0] == "someone/milan-tiny"
-    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(
-        calls["uploaded_files"]
-    )
-    card = calls["card"]
+    assert fake_hub.calls_to("create_repo") == [
+        {"repo_id": "someone/milan-tiny", "repo_type": "model", "private": False, "exist_ok": True}
+    ]
+    (upload,) = fake_hub.calls_to("upload_folder")
+    assert upload["repo_id"] == "someone/milan-tiny"
+    uploaded = fake_hub.sent["someone/milan-tiny"]
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(uploaded)
+    card = uploaded["README.md"].decode()
     assert "# MILAN captioner: someone/milan-tiny" in card
     assert "colour squares: 9 units" in card
     assert f"{metrics['validation_bleu']:.2f}" in card

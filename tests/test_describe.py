@@ -14,7 +14,6 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import HfApi
 from PIL import Image
 
 from milan_hf.cli import main as cli_main
@@ -239,32 +238,13 @@ def test_bad_arguments(tmp_path, probe_images, capsys):
     assert "--max-units must be a positive integer" in capsys.readouterr().err
 
 
-def test_command_line_with_push(tmp_path, monkeypatch, capsys):
+def test_command_line_with_push(tmp_path, fake_hub, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(1)
     for index in range(6):
         image = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
         Image.fromarray(image).save(folder / f"{index}.png")
-    sent = {}
-
-    def create_repo(self, repo_id, **kwargs):
-        sent["create_repo"] = (repo_id, kwargs)
-
-    def upload_folder(self, *, folder_path, repo_id, **kwargs):
-        root = Path(folder_path)
-        sent["upload"] = (repo_id, kwargs)
-        sent["files"] = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-        sent["card"] = (root / "README.md").read_text()
-        sent["descriptions"] = datasets.Dataset.from_parquet(
-            [str(p) for p in sorted(root.glob("data/train-*.parquet"))]
-        ).to_list()
-        sent["exemplar_columns"] = datasets.Dataset.from_parquet(
-            [str(p) for p in sorted(root.glob("data/exemplars-*.parquet"))]
-        ).column_names
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     output = tmp_path / "out"
     status = cli_main(
         ["describe", "--model", "test_efficientnet", "--layers", "blocks.1", "--images",
@@ -279,15 +259,26 @@ def test_command_line_with_push(tmp_path, monkeypatch, capsys):
     for row in rows:  # λ = 0: the score is log p(d|E) itself
         assert float(row["score"]) == pytest.approx(float(row["captioner_log_prob"]), abs=1e-4)
 
-    assert sent["create_repo"] == ("someone/tiny-descriptions", {"repo_type": "dataset",
-                                   "private": False, "exist_ok": True})  # fmt: skip
-    assert sent["upload"][0] == "someone/tiny-descriptions"
-    assert sent["upload"][1]["repo_type"] == "dataset"
-    assert sent["files"] == [
+    assert fake_hub.calls_to("create_repo") == [
+        {"repo_id": "someone/tiny-descriptions", "repo_type": "dataset", "private": False,
+         "exist_ok": True}
+    ]  # fmt: skip
+    (upload,) = fake_hub.calls_to("upload_folder")
+    assert upload["repo_id"] == "someone/tiny-descriptions"
+    assert upload["repo_type"] == "dataset"
+    root = fake_hub.folder("someone/tiny-descriptions")
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
         "README.md",
         "data/exemplars-00000-of-00001.parquet",
         "data/train-00000-of-00001.parquet",
     ]
+    sent = {"card": (root / "README.md").read_text()}
+    sent["descriptions"] = datasets.Dataset.from_parquet(
+        [str(p) for p in sorted(root.glob("data/train-*.parquet"))]
+    ).to_list()
+    sent["exemplar_columns"] = datasets.Dataset.from_parquet(
+        [str(p) for p in sorted(root.glob("data/exemplars-*.parquet"))]
+    ).column_names
     assert [row["description"] for row in sent["descriptions"]] == [r["description"] for r in rows]
     assert "images" in sent["exemplar_columns"]
     assert "# Neuron descriptions of test_efficientnet" in sent["card"]
@@ -295,27 +286,20 @@ def test_command_line_with_push(tmp_path, monkeypatch, capsys):
     assert rows[0]["description"].replace("|", "\\|") in sent["card"]
 
 
-def test_push_escapes_descriptions_in_the_card(tmp_path, probe_images, monkeypatch):
+def test_push_escapes_descriptions_in_the_card(tmp_path, probe_images, fake_hub):
     output = tmp_path / "out"
     tiny_describe(probe_images, output, units=1)
     descriptions, exemplars = load_description_outputs(output)
     descriptions = descriptions.map(lambda row: {"description": "a | b\nc"})
-    cards = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: None)
-    monkeypatch.setattr(
-        HfApi,
-        "upload_folder",
-        lambda self, *, folder_path, **kwargs: cards.append(
-            (Path(folder_path) / "README.md").read_text()
-        ),
-    )
     push_descriptions_to_hub(descriptions, exemplars, "someone/repo", captioner="my/captioner")
-    assert "| a \\| b c |" in cards[0]
-    assert "`my/captioner`" in cards[0]
+    (upload,) = fake_hub.calls_to("upload_folder")
+    card = fake_hub.sent["someone/repo"]["README.md"].decode()
+    assert "| a \\| b c |" in card
+    assert "`my/captioner`" in card
     assert json.loads(json.dumps(descriptions.to_list()))  # plain data, nothing exotic
 
 
-def test_hub_folder_is_what_load_dataset_reads_and_push_is_one_commit(tmp_path, monkeypatch):
+def test_hub_folder_is_what_load_dataset_reads_and_push_is_one_commit(tmp_path, fake_hub):
     from milan_hf.hub import descriptions_card, push_dataset, write_dataset_folder
 
     rows = datasets.Dataset.from_dict({"layer": ["a"] * 5, "unit": list(range(5))})
@@ -324,17 +308,11 @@ def test_hub_folder_is_what_load_dataset_reads_and_push_is_one_commit(tmp_path, 
     assert datasets.Dataset.from_parquet([str(p) for p in paths])["unit"] == list(range(5))
     assert (tmp_path / "folder" / "README.md").read_text() == "card text"
 
-    calls = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(repo_id))
-    monkeypatch.setattr(
-        HfApi,
-        "upload_folder",
-        lambda self, *, folder_path, repo_id, **kw: calls.append(
-            sorted(p.name for p in Path(folder_path).rglob("*") if p.is_file())
-        ),
-    )
     push_dataset(rows, "someone/rows", "card")
-    assert calls == ["someone/rows", ["README.md", "train-00000-of-00001.parquet"]]
+    assert [name for name, _repo, _kwargs in fake_hub.calls] == ["create_repo", "upload_folder"]
+    assert [call["repo_id"] for call in fake_hub.calls_to("create_repo")] == ["someone/rows"]
+    uploaded = sorted(Path(path).name for path in fake_hub.sent["someone/rows"])
+    assert uploaded == ["README.md", "train-00000-of-00001.parquet"]
 
     # A dead unit's NaN score is shown as no score in the card, never as "nan" or 3.4e38.
     descriptions = datasets.Dataset.from_dict(

@@ -13,7 +13,6 @@ import csv
 import json
 import shutil
 from pathlib import Path
-from unittest import mock
 
 import datasets
 import pytest
@@ -346,26 +345,19 @@ def test_evaluate_on_a_saved_dataset_without_concept_masks(captioner_dir, test_s
     assert "ground_truth" not in results[GREEDY] and results[GREEDY]["num_units"] == 6
 
 
-def test_push_to_hub_adds_eval_results_to_the_card(corpus_dir, captioner_dir, tmp_path):
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import EntryNotFoundError
-
-    with (
-        mock.patch.object(
-            HfApi, "hf_hub_download", side_effect=EntryNotFoundError("no README")
-        ) as download,
-        mock.patch.object(HfApi, "upload_file") as upload,
-    ):
-        code = evaluate(
-            "--captioner", captioner_dir, "--data", corpus_dir, "--held-out", "shape-cnn",
-            "--pmi-weights", "0,0.2", "--num-beams", 2, "--metrics", "rouge",
-            "--output", tmp_path / "out", "--push-to-hub", "someone/milan-captioner",
-        )  # fmt: skip
+def test_push_to_hub_adds_eval_results_to_the_card(corpus_dir, captioner_dir, tmp_path, fake_hub):
+    # The fake Hub has no README.md for the captioner: the push starts a card.
+    code = evaluate(
+        "--captioner", captioner_dir, "--data", corpus_dir, "--held-out", "shape-cnn",
+        "--pmi-weights", "0,0.2", "--num-beams", 2, "--metrics", "rouge",
+        "--output", tmp_path / "out", "--push-to-hub", "someone/milan-captioner",
+    )  # fmt: skip
     assert code == 0
-    assert download.call_args.args[:2] == ("someone/milan-captioner", "README.md")
-    sent = upload.call_args.kwargs
+    (download,) = fake_hub.calls_to("hf_hub_download")
+    assert (download["repo_id"], download["filename"]) == ("someone/milan-captioner", "README.md")
+    (sent,) = fake_hub.calls_to("upload_file")
     assert sent["repo_id"] == "someone/milan-captioner" and sent["path_in_repo"] == "README.md"
-    card = sent["path_or_fileobj"].decode()
+    card = fake_hub.sent["someone/milan-captioner"]["README.md"].decode()
     assert "model-index" in card and "PMI λ=0.2" in card and "Concept accuracy" in card
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from unittest import mock
 
 import datasets
 import evaluate
 import pytest
-from huggingface_hub import HfApi, ModelCard
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub import ModelCard
 
 from milan_hf.evaluation import (
     DEFAULT_CONCEPT_SYNONYMS,
@@ -407,34 +405,30 @@ def test_add_eval_results_to_card_errors(tmp_path):
         add_eval_results_to_card(ModelCard(CARD_TEXT), ROWS, "d")
 
 
-def test_push_eval_results_uploads_the_updated_card(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(CARD_TEXT)
-    with (
-        mock.patch.object(HfApi, "hf_hub_download", return_value=str(readme)) as download,
-        mock.patch.object(HfApi, "upload_file", return_value="commit") as upload,
-    ):
-        result = push_eval_results(
-            "user/milan-captioner", ROWS, "Probe world", dataset_split="heldout", create_pr=True
-        )
-    assert result == "commit"
-    download.assert_called_once_with("user/milan-captioner", "README.md", revision=None)
-    sent = upload.call_args.kwargs
+def test_push_eval_results_uploads_the_updated_card(fake_hub):
+    fake_hub.remote_files["user/milan-captioner"] = {"README.md": CARD_TEXT}
+    result = push_eval_results(
+        "user/milan-captioner", ROWS, "Probe world", dataset_split="heldout", create_pr=True
+    )
+    (download,) = fake_hub.calls_to("hf_hub_download")
+    assert download == {
+        "repo_id": "user/milan-captioner",
+        "filename": "README.md",
+        "revision": None,
+    }
+    (sent,) = fake_hub.calls_to("upload_file")
+    assert result.commit_url.startswith("https://huggingface.co/user/milan-captioner/commit/")
     assert sent["repo_id"] == "user/milan-captioner" and sent["path_in_repo"] == "README.md"
     assert sent["create_pr"] is True and sent["commit_message"].endswith("on Probe world")
-    card = ModelCard(sent["path_or_fileobj"].decode("utf-8"))
+    card = ModelCard(fake_hub.sent["user/milan-captioner"]["README.md"].decode("utf-8"))
     assert card.data.model_name == "milan-captioner"
     assert len(card.data.eval_results) == 7
     assert "# MILAN captioner" in card.text
 
 
-def test_push_eval_results_starts_a_card_when_the_repo_has_none():
-    missing = EntryNotFoundError("README.md not found")
-    with (
-        mock.patch.object(HfApi, "hf_hub_download", side_effect=missing),
-        mock.patch.object(HfApi, "upload_file") as upload,
-    ):
-        push_eval_results("user/new-model", ROWS, "Probe world")
-    card = ModelCard(upload.call_args.kwargs["path_or_fileobj"].decode("utf-8"))
+def test_push_eval_results_starts_a_card_when_the_repo_has_none(fake_hub):
+    push_eval_results("user/new-model", ROWS, "Probe world")  # the fake Hub has no README.md
+    assert len(fake_hub.calls_to("hf_hub_download")) == 1
+    card = ModelCard(fake_hub.sent["user/new-model"]["README.md"].decode("utf-8"))
     assert card.data.library_name == "milan-hf"
     assert card.data.eval_results[0].dataset_name == "Probe world"

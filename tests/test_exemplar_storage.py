@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from unittest import mock
 
 import datasets
 import numpy as np
@@ -134,22 +133,13 @@ def test_an_unknown_storage_format_is_refused(tmp_path, extracted):
         load_exemplars(tmp_path / "out")
 
 
-def test_a_loaded_set_pushes_plain_uint8_masks_to_the_hub(tmp_path, extracted):
+def test_a_loaded_set_pushes_plain_uint8_masks_to_the_hub(tmp_path, extracted, fake_hub):
     """The Hub copy needs no milan_hf: its parquet holds the masks as plain 0/1 arrays."""
     save_exemplars(extracted.select(range(3)), tmp_path / "compact")
     loaded = load_exemplars(tmp_path / "compact")
-    sent = {}
-
-    def fake_upload_folder(self, *, folder_path, repo_id, repo_type, **kwargs):
-        (parquet,) = Path(folder_path).rglob("*.parquet")
-        sent["table"] = datasets.Dataset.from_parquet(str(parquet))
-
-    with (
-        mock.patch("huggingface_hub.HfApi.create_repo"),
-        mock.patch("huggingface_hub.HfApi.upload_folder", fake_upload_folder),
-    ):
-        push_exemplars_to_hub(loaded, "someone/compact-exemplars", materialize=False)
-    pushed = sent["table"]
+    push_exemplars_to_hub(loaded, "someone/compact-exemplars", materialize=False)
+    (parquet,) = fake_hub.folder("someone/compact-exemplars").rglob("*.parquet")
+    pushed = datasets.Dataset.from_parquet(str(parquet))
     assert mask_packing.PACKED_MASKS not in pushed.column_names
     assert pushed.features[schema.MASKS] == datasets.List(
         datasets.Array2D((INPUT_SIZE, INPUT_SIZE), "uint8")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import shutil
@@ -14,12 +13,11 @@ import huggingface_hub
 import numpy as np
 import pytest
 
-from milan_hf import schema
+from milan_hf import milannotations_hub, schema
 from milan_hf.milannotations import (
     GENERALIZATION_SPLITS,
     MILANNOTATIONS_GROUPINGS,
     MILANNOTATIONS_SETS,
-    SOURCE,
     MilannotationsBuilder,
     load_milannotations,
     release_url,
@@ -52,7 +50,7 @@ def expected_features(with_images: bool) -> datasets.Features:
     features = schema.exemplar_features(
         fixture.MASK_SIZE, with_images=with_images, with_descriptions=True
     )
-    features[SOURCE] = datasets.Value("string")
+    features[schema.SOURCE] = datasets.Value("string")
     return features
 
 
@@ -65,13 +63,13 @@ def test_every_config_loads_with_right_counts_and_schema(config, release, cache)
             len(config.sets) - len(config.held_out)
         )
         assert splits["test"].num_rows == fixture.UNITS_PER_SET * len(config.held_out)
-        assert set(splits["test"][SOURCE]) == set(config.held_out)
-        assert set(splits["train"][SOURCE]) == set(config.sets) - set(config.held_out)
+        assert set(splits["test"][schema.SOURCE]) == set(config.held_out)
+        assert set(splits["train"][schema.SOURCE]) == set(config.sets) - set(config.held_out)
     else:
         # Within-network: int(0.1 * 12) = 1 unit of every set held out.
         assert splits["train"].num_rows == (fixture.UNITS_PER_SET - 1) * len(config.sets)
         assert splits["test"].num_rows == len(config.sets)
-        assert set(splits["test"][SOURCE]) == set(config.sets)
+        assert set(splits["test"][schema.SOURCE]) == set(config.sets)
     with_images = any(s not in IMAGENET_SOURCED for s in config.sets)
     for split in splits.values():
         assert split.features == expected_features(with_images)
@@ -104,7 +102,7 @@ def test_rows_match_the_files_and_images_are_aligned(release, imagenet, cache):
     n_imagenet = len(fixture.IMAGENET_CLASSES) * fixture.IMAGES_PER_CLASS
 
     for row in rows:
-        layer_dir = release / row[SOURCE] / row[schema.LAYER]
+        layer_dir = release / row[schema.SOURCE] / row[schema.LAYER]
         unit_numbers = (
             np.load(layer_dir / "units.npy")
             if (layer_dir / "units.npy").exists()
@@ -123,7 +121,7 @@ def test_rows_match_the_files_and_images_are_aligned(release, imagenet, cache):
             assert all(math.isnan(a) for a in row[schema.ACTIVATIONS])
         assert math.isnan(row[schema.THRESHOLD]) and row[schema.DEAD] is False
         assert row[schema.DESCRIPTIONS] == [
-            fixture.description(row[SOURCE], row[schema.LAYER], row[schema.UNIT], i)
+            fixture.description(row[schema.SOURCE], row[schema.LAYER], row[schema.UNIT], i)
             for i in range(3)
         ]
 
@@ -131,7 +129,7 @@ def test_rows_match_the_files_and_images_are_aligned(release, imagenet, cache):
         assert [image.shape for image in images] == [
             (fixture.MASK_SIZE, fixture.MASK_SIZE, 3)
         ] * fixture.K
-        if row[SOURCE] in IMAGENET_SOURCED:
+        if row[schema.SOURCE] in IMAGENET_SOURCED:
             # ImageFolder order; Resize+CenterCrop keeps only the centre colour (a squash
             # would pull in the black side bands).
             for image, image_id in zip(images, row[schema.IDS]):
@@ -161,7 +159,7 @@ def test_within_network_split_is_seeded_per_set(release, cache):
     grouped = load_milannotations("base", data_dir=release, split="test", cache_dir=cache)
     held = {(r[schema.LAYER], r[schema.UNIT]) for r in alone["test"]}
     in_group = {
-        (r[schema.LAYER], r[schema.UNIT]) for r in grouped if r[SOURCE] == "alexnet/imagenet"
+        (r[schema.LAYER], r[schema.UNIT]) for r in grouped if r[schema.SOURCE] == "alexnet/imagenet"
     }
     assert held == in_group
     train = {(r[schema.LAYER], r[schema.UNIT]) for r in alone["train"]}
@@ -205,12 +203,12 @@ def test_discovered_sets_split_by_network_name(tmp_path, cache):
     assert schema.IMAGES in everything.features
 
     across = load_milannotations("all", data_dir=corpus, held_out=["tinycnn_b"], cache_dir=cache)
-    assert set(across["train"][SOURCE]) == {"tinycnn_a/probeworld"}
-    assert set(across["test"][SOURCE]) == {"tinycnn_b/probeworld"}
+    assert set(across["train"][schema.SOURCE]) == {"tinycnn_a/probeworld"}
+    assert set(across["test"][schema.SOURCE]) == {"tinycnn_b/probeworld"}
     assert across["test"].num_rows == fixture.UNITS_PER_SET
 
     one = load_milannotations("not-tinycnn_a", data_dir=corpus, split="all", cache_dir=cache)
-    assert set(one[SOURCE]) == {"tinycnn_b/probeworld"}
+    assert set(one[schema.SOURCE]) == {"tinycnn_b/probeworld"}
     by_network = load_milannotations("tinycnn_a", data_dir=corpus, cache_dir=cache)
     assert by_network["train"].num_rows == fixture.UNITS_PER_SET - 1
 
@@ -227,7 +225,7 @@ def test_imagenet_sets_without_imagenet_dir_warn_once(release, cache, caplog):
     assert len(warnings) == 1
     assert "alexnet/imagenet, resnet152/imagenet" in warnings[0].getMessage()
     # biggan/imagenet ships images.npy, so the column exists and is empty for the others.
-    for source, images in zip(rows[SOURCE], rows[schema.IMAGES]):
+    for source, images in zip(rows[schema.SOURCE], rows[schema.IMAGES]):
         assert (images is None) == (source != "biggan/imagenet")
 
     alone = load_milannotations("resnet152/imagenet", data_dir=release, cache_dir=cache)
@@ -260,7 +258,7 @@ def test_parquet_round_trip_keeps_types(release, imagenet, cache, tmp_path):
             np.stack([np.array(i) for i in before[schema.IMAGES]]),
         )
         assert after[schema.DESCRIPTIONS] == before[schema.DESCRIPTIONS]
-        assert after[SOURCE] == before[SOURCE]
+        assert after[schema.SOURCE] == before[schema.SOURCE]
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -318,18 +316,9 @@ def test_imagenet_id_out_of_range_names_the_ids_file(one_set, tmp_path, cache):
 # ---------------------------------------------------------------------------- push
 
 
-def load_push_script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "push_milannotations.py"
-    spec = importlib.util.spec_from_file_location("push_milannotations", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_push_uploads_parquet_configs_and_card(release, cache, tmp_path, fake_hub):
-    push = load_push_script()
     args = ["org/milannotations", "--data-dir", str(release), "--cache-dir", str(cache)]
-    assert push.main(args) == 0
+    assert milannotations_hub.main(args) == 0
 
     (create_repo,) = fake_hub.calls_to("create_repo")
     assert create_repo["repo_id"] == "org/milannotations"
@@ -385,10 +374,9 @@ def test_push_uploads_parquet_configs_and_card(release, cache, tmp_path, fake_hu
 
 
 def test_export_refuses_to_overwrite(release, cache, tmp_path):
-    push = load_push_script()
     (tmp_path / "out").mkdir()
     with pytest.raises(FileExistsError, match="out"):
-        push.export_milannotations("org/x", tmp_path / "out", data_dir=str(release))
+        milannotations_hub.export_milannotations("org/x", tmp_path / "out", data_dir=str(release))
 
 
 def test_edited_release_is_prepared_again(one_set, cache):
@@ -408,5 +396,5 @@ def test_nested_zip_of_a_discovered_set(tmp_path, cache):
         for file in sorted((staging / "tinycnn").rglob("*")):
             archive.write(file, file.relative_to(staging / "tinycnn").as_posix())
     rows = load_milannotations("all", data_dir=tmp_path / "corpus", split="all", cache_dir=cache)
-    assert set(rows[SOURCE]) == {"tinycnn/probeworld"}
+    assert set(rows[schema.SOURCE]) == {"tinycnn/probeworld"}
     assert rows.num_rows == fixture.UNITS_PER_SET

@@ -2,8 +2,6 @@
 
 import csv
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +9,9 @@ import torch
 
 from milan_hf.milannotations import load_milannotations
 from milan_hf.probe_world.concepts import load_stamps
+from milan_hf.probe_world.corpus import main as corpus_cli
 from milan_hf.probe_world.probe_models import ProbeModelSpec, load_probe_model
 from milan_hf.probe_world.scenes import generate_scene
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import make_probe_annotations  # noqa: E402
 
 SIZE, K, IMAGES, SEED = 32, 5, 40, 3
 
@@ -26,7 +22,7 @@ def corpus(tmp_path_factory):
     output = root / "probe_corpus"
     argv = ["--output", str(output), "--tiny", "--num-images", str(IMAGES), "--size", str(SIZE)]
     argv += ["--k", str(K), "--seed", str(SEED), "--model-cache", str(root / "models"), "--quiet"]
-    assert make_probe_annotations.main(argv) == 0
+    assert corpus_cli(argv) == 0
     return output
 
 
@@ -77,7 +73,7 @@ def test_corpus_loads_with_the_milannotations_reader(corpus, tmp_path):
 
 
 def test_existing_output_needs_overwrite(corpus, capsys):
-    assert make_probe_annotations.main(["--output", str(corpus), "--tiny"]) == 2
+    assert corpus_cli(["--output", str(corpus), "--tiny"]) == 2
     assert "exists" in capsys.readouterr().err
 
 

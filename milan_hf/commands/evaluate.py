@@ -200,42 +200,14 @@ def _load_split_set_by_set(name: str, data_dir, held_out, args: argparse.Namespa
 
 def run(args: argparse.Namespace) -> int:
     pmi_weights = parse_pmi_weights(args.pmi_weights)
-    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
-    from ..metrics import METRICS
-
-    unknown = [name for name in metrics if name not in METRICS]
-    if unknown or not metrics:
-        raise ValueError(f"--metrics: unknown {unknown or metrics}; choose from {list(METRICS)}")
-    for name, value in (("--batch-size", args.batch_size), ("--num-beams", args.num_beams)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+    metrics = _checked_metrics(args)
     output: Path = args.output
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-    captioner_path = Path(args.captioner)
-    if not captioner_path.is_dir() and (
-        captioner_path.exists() or _looks_like_path(args.captioner)
-    ):
-        # Anything else ("user/model") is a Hub id.
-        raise FileNotFoundError(f"--captioner {args.captioner!r} is not a directory")
-
-    import torch
-
-    from ..benchmark import decoding_settings, results_markdown, run_benchmark, unit_sample
-    from ..evaluation import add_eval_results_to_card, push_eval_results, save_evaluation
+    from ..benchmark import decoding_settings, run_benchmark, unit_sample
+    from ..evaluation import push_eval_results
     from ..metrics import PAPER_BERTSCORE_SETTINGS
-    from ..modeling_milan import MilanCaptionerModel
-    from ..processing_milan import MilanProcessor
-    from ..staged_output import staged_directory
 
     settings = decoding_settings(pmi_weights, args.num_beams)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        captioner = MilanCaptionerModel.from_pretrained(args.captioner).to(device).eval()
-        processor = MilanProcessor.from_pretrained(args.captioner)
-    except OSError as error:
-        raise FileNotFoundError(f"--captioner {args.captioner!r} did not load: {error}") from None
-
+    captioner, processor = _load_captioner(args)
     exemplars, corpus, held_out, data_label = load_evaluation_data(args)
     if len(exemplars) == 0:
         raise ValueError(f"split {args.split!r} of {args.data} has no units")
@@ -267,6 +239,71 @@ def run(args: argparse.Namespace) -> int:
         **result.metadata,
         "notes": _notes(args, result.metadata.get("probe_world", {})),
     }
+    _write_evaluation(output, args, result, metadata, data_label, held_out)
+    print((output / "results.md").read_text())
+    if args.push_to_hub:
+        push_eval_results(
+            args.push_to_hub,
+            result.rows,
+            dataset_name=data_label,
+            dataset_split=args.split,
+            dataset_config=",".join(held_out) or None,
+        )
+        print(f"Added the results to the model card of {args.push_to_hub}.")
+    print(f"Wrote {output}/results.md, results.json, per_unit/ and model_card.md.")
+    return 0
+
+
+def _checked_metrics(args: argparse.Namespace) -> list[str]:
+    """The ``--metrics`` to compute, once every option is checked before anything loads."""
+    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    from ..metrics import METRICS
+
+    unknown = [name for name in metrics if name not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"--metrics: unknown {unknown or metrics}; choose from {list(METRICS)}")
+    for name, value in (("--batch-size", args.batch_size), ("--num-beams", args.num_beams)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    captioner_path = Path(args.captioner)
+    if not captioner_path.is_dir() and (
+        captioner_path.exists() or _looks_like_path(args.captioner)
+    ):
+        # Anything else ("user/model") is a Hub id.
+        raise FileNotFoundError(f"--captioner {args.captioner!r} is not a directory")
+    return metrics
+
+
+def _load_captioner(args: argparse.Namespace):
+    """The ``--captioner`` model (on ``--device``, in eval mode) and its processor."""
+    import torch
+
+    from ..modeling_milan import MilanCaptionerModel
+    from ..processing_milan import MilanProcessor
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        captioner = MilanCaptionerModel.from_pretrained(args.captioner).to(device).eval()
+        processor = MilanProcessor.from_pretrained(args.captioner)
+    except OSError as error:
+        raise FileNotFoundError(f"--captioner {args.captioner!r} did not load: {error}") from None
+    return captioner, processor
+
+
+def _write_evaluation(
+    output: Path,
+    args: argparse.Namespace,
+    result,
+    metadata: dict,
+    data_label: str,
+    held_out: list[str],
+) -> None:
+    """results.json, per_unit/, results.md and model_card.md, swapped in at once."""
+    from ..benchmark import results_markdown
+    from ..evaluation import add_eval_results_to_card, save_evaluation
+    from ..staged_output import staged_directory
 
     # Stage everything, then swap it in: an interrupted run leaves nothing that looks complete.
     with staged_directory(output) as staging:
@@ -281,18 +318,6 @@ def run(args: argparse.Namespace) -> int:
             model_name=Path(args.captioner).name or args.captioner,
         )
         (staging / "model_card.md").write_text(str(card))
-    print((output / "results.md").read_text())
-    if args.push_to_hub:
-        push_eval_results(
-            args.push_to_hub,
-            result.rows,
-            dataset_name=data_label,
-            dataset_split=args.split,
-            dataset_config=",".join(held_out) or None,
-        )
-        print(f"Added the results to the model card of {args.push_to_hub}.")
-    print(f"Wrote {output}/results.md, results.json, per_unit/ and model_card.md.")
-    return 0
 
 
 def _looks_like_path(text: str) -> bool:

@@ -17,8 +17,10 @@ which ``milan_hf.milannotations`` reads like the released sets. The output appea
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -210,12 +212,7 @@ def build_corpus(
     """Build the annotated probe-world corpus at ``output``; returns the ``corpus.json`` dict."""
     started = time.perf_counter()
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
-    if num_images < k:
-        raise ValueError(f"num_images ({num_images}) must be at least k ({k})")
-    if image_size % 8 or image_size < 16:
-        raise ValueError(f"image_size must be a multiple of 8 (the ViT's patch), got {image_size}")
+    _check_corpus_options(output, overwrite, num_images, k, image_size)
     stamps = C.load_stamps() if use_stamps else ()
     networks = corpus_networks(
         stamps,
@@ -226,8 +223,6 @@ def build_corpus(
         cache_dir=model_cache_dir,
         progress=progress,
     )
-    from milan_hf.exemplars import extract_exemplars
-
     records = []
     with staged_directory(output) as staging:
         with tempfile.TemporaryDirectory() as cache:
@@ -246,44 +241,8 @@ def build_corpus(
                         SceneMasks(scenes),
                         _scene_images(scenes),
                     )
-                scenes, scene_masks, scene_images = scene_sets[network.image_size]
-                network_started = time.perf_counter()
-                model, info = network.load()
-                exemplars = extract_exemplars(
-                    model,
-                    list(network.layers),
-                    scenes,
-                    k=k,
-                    transform=network.transform,
-                    input_size=network.image_size,
-                    image_column="image",
-                    progress=progress,
-                )
-                annotations = describe_by_iou(exemplars, scene_masks, seed=seed, progress=progress)
-                folder = staging / network.name / DATASET_NAME
-                counts = write_network(folder, exemplars, annotations, scene_images)
-                none = sum(a.expression[0] == "none" for a in annotations)
-                records.append(
-                    {
-                        "name": network.name,
-                        "set": f"{network.name}/{DATASET_NAME}",
-                        "architecture": network.architecture,
-                        "task": network.task,
-                        "held_out": network.held_out,
-                        "image_size": network.image_size,
-                        "layers": counts,
-                        "units": sum(counts.values()),
-                        "units_without_clear_concept": none,
-                        "mean_iou": float(np.mean([a.iou for a in annotations])),
-                        "seconds": round(time.perf_counter() - network_started, 1),
-                        **{key: value for key, value in info.items() if key != "spec"},
-                    }
-                )
-        words = set()
-        for network in records:
-            with open(staging / network["set"] / "annotations.csv", newline="") as handle:
-                for row in csv.DictReader(handle):
-                    words.update(row["summary"].split())
+                scene_set = scene_sets[network.image_size]
+                records.append(_annotate_network(network, scene_set, staging, k, seed, progress))
         corpus = {
             "dataset": DATASET_NAME,
             "seed": seed,
@@ -296,8 +255,120 @@ def build_corpus(
             "train": [n["set"] for n in records if not n["held_out"]],
             "units": sum(n["units"] for n in records),
             "descriptions": 3 * sum(n["units"] for n in records),
-            "vocabulary_size": len(words),
+            "vocabulary_size": len(_vocabulary(staging, records)),
             "build_seconds": round(time.perf_counter() - started, 1),
         }
         (staging / "corpus.json").write_text(json.dumps(corpus, indent=2))
     return corpus
+
+
+def _check_corpus_options(
+    output: Path, overwrite: bool, num_images: int, k: int, image_size: int
+) -> None:
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
+    if num_images < k:
+        raise ValueError(f"num_images ({num_images}) must be at least k ({k})")
+    if image_size % 8 or image_size < 16:
+        raise ValueError(f"image_size must be a multiple of 8 (the ViT's patch), got {image_size}")
+
+
+def _annotate_network(
+    network: CorpusNetwork, scene_set: tuple, staging: Path, k: int, seed: int, progress: bool
+) -> dict:
+    """Extract one network's exemplars on its scenes, annotate them by IoU and write its set;
+    returns its ``corpus.json`` record."""
+    from milan_hf.exemplars import extract_exemplars
+
+    scenes, scene_masks, scene_images = scene_set
+    network_started = time.perf_counter()
+    model, info = network.load()
+    exemplars = extract_exemplars(
+        model,
+        list(network.layers),
+        scenes,
+        k=k,
+        transform=network.transform,
+        input_size=network.image_size,
+        image_column="image",
+        progress=progress,
+    )
+    annotations = describe_by_iou(exemplars, scene_masks, seed=seed, progress=progress)
+    folder = staging / network.name / DATASET_NAME
+    counts = write_network(folder, exemplars, annotations, scene_images)
+    none = sum(a.expression[0] == "none" for a in annotations)
+    return {
+        "name": network.name,
+        "set": f"{network.name}/{DATASET_NAME}",
+        "architecture": network.architecture,
+        "task": network.task,
+        "held_out": network.held_out,
+        "image_size": network.image_size,
+        "layers": counts,
+        "units": sum(counts.values()),
+        "units_without_clear_concept": none,
+        "mean_iou": float(np.mean([a.iou for a in annotations])),
+        "seconds": round(time.perf_counter() - network_started, 1),
+        **{key: value for key, value in info.items() if key != "spec"},
+    }
+
+
+def _vocabulary(staging: Path, records: list[dict]) -> set[str]:
+    """Every word of every written annotation."""
+    words = set()
+    for network in records:
+        with open(staging / network["set"] / "annotations.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                words.update(row["summary"].split())
+    return words
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI of ``scripts/make_probe_annotations.py``: build the corpus, print a summary;
+    2 on bad input."""
+    parser = argparse.ArgumentParser(
+        description="Build the automatically annotated probe-world corpus in the original "
+        "MILANNOTATIONS layout."
+    )
+    parser.add_argument("--output", type=Path, required=True, help="corpus directory")
+    parser.add_argument("--num-images", type=int, default=1500, help="probe scenes per set")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=64, help="scene side for the probe nets")
+    parser.add_argument(
+        "--efficientnet-size", type=int, default=96, help="scene side for EfficientNet-Lite0"
+    )
+    parser.add_argument("--k", type=int, default=15, help="exemplars per unit")
+    parser.add_argument(
+        "--tiny", action="store_true", help="a tiny corpus (planted + two tiny nets) for tests"
+    )
+    parser.add_argument("--no-efficientnet", action="store_true")
+    parser.add_argument("--no-objects", action="store_true", help="ignore the tuxpaint stamps")
+    parser.add_argument("--model-cache", type=Path, help="where trained probe nets are cached")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        corpus = build_corpus(
+            args.output,
+            num_images=args.num_images,
+            seed=args.seed,
+            image_size=args.size,
+            efficientnet_size=args.efficientnet_size,
+            k=args.k,
+            tiny=args.tiny,
+            with_efficientnet=not args.no_efficientnet,
+            use_stamps=not args.no_objects,
+            model_cache_dir=args.model_cache,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"make_probe_annotations: error: {error}", file=sys.stderr)
+        return 2
+    summary = {key: corpus[key] for key in ("units", "descriptions", "vocabulary_size")}
+    summary["build_seconds"] = corpus["build_seconds"]
+    summary["networks"] = {n["name"]: n["units"] for n in corpus["networks"]}
+    print(json.dumps(summary, indent=2))
+    return 0

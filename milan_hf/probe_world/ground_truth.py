@@ -40,8 +40,6 @@ import datasets
 
 from milan_hf import schema
 
-#: Column naming the set a unit comes from (``"alexnet/imagenet"``), as MILANNOTATIONS has it.
-SOURCE = "source"
 #: Ground-truth columns of the per-unit results.
 CONCEPT, FAMILY, KNOWN_BY, CORRECT = "concept", "family", "known_by", "correct"
 PLANTED, IOU_LABELLED = "planted", "iou"
@@ -143,12 +141,12 @@ def annotate_probe_world_units(
     """
     from milan_hf.probe_world.annotation import describe_by_iou
 
-    needed = [schema.LAYER, schema.UNIT, schema.IDS, schema.MASKS, SOURCE]
+    needed = [schema.LAYER, schema.UNIT, schema.IDS, schema.MASKS, schema.SOURCE]
     missing = [column for column in needed if column not in exemplars.column_names]
     if missing:
         raise ValueError(f"Annotating probe-world units needs column(s) {missing}.")
     annotations: list = [None] * len(exemplars)
-    sources = list(exemplars[SOURCE])
+    sources = list(exemplars[schema.SOURCE])
     for source in dict.fromkeys(sources):
         indices = [index for index, name in enumerate(sources) if name == source]
         image_size = int(corpus.network(source)["image_size"])
@@ -243,9 +241,9 @@ def known_units(
     planted = {(unit.layer, unit.unit): unit.expression for unit in planted_units()}
     truth: list[KnownUnit | None] = []
     for row, annotation in zip(
-        exemplars.select_columns([schema.LAYER, schema.UNIT, SOURCE]), annotations
+        exemplars.select_columns([schema.LAYER, schema.UNIT, schema.SOURCE]), annotations
     ):
-        if corpus.network(row[SOURCE])["name"] == PLANTED_NETWORK:
+        if corpus.network(row[schema.SOURCE])["name"] == PLANTED_NETWORK:
             expression, known_by = planted.get((row[schema.LAYER], row[schema.UNIT])), PLANTED
         else:
             expression, known_by = annotation.expression, IOU_LABELLED
@@ -357,7 +355,7 @@ def _strict_and_lenient(
 
     # Rows keyed by position: concept_accuracy joins predictions and truth on (layer, unit).
     keys = {schema.LAYER: [str(i) for i in range(len(units))], schema.UNIT: list(range(len(units)))}
-    predictions = datasets.Dataset.from_dict({**keys, "description": list(descriptions)})
+    predictions = datasets.Dataset.from_dict({**keys, schema.DESCRIPTION: list(descriptions)})
     families = [unit.family for unit in units]
     summaries = []
     for concepts in ([unit.concept for unit in units], [unit.lenient_concepts for unit in units]):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -23,10 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..staged_output import staged_file, write_text_atomically
 from . import concepts as C
 from .scenes import generate_scene, world_version
 
@@ -240,12 +241,7 @@ def train_probe_model(
             if torch.rand((), generator=order_generator) < 0.5:  # cheap augmentation
                 pixels = pixels.flip(-1)
             loss = F.cross_entropy(model(pixels), labels[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            optimisation_step(loss, optimiser, schedule, bar)
     bar.close()
     model.eval()
     with torch.inference_mode():
@@ -262,6 +258,16 @@ def train_probe_model(
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     return model, metrics
+
+
+def optimisation_step(loss: torch.Tensor, optimiser, schedule, bar) -> None:
+    """One optimiser and learning-rate schedule step on ``loss``, counted on ``bar``."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    schedule.step()
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss.item():.3f}")
 
 
 def probe_model_cache_dir() -> Path:
@@ -292,13 +298,11 @@ def load_probe_model(
         raise FileNotFoundError(f"no cached weights for probe model {spec.name!r} at {weights}")
     model, metrics = train_probe_model(spec, stamps, progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
-    # Written under a temporary name, then renamed: an interrupted run leaves no half file.
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
-        temporary = Path(handle.name)
+    # Staged beside the target, then renamed: an interrupted run leaves no half file.
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(temporary))
-    temporary.replace(weights)
-    info.write_text(json.dumps({**metrics, "spec": asdict(spec)}, indent=2))
+    with staged_file(weights, "wb") as handle:
+        handle.write(save_safetensors(state))
+    write_text_atomically(info, json.dumps({**metrics, "spec": asdict(spec)}, indent=2))
     return model, metrics
 
 

@@ -139,6 +139,38 @@ def _place(rng: np.random.Generator, radius: float, region: str | None) -> tuple
     return (float(x), float(y))
 
 
+@dataclass
+class _Wanted:
+    """The concepts the topmost item of a scene must carry, by family."""
+
+    required: list[str]
+    kind_concepts: list[str]  # at most one shape, object or text concept
+    colours: list[str]
+    textures: list[str]
+    region: str | None
+
+
+def _wanted(required: Sequence[str], stamps: Sequence[C.Stamp]) -> _Wanted:
+    """Sort ``required`` by family, checking one item can carry all of it."""
+    required = list(required)
+    by_family: dict[str, list[str]] = {}
+    for name in required:
+        by_family.setdefault(C.concept_family(name), []).append(name)
+    categories = sorted({s.category for s in stamps})
+    for name in by_family.get(C.OBJECT, []):
+        if name not in categories:
+            raise ValueError(f"unknown concept {name!r} (no cut-out of that category is loaded)")
+    kind_concepts = by_family.get(C.SHAPE, []) + by_family.get(C.OBJECT, [])
+    kind_concepts += by_family.get(C.TEXT, [])
+    if len(kind_concepts) > 1 or len(by_family.get(C.TEXTURE, [])) > 1:
+        raise ValueError(f"cannot put all of {required} on one item")
+    if len(by_family.get(C.COLOUR, [])) > 2 or len(by_family.get(C.REGION, [])) > 1:
+        raise ValueError(f"cannot put all of {required} on one item")
+    colours, textures = by_family.get(C.COLOUR, []), by_family.get(C.TEXTURE, [])
+    region = (by_family.get(C.REGION) or [None])[0]
+    return _Wanted(required, kind_concepts, colours, textures, region)
+
+
 def sample_scene_spec(
     rng: np.random.Generator,
     stamps: Sequence[C.Stamp] = (),
@@ -154,81 +186,106 @@ def sample_scene_spec(
     ``forbidden`` lists item kinds (shape, object, text) not to draw; ``plain_background``
     paints the background in one colour (no texture).
     """
-    required = list(required)
-    by_family: dict[str, list[str]] = {}
-    for name in required:
-        by_family.setdefault(C.concept_family(name), []).append(name)
-    categories = sorted({s.category for s in stamps})
-    for name in by_family.get(C.OBJECT, []):
-        if name not in categories:
-            raise ValueError(f"unknown concept {name!r} (no cut-out of that category is loaded)")
-    kind_concepts = by_family.get(C.SHAPE, []) + by_family.get(C.OBJECT, [])
-    kind_concepts += by_family.get(C.TEXT, [])
-    if len(kind_concepts) > 1 or len(by_family.get(C.TEXTURE, [])) > 1:
-        raise ValueError(f"cannot put all of {required} on one item")
-    if len(by_family.get(C.COLOUR, [])) > 2 or len(by_family.get(C.REGION, [])) > 1:
-        raise ValueError(f"cannot put all of {required} on one item")
-
+    wanted = _wanted(required, stamps)
     kinds = ["shape", "shape", "text"] + (["object", "object"] if stamps else [])
     kinds = [kind for kind in kinds if kind not in forbidden]
     if not kinds:
         raise ValueError(f"every item kind is forbidden: {list(forbidden)}")
     count = num_items if num_items is not None else int(rng.integers(1, 4))
-    colours = by_family.get(C.COLOUR, [])
-    textures = by_family.get(C.TEXTURE, [])
-    background = _sample_fill(rng, 0.0 if plain_background else 0.6, avoid=colours)
+    background = _sample_fill(rng, 0.0 if plain_background else 0.6, avoid=wanted.colours)
     items = []
     for index in range(count):
         last = index == count - 1
-        kind = _choice(rng, kinds)
-        if last and kind_concepts:
-            family = C.concept_family(kind_concepts[0])
-            kind = {C.SHAPE: "shape", C.OBJECT: "object", C.TEXT: "text"}[family]
-        elif last and (textures or len(colours) == 2):
-            kind = "shape"  # a pattern needs an area to show on
-        elif last and colours and kind == "object":
-            kind = "shape"  # a cut-out keeps its own colours
-        radius = float(rng.uniform(0.15, 0.25))
-        # Items never take the background's colours, so that everything drawn stays visible.
-        fill = _sample_fill(rng, 0.3 if kind == "shape" else 0.0, avoid=background.colours)
-        stamp_index = -1
-        if kind == "shape":
-            name = _choice(rng, [s.name for s in C.shape_concepts()])
-        elif kind == "object":
-            fill = Fill(None, ())  # a cut-out keeps its own pixels
-            category = kind_concepts[0] if last and kind_concepts else None
-            pool = [i for i, s in enumerate(stamps) if category in (None, s.category)]
-            stamp_index = _choice(rng, pool)
-            name = stamps[stamp_index].caption
-        else:
-            name = _choice(rng, C.TEXT_WORDS)
-            radius = float(rng.uniform(0.18, 0.25))
-        if last and kind == "shape" and kind_concepts:
-            name = kind_concepts[0]
-        if last and kind == "object" and (colours or textures):
-            raise ValueError(f"a cut-out keeps its own pixels; cannot make {required}")
-        if last and textures:
-            texture = textures[0]
-            if texture in PATTERN_TEXTURES:
-                others = [c for c in C.COLOUR_RGB if c not in colours + list(background.colours)]
-                picks = list(colours)
-                while len(picks) < 2:
-                    picks.append(others.pop(int(rng.integers(len(others)))))
-                fill = Fill(texture, tuple(picks))
-            elif colours:
-                raise ValueError(f"{texture!r} has its own colours; cannot make {required}")
-            else:
-                fill = Fill(texture, ())
-        elif last and len(colours) == 2:
-            fill = Fill(_choice(rng, STRIPE_TEXTURES), tuple(colours))
-        elif last and colours:
-            fill = Fill(None, (colours[0],))
-        region = (by_family.get(C.REGION) or [None])[0] if last else None
+        items.append(_sample_item(rng, kinds, stamps, background, wanted if last else None))
+    return SceneSpec(background, items)
+
+
+def _sample_item(
+    rng: np.random.Generator,
+    kinds: list[str],
+    stamps: Sequence[C.Stamp],
+    background: Fill,
+    wanted: _Wanted | None,
+) -> Item:
+    """One item over ``background``; ``wanted`` (topmost item only) is what it must carry."""
+    kind = _choice(rng, kinds)
+    if wanted is not None:
+        kind = _wanted_kind(wanted, kind)
+    radius = float(rng.uniform(0.15, 0.25))
+    # Items never take the background's colours, so that everything drawn stays visible.
+    fill = _sample_fill(rng, 0.3 if kind == "shape" else 0.0, avoid=background.colours)
+    if kind == "object":
+        fill = Fill(None, ())  # a cut-out keeps its own pixels
+    name, radius, stamp_index = _sample_name(rng, kind, radius, stamps, wanted)
+    region = None
+    if wanted is not None:
+        fill = _wanted_fill(rng, kind, fill, background, wanted)
+        region = wanted.region
         if region is not None:
             radius = min(radius, 0.24 if region != "centre" else 0.2)
-        centre = _place(rng, radius, region)
-        items.append(Item(kind, name, fill, centre, radius, stamp_index))
-    return SceneSpec(background, items)
+    centre = _place(rng, radius, region)
+    return Item(kind, name, fill, centre, radius, stamp_index)
+
+
+def _wanted_kind(wanted: _Wanted, kind: str) -> str:
+    """The kind of item that can carry ``wanted`` (``kind`` where it already can)."""
+    if wanted.kind_concepts:
+        family = C.concept_family(wanted.kind_concepts[0])
+        return {C.SHAPE: "shape", C.OBJECT: "object", C.TEXT: "text"}[family]
+    if wanted.textures or len(wanted.colours) == 2:
+        return "shape"  # a pattern needs an area to show on
+    if wanted.colours and kind == "object":
+        return "shape"  # a cut-out keeps its own colours
+    return kind
+
+
+def _sample_name(
+    rng: np.random.Generator,
+    kind: str,
+    radius: float,
+    stamps: Sequence[C.Stamp],
+    wanted: _Wanted | None,
+) -> tuple[str, float, int]:
+    """The item's shape, cut-out or word, its radius (words get their own) and stamp index."""
+    wanted_kind = wanted.kind_concepts[0] if wanted is not None and wanted.kind_concepts else None
+    stamp_index = -1
+    if kind == "shape":
+        name = _choice(rng, [s.name for s in C.shape_concepts()])
+        if wanted_kind is not None:
+            name = wanted_kind
+    elif kind == "object":
+        pool = [i for i, s in enumerate(stamps) if wanted_kind in (None, s.category)]
+        stamp_index = _choice(rng, pool)
+        name = stamps[stamp_index].caption
+    else:
+        name = _choice(rng, C.TEXT_WORDS)
+        radius = float(rng.uniform(0.18, 0.25))
+    return name, radius, stamp_index
+
+
+def _wanted_fill(
+    rng: np.random.Generator, kind: str, fill: Fill, background: Fill, wanted: _Wanted
+) -> Fill:
+    """The fill showing ``wanted``'s colours and texture (``fill`` where it wants neither)."""
+    colours, textures = wanted.colours, wanted.textures
+    if kind == "object" and (colours or textures):
+        raise ValueError(f"a cut-out keeps its own pixels; cannot make {wanted.required}")
+    if textures:
+        texture = textures[0]
+        if texture in PATTERN_TEXTURES:
+            others = [c for c in C.COLOUR_RGB if c not in colours + list(background.colours)]
+            picks = list(colours)
+            while len(picks) < 2:
+                picks.append(others.pop(int(rng.integers(len(others)))))
+            return Fill(texture, tuple(picks))
+        if colours:
+            raise ValueError(f"{texture!r} has its own colours; cannot make {wanted.required}")
+        return Fill(texture, ())
+    if len(colours) == 2:
+        return Fill(_choice(rng, STRIPE_TEXTURES), tuple(colours))
+    if colours:
+        return Fill(None, (colours[0],))
+    return fill
 
 
 # ----------------------------------------------------------------------------- drawing
