@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .exemplars import layer_output_tensor
 from .vision_models import VisionModel
 
 ABLATION_MODES = ("zero", "mean")
@@ -43,16 +44,6 @@ def _named_layers(module: torch.nn.Module, layers: Sequence[str]) -> dict[str, t
     if missing:
         raise ValueError(f"unknown layer(s) {missing} of {type(module).__name__}")
     return {layer: modules[layer] for layer in layers}
-
-
-def _first_tensor(output: Any) -> torch.Tensor:
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    elif not isinstance(output, torch.Tensor) and hasattr(output, "to_tuple"):
-        output = output.to_tuple()[0]  # a transformers ModelOutput
-    if not isinstance(output, torch.Tensor):
-        raise ValueError(f"layer output is {type(output).__name__}, not a tensor")
-    return output
 
 
 def _unit_dim(tensor: torch.Tensor) -> int:
@@ -76,9 +67,9 @@ def _replace_first(output: Any, tensor: torch.Tensor) -> Any:
     return output
 
 
-def _ablation_hook(units: torch.Tensor, values: torch.Tensor | None) -> Callable:
+def _ablation_hook(layer: str, units: torch.Tensor, values: torch.Tensor | None) -> Callable:
     def hook(module: torch.nn.Module, inputs: Any, output: Any) -> Any:
-        tensor = _first_tensor(output)
+        tensor = layer_output_tensor(output, layer)
         dim = _unit_dim(tensor)
         if int(units.max()) >= tensor.shape[dim]:
             raise ValueError(
@@ -128,7 +119,9 @@ def ablate_units(
                 continue
             index = torch.tensor(sorted(set(indices)), dtype=torch.long)
             values = None if mode == "zero" else torch.as_tensor(means[layer])[index]
-            handles.append(modules[layer].register_forward_hook(_ablation_hook(index, values)))
+            handles.append(
+                modules[layer].register_forward_hook(_ablation_hook(layer, index, values))
+            )
         yield
     finally:
         for handle in handles:
@@ -155,7 +148,7 @@ def _logits(output: Any) -> torch.Tensor:
         return output
     if hasattr(output, "logits"):
         return output.logits
-    return _first_tensor(output)
+    return layer_output_tensor(output, "the model's output")
 
 
 @dataclass
@@ -281,7 +274,7 @@ def unit_means(evaluator: AccuracyEvaluator, layers: Sequence[str]) -> dict[str,
 
     def recorder(layer: str) -> Callable:
         def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
-            tensor = _first_tensor(output).float()
+            tensor = layer_output_tensor(output, layer).float()
             dim = _unit_dim(tensor)
             flat = tensor.movedim(dim, -1).reshape(-1, tensor.shape[dim])
             sums[layer] = sums.get(layer, 0) + flat.sum(0).cpu()

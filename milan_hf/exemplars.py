@@ -120,6 +120,18 @@ class LayerTaps:
         return captured
 
 
+def layer_output_tensor(output: Any, layer: str) -> torch.Tensor:
+    """The tensor of a layer's output: the first of a tuple/list or of a transformers
+    ``ModelOutput``; anything else is a one-line error naming the layer."""
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    elif not isinstance(output, torch.Tensor) and hasattr(output, "to_tuple"):
+        output = output.to_tuple()[0]  # a transformers ModelOutput
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(f"layer {layer!r} returned {type(output).__name__}, not a tensor")
+    return output
+
+
 def output_to_maps(
     output: Any, layer: str, model: VisionModel, batch_size: int | None = None
 ) -> torch.Tensor:
@@ -128,12 +140,7 @@ def output_to_maps(
     ``batch_size``, the number of images fed, guards against outputs whose first axis is not
     the images (windowed attention folds windows into it: (B * windows, tokens, C)).
     """
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    elif not isinstance(output, torch.Tensor) and hasattr(output, "to_tuple"):
-        output = output.to_tuple()[0]  # a transformers ModelOutput
-    if not isinstance(output, torch.Tensor):
-        raise ValueError(f"layer {layer!r} returned {type(output).__name__}, not a tensor")
+    output = layer_output_tensor(output, layer)
     if batch_size is not None and output.dim() >= 2 and output.shape[0] != batch_size:
         raise ValueError(
             f"layer {layer!r} outputs shape {tuple(output.shape)} for a batch of {batch_size} "
