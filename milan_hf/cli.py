@@ -16,6 +16,7 @@ _COMMAND_MODULES = [
     "milan_hf.commands.analyze",
     "milan_hf.commands.audit",
     "milan_hf.commands.edit",
+    "milan_hf.commands.benchmark",
 ]
 
 

@@ -5,13 +5,25 @@ automatic MILANNOTATIONS-style annotations (see ``shared/DESIGN.md``, "The probe
 - ``rendering``: concept(s) -> images that contain them (``render_concepts``).
 - ``planted``: a model whose units compute documented functions (``planted_units_model``).
 - ``probe_models``: small CNNs and a tiny ViT trained on probe-world tasks.
-- ``annotation`` + ``phrasing``: IoU annotator and description grammar (``describe_by_iou``).
+- ``annotation`` + ``phrasing``: IoU annotator and description grammar (``describe_by_iou``),
+  the grammar's defect check and concept-naming rule (``description_defects``,
+  ``names_concept``, ``expression_named``, ``is_filler``).
+- ``synthetic_units``: unlimited seeded units of known meaning (``iter_synthetic_units``).
+- ``planted_timm``: units planted into real timm architectures (``plant_units``).
 """
 
 from .annotation import Annotation, SceneMasks, describe_by_iou, describe_unit
 from .concepts import Concept, all_concepts, load_stamps
-from .phrasing import grammar_vocabulary, phrase
+from .phrasing import (
+    description_defects,
+    expression_named,
+    grammar_vocabulary,
+    is_filler,
+    names_concept,
+    phrase,
+)
 from .planted import PlantedUnitsNet, planted_transform, planted_units, planted_units_model
+from .planted_timm import PlantedTimmUnit, check_planted_units, plant_units, save_planted_model
 from .probe_models import (
     ProbeModelSpec,
     default_probe_models,
@@ -21,9 +33,27 @@ from .probe_models import (
 )
 from .rendering import describe_scene, render_concept_images, render_concepts
 from .scenes import Scene, build_scene_dataset, generate_scene, generate_scenes, region_masks
+from .synthetic_units import (
+    SyntheticUnitSettings,
+    iter_synthetic_units,
+    sample_expression,
+    synthetic_unit_dataset,
+)
 
 __all__ = [
     "Annotation",
+    "PlantedTimmUnit",
+    "SyntheticUnitSettings",
+    "check_planted_units",
+    "description_defects",
+    "expression_named",
+    "is_filler",
+    "iter_synthetic_units",
+    "names_concept",
+    "plant_units",
+    "sample_expression",
+    "save_planted_model",
+    "synthetic_unit_dataset",
     "Concept",
     "PlantedUnitsNet",
     "ProbeModelSpec",

@@ -26,7 +26,9 @@ caption shared by most of the unit's exemplars ("great blue heron") may replace 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -56,7 +58,6 @@ AREAS = (
     "surfaces",
     "objects",
     "parts",
-    "spots",
     "blobs",
     "sections",
     "zones",
@@ -157,7 +158,8 @@ def _nouns(name: str, vocab, captions: Sequence[str] = ()) -> list[str]:
         return forms + [f"the colour {name}", f"things coloured {name}"]
     nouns = list(concept.nouns) + list(EXTRA_NOUNS.get(name, ()))
     if concept.family == C.OBJECT and captions:
-        nouns += [f"the {caption}" for caption in captions] + [f"a {c}" for c in captions]
+        nouns += [f"the {caption}" for caption in captions]
+        nouns += [f"{_indefinite_article(c)} {c}" for c in captions]
         nouns += [f"{n} like the {c}" for n in concept.nouns[:2] for c in captions]
     return nouns
 
@@ -181,7 +183,7 @@ def _single(name: str, vocab, captions) -> list[str]:
         return [f"anything in {n}" for n in nouns] + [f"things at {n}" for n in nouns]
     if family == C.COLOUR:
         return nouns
-    plain = [n for n in nouns if not n.startswith(("the ", "a "))]  # no "many the heron"
+    plain = [n for n in nouns if not n.startswith(("the ", "a ", "an "))]  # no "many the heron"
     framed = [frame.format(n) for frame in FRAMES for n in nouns]
     return framed + [f"{q} {n}" for q in QUANTIFIERS for n in plain]
 
@@ -208,8 +210,33 @@ def candidate_phrases(
     stamps_vocabulary: dict[str, C.Concept] | None = None,
     captions: Sequence[str] = (),
 ) -> list[str]:
-    """Every description the grammar can produce for ``expression`` (deterministic order)."""
-    vocab = stamps_vocabulary or {}
+    """Every description the grammar can produce for ``expression`` (deterministic order).
+
+    Only defect-free strings (``description_defects``) are returned: the templates overgenerate
+    (two operands sharing a noun, a long caption in a long frame) and the check keeps the
+    grammar honest in one place rather than in every template.
+    """
+    if stamps_vocabulary:
+        forms = _template_phrases(expression, stamps_vocabulary, captions)
+        return [text for text in forms if not description_defects(text)]
+    return list(_checked_phrases(tuple(expression), tuple(captions)))
+
+
+@lru_cache(maxsize=16384)
+def _unchecked_phrases(expression: tuple[str, ...], captions: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_template_phrases(expression, {}, captions)))
+
+
+@lru_cache(maxsize=1024)
+def _checked_phrases(expression: tuple[str, ...], captions: tuple[str, ...]) -> tuple[str, ...]:
+    forms = _unchecked_phrases(expression, captions)
+    return tuple(text for text in forms if not description_defects(text))
+
+
+def _template_phrases(
+    expression: Sequence[str], vocab: dict[str, C.Concept], captions: Sequence[str]
+) -> list[str]:
+    """Every string the templates produce for ``expression``, defects included."""
     operator = expression[0]
     if operator == "none":
         return list(NOTHING_PHRASES)
@@ -220,6 +247,26 @@ def candidate_phrases(
         a_forms = _spread(_nouns(first, vocab, captions))
         b_forms = _spread(_nouns(second, vocab, captions))
         templates = ("{a} or {b}", "either {a} or {b}", "{a} and {b}", "{a} as well as {b}")
+        forms = [t.format(a=a, b=b) for t in templates for a in a_forms for b in b_forms]
+        if C.concept_family(first) == C.COLOUR and C.concept_family(second) == C.COLOUR:
+            # Two colours share one noun: "red or blue areas", not "red areas or blue areas".
+            a_words, b_words = (
+                _spread(_adjectives(first, vocab), 4),
+                _spread(_adjectives(second, vocab), 4),
+            )
+            shared = ("{a} or {b} {area}", "either {a} or {b} {area}", "{a} and {b} {area}")
+            forms += [
+                t.format(a=a, b=b, area=area)
+                for t in shared
+                for a in a_words
+                for b in b_words
+                for area in AREAS[:6]
+            ]
+        return forms
+    if operator == "above":
+        a_forms = _spread(_nouns(first, vocab, captions))
+        b_forms = _spread(_nouns(second, vocab, captions))
+        templates = ("{a} above {b}", "{a} over {b}", "{a} placed above {b}")
         return [t.format(a=a, b=b) for t in templates for a in a_forms for b in b_forms]
     if operator != "and":
         raise ValueError(f"unknown expression operator {operator!r} in {expression!r}")
@@ -254,11 +301,20 @@ def phrase(
 ) -> list[str]:
     """``count`` distinct descriptions of ``expression``, sampled from the grammar."""
     rng = rng if rng is not None else np.random.default_rng(0)
-    candidates = list(dict.fromkeys(candidate_phrases(expression, stamps_vocabulary, captions)))
+    if stamps_vocabulary:
+        forms = list(dict.fromkeys(_template_phrases(expression, stamps_vocabulary, captions)))
+    else:
+        forms = _unchecked_phrases(tuple(expression), tuple(captions))
+    # Check only what is drawn (the full check of every form costs ~50 ms per expression).
+    candidates = []
+    for index in rng.permutation(len(forms)):
+        if not description_defects(forms[index]):
+            candidates.append(forms[index])
+            if len(candidates) == count:
+                break
     if not candidates:
         raise ValueError(f"the grammar has no phrase for {expression!r}")
-    picks = rng.permutation(len(candidates))[:count]
-    chosen = [candidates[i] for i in picks]
+    chosen = list(candidates)
     while len(chosen) < count:  # a tiny grammar: repeat rather than return fewer
         chosen.append(candidates[len(chosen) % len(candidates)])
     return chosen
@@ -281,3 +337,210 @@ def grammar_vocabulary(stamps: Sequence[C.Stamp] = ()) -> set[str]:
     for stamp in stamps:
         words.update(stamp.caption.split())
     return words
+
+
+def _indefinite_article(noun_phrase: str) -> str:
+    return "an" if noun_phrase[:1] in "aeio" else "a"
+
+
+# ----------------------------------------------------------------------------- good English
+
+#: Tokens a description may have: the captioner's ``max_description_length`` (15) less the
+#: end-of-description token, so a grammar string is never cut off by decoding.
+MAX_DESCRIPTION_TOKENS = 14
+#: Words that glue a noun phrase together; repeating them is fine ("the top of the image").
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at with and or as well that are to near along toward around across "
+    "located either like filled next without no into over under by for from above".split()
+)
+# A noun phrase never ends with these (a cut-off description does: "... equipments in the").
+_DANGLING_ENDS = FUNCTION_WORDS - {"well"}
+_BAD_STARTS = frozenset("and or of with as that are to".split())
+
+
+def description_tokens(text: str) -> list[str]:
+    """Words and punctuation, as the captioner's tokenizer splits a description."""
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def _word_key(word: str) -> str:
+    """Singular-ish form, so "circle ... circles" counts as a repeat."""
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def description_defects(text: str) -> list[str]:
+    """What is wrong with a description as English, one message per defect; ``[]`` if none.
+
+    Checked: empty; longer than ``MAX_DESCRIPTION_TOKENS``; a word doubled ("vertical
+    vertical stripes"); a repeated phrase or content word ("red areas and red areas",
+    "horizontal bands as well as horizontal bands", "parts of parts of ..."); "either"
+    without a later "or"; a start or an end no noun phrase has ("... in the", "or blue");
+    "a" before a vowel.
+    """
+    tokens = description_tokens(text)
+    if not tokens:
+        return ["empty description"]
+    defects = []
+    if len(tokens) > MAX_DESCRIPTION_TOKENS:
+        defects.append(f"too long: {len(tokens)} tokens > {MAX_DESCRIPTION_TOKENS}")
+    words = [t for t in tokens if t[0].isalnum()]
+    for first, second in zip(words, words[1:]):
+        if first == second:
+            defects.append(f"doubled word {first!r}")
+    if re.search(r"\bparts? of\b.*\bparts?\b", text.lower()):
+        defects.append("parts of parts")
+    counts: dict[str, int] = {}
+    for word in words:
+        if word not in FUNCTION_WORDS:
+            counts[_word_key(word)] = counts.get(_word_key(word), 0) + 1
+    defects += [f"repeated word {word!r}" for word, count in counts.items() if count > 1]
+    bigrams = [pair for pair in zip(words, words[1:]) if not set(pair) <= FUNCTION_WORDS]
+    for pair in sorted({p for p in bigrams if bigrams.count(p) > 1}):
+        defects.append(f"repeated phrase {' '.join(pair)!r}")
+    if "either" in words:
+        after = words[words.index("either") + 1 :]
+        if "or" not in after or words.count("either") > 1:
+            defects.append("dangling 'either' (no 'or' after it)")
+    if words and words[-1] in _DANGLING_ENDS:
+        defects.append(f"ends with {words[-1]!r} (cut off?)")
+    if words and words[0] in _BAD_STARTS:
+        defects.append(f"starts with {words[0]!r}")
+    for article, noun in zip(words, words[1:]):
+        if article == "a" and noun[0] in "aeio":
+            defects.append(f"'a {noun}' (should be 'an')")
+    return defects
+
+
+# ----------------------------------------------------------------------------- naming concepts
+
+#: Words that say "a is above b" in ``("above", a, b)`` descriptions.
+RELATION_WORDS = ("above", "over")
+_SPELLINGS = {"color": "colour", "colored": "coloured", "center": "centre", "gray": "grey"}
+_ARTICLES = frozenset({"a", "an", "the"})
+# Region words the frame phrases of concepts.py do not list on their own.
+_REGION_WORDS = {
+    "top": ("upper", "upper half", "upper part"),
+    "bottom": ("lower", "lower half", "lower part"),
+    "centre": ("middle", "central"),
+}
+
+
+def _matching_words(text: str) -> tuple[str, ...]:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    words = [_SPELLINGS.get(word, word) for word in words if word not in _ARTICLES]
+    return tuple(_word_key(word) for word in words)
+
+
+def concept_phrases(stamps: Sequence[C.Stamp] | None = None) -> dict[str, tuple[str, ...]]:
+    """Concept name -> every phrase that names it: its name, the grammar's nouns and adjectives,
+    its synonyms (EXTRA_NOUNS/EXTRA_ADJECTIVES) and, for objects, the cut-outs' captions."""
+    stamps = C.load_stamps() if stamps is None else stamps
+    names = list(C.all_concepts(stamps)) + [
+        n for n in C._OBJECT_NOUNS if n not in C.all_concepts(stamps)
+    ]
+    table = {}
+    for name in names:
+        concept = _concept(name, {})
+        forms = [name, *concept.nouns, *concept.adjectives, *PATTERN_ADJECTIVES.get(name, ())]
+        forms += [*EXTRA_NOUNS.get(name, ()), *EXTRA_ADJECTIVES.get(name, ())]
+        forms += list(_REGION_WORDS.get(name, ()))
+        forms += [stamp.caption for stamp in stamps if stamp.category == name]
+        table[name] = tuple(dict.fromkeys(forms))
+    return table
+
+
+@lru_cache(maxsize=4)
+def _phrase_index(stamps: tuple) -> tuple[dict[tuple[str, ...], frozenset[str]], set, int]:
+    """Phrase words -> concepts they name; the keys only captions give; the longest key."""
+    index: dict[tuple[str, ...], set[str]] = {}
+    grammar_keys = set()
+    captions = {stamp.caption for stamp in stamps}
+    for name, forms in concept_phrases(stamps).items():
+        for form in forms:
+            key = _matching_words(form)
+            if key:
+                index.setdefault(key, set()).add(name)
+                if form not in captions:
+                    grammar_keys.add(key)
+    frozen = {key: frozenset(names) for key, names in index.items()}
+    return frozen, set(frozen) - grammar_keys, max(len(key) for key in frozen)
+
+
+def named_concepts(description: str, stamps: Sequence[C.Stamp] | None = None) -> set[str]:
+    """Every probe-world concept ``description`` names (see ``names_concept`` for the rule)."""
+    stamps = C.load_stamps() if stamps is None else stamps
+    index, caption_keys, longest = _phrase_index(tuple(stamps))
+    words = _matching_words(description)
+    named: set[str] = set()
+    start = 0
+    while start < len(words):
+        for end in range(min(len(words), start + longest), start, -1):
+            key = words[start:end]
+            if key in index:
+                named |= index[key]
+                # A caption names its object and leaves its words to others ("green flag").
+                start = start + 1 if key in caption_keys else end
+                break
+        else:
+            start += 1
+    return named
+
+
+def names_concept(description: str, concept: str, stamps: Sequence[C.Stamp] | None = None) -> bool:
+    """Whether ``description`` names ``concept``: the benchmark's matching rule.
+
+    A concept is named when one of its phrases (``concept_phrases``: its word, the grammar's
+    nouns and adjectives, a synonym such as "ivory" for white or "pinstripes" for vertical
+    stripes, a cut-out's caption for an object) appears in the description as consecutive
+    words, after lowercasing, dropping articles, unifying spellings (color/colour, center/centre,
+    gray/grey) and plurals. Phrases are matched longest first and do not overlap, so "dark
+    brown" names brown and not black, "hollow circles" names ring and not circle. A cut-out's
+    caption is the exception: it names its object and its words still count ("great blue
+    heron" names bird and blue). Words of one concept never count for another: "left" does
+    not name right. Negation is not understood ("not red" names red).
+    """
+    return concept in named_concepts(description, stamps)
+
+
+def expression_named(
+    description: str,
+    expression: Sequence[str],
+    strict: bool = True,
+    stamps: Sequence[C.Stamp] | None = None,
+) -> bool:
+    """Whether ``description`` names an annotator expression (``("concept", c)``, ``("and",
+    a, b)``, ``("or", a, b)``, ``("none",)``).
+
+    AND (attribute+thing, concept+region) needs both operands named; OR needs both when
+    ``strict``, either otherwise; ``("above", a, b)`` needs a named before "above"/"over" and
+    b after it; "none" is named by filler (``is_filler``).
+    """
+    if expression[0] == "none":
+        return is_filler(description, stamps)
+    if expression[0] == "above":
+        # "a above b": a named before the relation word, b after it ("b above a" is wrong).
+        words = description.lower().split()
+        cut = next((i for i, w in enumerate(words) if w in RELATION_WORDS), None)
+        if cut is None:
+            return False
+        upper = named_concepts(" ".join(words[:cut]), stamps)
+        lower = named_concepts(" ".join(words[cut + 1 :]), stamps)
+        return expression[1] in upper and expression[2] in lower
+    named = named_concepts(description, stamps)
+    operands = [name in named for name in expression[1:]]
+    if expression[0] == "concept" or expression[0] == "and" or strict:
+        return all(operands)
+    if expression[0] == "or":
+        return any(operands)
+    raise ValueError(f"unknown expression operator {expression[0]!r} in {tuple(expression)!r}")
+
+
+def is_filler(description: str, stamps: Sequence[C.Stamp] | None = None) -> bool:
+    """Whether a description says nothing a unit detects: one of ``NOTHING_PHRASES``, or no
+    concept named other than a region ("things at the top")."""
+    if description.strip().lower() in NOTHING_PHRASES:
+        return True
+    named = named_concepts(description, stamps)
+    return not any(C.concept_family(name) != C.REGION for name in named)

@@ -1,0 +1,127 @@
+"""The description grammar writes only good English, and the rule that decides which concepts
+a description names (the known-unit benchmark's matching rule)."""
+
+import numpy as np
+import pytest
+
+from milan_hf.probe_world import concepts as C
+from milan_hf.probe_world.annotation import expression_text
+from milan_hf.probe_world.phrasing import (
+    MAX_DESCRIPTION_TOKENS,
+    NOTHING_PHRASES,
+    candidate_phrases,
+    description_defects,
+    description_tokens,
+    expression_named,
+    is_filler,
+    named_concepts,
+    names_concept,
+    phrase,
+)
+from milan_hf.probe_world.synthetic_units import sample_expression
+
+
+@pytest.mark.parametrize(
+    "text, defect",
+    [
+        ("red areas and red areas", "repeated"),
+        ("vertical vertical stripes", "doubled word 'vertical'"),
+        ("horizontal bands as well as horizontal bands", "repeated phrase"),
+        ("parts of parts of trees", "parts of parts"),
+        ("either text", "dangling 'either'"),
+        ("balls and rackets or parts of sports equipments in the", "ends with 'the'"),
+        ("or blue squares", "starts with 'or'"),
+        ("a elephant", "should be 'an'"),
+        (
+            "one two three four five six seven eight nine ten eleven twelve thirteen fourteen x",
+            "too long",
+        ),
+        ("", "empty"),
+    ],
+)
+def test_defect_check_finds_each_defect(text, defect):
+    assert any(defect in message for message in description_defects(text)), text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "red circles in the top of the image",
+        "either red or blue areas",
+        "the colour grey",
+        "vertical stripes",
+        "text labels or brick walls",
+        "an orange",
+        "circles that are red",
+    ],
+)
+def test_defect_check_passes_good_english(text):
+    assert description_defects(text) == []
+
+
+def test_grammar_writes_no_defects_over_thousands_of_samples():
+    rng = np.random.default_rng(12)
+    stamps = C.load_stamps()
+    families = set()
+    count = 0
+    for _ in range(1200):
+        expression = sample_expression(rng, stamps)
+        families.add(
+            expression[0] if expression[0] != "concept" else C.concept_family(expression[1])
+        )
+        for text in phrase(expression, 3, rng):
+            count += 1
+            assert description_defects(text) == [], (expression, text)
+            assert len(description_tokens(text)) <= MAX_DESCRIPTION_TOKENS
+            assert expression_named(text, expression), (expression, text)
+            assert not is_filler(text), (expression, text)
+    for text in NOTHING_PHRASES:
+        assert description_defects(text) == [] and is_filler(text)
+    assert count == 3600
+    expected = {"and", "or", "above", C.COLOUR, C.SHAPE, C.TEXTURE, C.TEXT} | (
+        {C.OBJECT} if stamps else set()
+    )
+    assert expected <= families
+
+
+def test_every_single_concept_and_every_pair_has_enough_defect_free_wordings():
+    names = [n for n in C.all_concepts() if C.concept_family(n) != C.REGION]
+    for name in names:
+        assert len(candidate_phrases(("concept", name))) >= 3, name
+        for region in ("left",) if name != "red" else ("top", "bottom", "left", "right", "centre"):
+            assert len(candidate_phrases(("and", name, region))) >= 3, (name, region)
+    for first, second in (("red", "blue"), ("circle", "square"), ("text", "grass")):
+        assert len(candidate_phrases(("or", first, second))) >= 3
+
+
+def test_names_concept_rule():
+    assert names_concept("ivory patches", "white")
+    assert names_concept("pinstripes", "vertical stripes")
+    assert names_concept("crimson discs", "red") and names_concept("crimson discs", "circle")
+    assert not names_concept("red circles on the left side", "right")
+    assert names_concept("red circles on the left side", "left")
+    assert names_concept("dark brown areas", "brown") and not names_concept(
+        "dark brown areas", "black"
+    )
+    assert named_concepts("hollow circles") == {"ring"}
+    assert names_concept("the colour gray in the center", "grey")
+    assert names_concept("the colour gray in the center", "centre")
+    assert not names_concept("stripes", "vertical stripes")  # which stripes is not said
+
+
+def test_expression_named_for_compositions():
+    assert expression_named("red circles", ("and", "red", "circle"))
+    assert not expression_named("red areas", ("and", "red", "circle"))
+    assert expression_named("green patches at the top", ("and", "green", "top"))
+    assert not expression_named("green patches", ("and", "green", "top"))
+    assert not expression_named("green patches at the bottom", ("and", "green", "top"))
+    assert expression_named("grass or bricks", ("or", "grass", "brick"))
+    assert not expression_named("grass", ("or", "grass", "brick"))
+    assert expression_named("grass", ("or", "grass", "brick"), strict=False)
+    assert expression_named("red circles above squares", ("above", "circle", "square"))
+    assert not expression_named("squares above red circles", ("above", "circle", "square"))
+    assert not expression_named("red circles and squares", ("above", "circle", "square"))
+    assert expression_named("nothing in particular", ("none",))
+    assert not expression_named("red areas", ("none",))
+    assert is_filler("things at the top") and not is_filler("birds at the top")
+    assert expression_text(("and", "red", "top")) == "red AND top"
