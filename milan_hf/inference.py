@@ -32,7 +32,7 @@ from .processing_milan import MilanProcessor
 
 #: Decoding settings callers may pass through (anything else is refused by ``generate``).
 GENERATION_ARGUMENTS = ("pmi_weight", "pmi_strategy", "num_beams", "max_length",
-                        "no_repeat_ngram_size")  # fmt: skip
+                        "no_repeat_ngram_size", "no_repeat_words")  # fmt: skip
 #: The captioner embedded in the package: trained on the probe-world corpus.
 EMBEDDED_CAPTIONER = Path(__file__).resolve().parent / "resources" / "captioner"
 _ROW_COLUMNS = (schema.LAYER, schema.UNIT, schema.IMAGES, schema.MASKS)
