@@ -146,7 +146,7 @@ def generate_descriptions(
         # The original decoding, as in the paper's table: no n-gram blocking.
         generate_kwargs = dict(
             **encode_rows(rows, captioner, processor), max_length=max_length,
-            no_repeat_ngram_size=0,
+            no_repeat_ngram_size=0, no_repeat_words=False,
         )  # fmt: skip
         shared_searches: dict[int, MilanGenerationOutput] = {}
         for setting in settings:

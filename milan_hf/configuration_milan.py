@@ -4,8 +4,8 @@ The captioner's configuration carries the prior's configuration (``prior_config`
 checkpoint directory holds both models and ``from_pretrained`` returns a ready describer
 (see ``modeling_milan``). Defaults follow the original MILAN code (``shared/DESIGN.md``).
 
-Decoding defaults (beam width, λ, PMI strategy, length, n-gram blocking) are not part of the
-model configuration: they live in the captioner's ``generation_config`` (saved as
+Decoding defaults (beam width, λ, PMI strategy, length, n-gram and word blocking) are not part
+of the model configuration: they live in the captioner's ``generation_config`` (saved as
 ``generation_config.json``), built by :func:`milan_generation_config`. Checkpoints written
 before that carried ``beam_size``/``pmi_weight``/``pmi_strategy`` in ``config.json``; those
 values are moved into the generation config when such a checkpoint is loaded.
@@ -32,6 +32,9 @@ DEFAULT_PMI_WEIGHT = 0.2
 DEFAULT_PMI_STRATEGY = "rerank"
 DEFAULT_MAX_DESCRIPTION_LENGTH = 15
 DEFAULT_NO_REPEAT_NGRAM_SIZE = 3
+#: No content word twice, no dangling "either"/function-word end (``NoRepeatWordsLogitsProcessor``;
+#: it needs ``generation_config.word_roles``, the tokenizer's function/content word ids).
+DEFAULT_NO_REPEAT_WORDS = True
 #: config.json keys of checkpoints written before generation_config.json held the defaults.
 LEGACY_GENERATION_KEYS = {"beam_size": "num_beams", "pmi_weight": "pmi_weight",
                           "pmi_strategy": "pmi_strategy"}  # fmt: skip
@@ -196,6 +199,7 @@ def milan_generation_config(config: MilanCaptionerConfig) -> GenerationConfig:
         "pmi_strategy": DEFAULT_PMI_STRATEGY,
         "max_new_tokens": config.max_description_length,
         "no_repeat_ngram_size": DEFAULT_NO_REPEAT_NGRAM_SIZE,
+        "no_repeat_words": DEFAULT_NO_REPEAT_WORDS,
         **legacy,
     }
     return GenerationConfig(

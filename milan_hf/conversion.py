@@ -40,7 +40,11 @@ from milan_hf.configuration_milan import (
     MilanCaptionerConfig,
     MilanPriorConfig,
 )
-from milan_hf.modeling_milan import MilanCaptionerModel, weights_only_refusal_reason
+from milan_hf.modeling_milan import (
+    MilanCaptionerModel,
+    NoRepeatWordsLogitsProcessor,
+    weights_only_refusal_reason,
+)
 from milan_hf.processing_milan import MilanProcessor
 from milan_hf.staged_output import staged_directory
 from milan_hf.tokenization_milan import SPECIAL_TOKENS, MilanTokenizer
@@ -181,6 +185,8 @@ def convert(payload: Mapping[str, Any]) -> tuple[MilanCaptionerModel, MilanToken
     # The release's decoding settings become the converted captioner's defaults.
     model.generation_config.num_beams = properties.get("beam_size", 50)
     model.generation_config.pmi_weight = properties.get("temperature", 0.2)
+    # The ids the no-repeated-words rule needs (the model itself is text-free).
+    model.generation_config.word_roles = NoRepeatWordsLogitsProcessor.word_roles(tokenizer)
 
     decoder_rows = _old_ids_of_new(tokenizer, words)
     prior_rows = _old_ids_of_new(tokenizer, lm_words) if lm_words is not None else None

@@ -103,6 +103,7 @@ def describe(
     pmi_strategy: str | None = None,
     num_beams: int | None = None,
     no_repeat_ngram_size: int | None = None,
+    no_repeat_words: bool | None = None,
     batch_size: int = 32,
     checkpoint: str | os.PathLike | None = None,
     pretrained: bool = False,
@@ -136,13 +137,17 @@ def describe(
         no_repeat_ngram_size: no n-gram of this size repeats within a description (default:
             the captioner's, 3; 0 disables it, as in the original): PMI favours degenerate
             repeats.
+        no_repeat_words: no content word twice, no phrase copied across "or"/"and", no
+            dangling "either" or function-word ending (default: the captioner's, on).
         batch_size: images per forward pass, and units per generate call.
         seed: seed of a randomly initialised timm model (no ``pretrained``/``checkpoint``).
         report, report_title: write ``index.html`` (with ``output_dir``), and its title.
         device: where the model and captioner run (default: CUDA when available).
 
     Returns one row per unit: ``schema.RUN_DESCRIPTION_COLUMNS``."""
-    generation = _generation_settings(pmi_weight, pmi_strategy, num_beams, no_repeat_ngram_size)
+    generation = _generation_settings(
+        pmi_weight, pmi_strategy, num_beams, no_repeat_ngram_size, no_repeat_words
+    )
     _check_units(units)
     if output_dir is not None:  # never into the working directory or the inputs
         output_dir = check_output_location(output_dir, [images, model, checkpoint, captioner])
@@ -336,6 +341,7 @@ def _generation_settings(
     pmi_strategy: str | None,
     num_beams: int | None,
     no_repeat_ngram_size: int | None,
+    no_repeat_words: bool | None = None,
 ) -> dict[str, Any]:
     """The decoding settings of a run, checked."""
     if num_beams is not None and (not isinstance(num_beams, int) or num_beams < 1):
@@ -353,6 +359,7 @@ def _generation_settings(
         "pmi_strategy": pmi_strategy,
         "num_beams": num_beams,
         "no_repeat_ngram_size": no_repeat_ngram_size,
+        "no_repeat_words": None if no_repeat_words is None else bool(no_repeat_words),
     }
 
 

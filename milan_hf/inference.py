@@ -32,7 +32,7 @@ from .processing_milan import MilanProcessor
 
 #: Decoding settings callers may pass through (anything else is refused by ``generate``).
 GENERATION_ARGUMENTS = ("pmi_weight", "pmi_strategy", "num_beams", "max_length",
-                        "no_repeat_ngram_size")  # fmt: skip
+                        "no_repeat_ngram_size", "no_repeat_words")  # fmt: skip
 #: The captioner embedded in the package: trained on the probe-world corpus.
 EMBEDDED_CAPTIONER = Path(__file__).resolve().parent / "resources" / "captioner"
 _ROW_COLUMNS = (schema.LAYER, schema.UNIT, schema.IMAGES, schema.MASKS)
@@ -423,6 +423,7 @@ def describe_exemplars(
     pmi_strategy: str | None = None,
     num_beams: int | None = None,
     no_repeat_ngram_size: int | None = None,
+    no_repeat_words: bool | None = None,
     max_length: int | None = None,
     batch_size: int = 32,
     probe_images: Any = None,
@@ -438,7 +439,8 @@ def describe_exemplars(
     ``prior_log_prob``), one row per unit, in the exemplar set's order.
     """
     generation = dict(pmi_weight=pmi_weight, pmi_strategy=pmi_strategy, num_beams=num_beams,
-                      no_repeat_ngram_size=no_repeat_ngram_size, max_length=max_length)  # fmt: skip
+                      no_repeat_ngram_size=no_repeat_ngram_size, no_repeat_words=no_repeat_words,
+                      max_length=max_length)  # fmt: skip
     slots = collect_slots(exemplars, probe_images, progress)
     records = []
     if slots.names:

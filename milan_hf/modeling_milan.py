@@ -12,6 +12,9 @@
   reranking the final beam (the original MILAN default, ``MilanGenerationOutput.rerank``) or
   token by token through ``PriorLogitsProcessor``. Its defaults come from the model's
   ``generation_config`` (``generation_config.json``), as for every other entry point.
+  ``NoRepeatWordsLogitsProcessor`` (``no_repeat_words``) keeps the beam to good English: no
+  content word twice, no phrase copied across "or"/"and", no end on "either" without "or" or
+  on a function word.
 
 Conventions follow ``shared/DESIGN.md``; layer names follow the original code so that
 ``scripts/convert_original_checkpoint.py`` maps weights one to one.
@@ -21,8 +24,10 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -39,7 +44,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from milan_hf.configuration_milan import (
     PMI_STRATEGIES,
@@ -47,6 +52,8 @@ from milan_hf.configuration_milan import (
     MilanPriorConfig,
     milan_generation_config,
 )
+
+logger = logging.get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Outputs
@@ -297,6 +304,190 @@ class PriorLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return scores - self.pmi_weight * self.next_token_log_probs(input_ids).to(scores.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding that does not degenerate
+# ---------------------------------------------------------------------------------------------
+
+#: Words that glue a description's noun phrases together: articles, prepositions,
+#: conjunctions and connectives. They may repeat ("the top of the image"); every other word is
+#: a content word and may appear once. The same list as the probe-world grammar's
+#: ``phrasing.FUNCTION_WORDS`` (a test keeps them equal), so decoding avoids exactly what
+#: ``description_defects`` flags.
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at with and or as well that are to near along toward around across "
+    "located either like filled next without no into over under by for from above".split()
+)
+#: The only function word a description may end on ("... as well").
+ENDING_FUNCTION_WORDS = frozenset({"well"})
+#: Words no description starts with.
+NO_START_WORDS = frozenset("and or of with as that are to".split())
+#: A phrase after one of these must not copy the phrase before it ("red areas or red areas").
+CONJUNCTIONS = ("or", "and")
+
+
+def _word_key(word: str) -> str:
+    """Singular-ish form: "circle" and "circles" are one content word."""
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+class NoRepeatWordsLogitsProcessor(LogitsProcessor):
+    """Forbids what makes a description bad English, for every row at once (beam-search safe:
+    it reads only ``input_ids`` and the step's (log-prob) ``scores``):
+
+    * a content word (singular and plural alike) that the description already has, any word
+      right after itself ("vertical vertical", "the , the"), punctuation after a function word;
+    * after "or"/"and", the token that would complete a copy of the phrase before it;
+    * a second "either"; ending (``<eos>``) while an "either" waits for its "or", right after
+      a function word or punctuation ("... in the"), or before any content word;
+    * starting with a conjunction or preposition ("and ...", "of ..."), and ``<unk>``;
+    * with ``max_new_tokens``, any token after which the description could not end well in the
+      steps left (at the last step, anything but ``<eos>``), so none is cut off.
+
+    The model is text-free, so which token plays which role comes from the tokenizer once:
+    ``word_roles = NoRepeatWordsLogitsProcessor.word_roles(tokenizer)``, stored in
+    ``generation_config.word_roles`` (training writes it; ``generate`` reads it).
+    """
+
+    def __init__(
+        self,
+        word_roles: Mapping[str, Any],
+        vocab_size: int,
+        eos_token_id: int,
+        max_new_tokens: int | None = None,
+    ) -> None:
+        self.eos_token_id = eos_token_id
+        self.max_new_tokens = max_new_tokens
+        self.either_id = word_roles.get("either_id")
+        self.or_id = word_roles.get("or_id")
+        # Class 0: not tracked (special tokens, function words, punctuation); content words
+        # get classes 1, 2, ... shared by their singular and plural forms.
+        self.word_class = torch.zeros(vocab_size, dtype=torch.long)
+        content = [int(i) for i in word_roles["content_word_ids"]]
+        self.word_class[content] = torch.arange(1, len(content) + 1)
+        for group in word_roles.get("same_word_ids", ()):
+            self.word_class[list(group)] = int(self.word_class[group[0]])
+        self.num_classes = len(content) + 1
+        punctuation = [int(i) for i in word_roles.get("punctuation_ids", ())]
+        self.is_punctuation = self._mask(vocab_size, punctuation)
+        self.is_word = self._mask(vocab_size, content + list(word_roles["function_word_ids"]))
+        self.is_word &= ~self.is_punctuation
+        # Special tokens other than <eos> (<unk>, <pad>, <bos>) are never written.
+        self.never = ~(self.is_word | self.is_punctuation)
+        self.never[eos_token_id] = False
+        self.no_end = self._mask(vocab_size, word_roles["no_end_ids"])
+        self.no_start = self._mask(vocab_size, word_roles["no_start_ids"])
+        self.conjunctions = torch.tensor([int(i) for i in word_roles["conjunction_ids"]] or [-1])
+
+    @staticmethod
+    def _mask(vocab_size: int, ids) -> torch.Tensor:
+        mask = torch.zeros(vocab_size, dtype=torch.bool)
+        mask[[int(i) for i in ids]] = True
+        return mask
+
+    @classmethod
+    def word_roles(cls, tokenizer: Any) -> dict[str, Any]:
+        """Each role's token ids from a tokenizer's vocabulary (anything with ``get_vocab()``,
+        or a ``{token: id}`` mapping): content words, function words (punctuation included;
+        also listed alone), tokens no description ends or starts on, conjunctions,
+        "either"/"or", and groups of ids of one content word ("circle"/"circles").
+        JSON-serialisable, for ``generation_config.word_roles``."""
+        vocabulary = tokenizer if isinstance(tokenizer, Mapping) else tokenizer.get_vocab()
+        special = set(getattr(tokenizer, "all_special_tokens", ())) | {
+            token for token in vocabulary if token.startswith("<") and token.endswith(">")
+        }
+        words = {token: int(i) for token, i in vocabulary.items() if token not in special}
+        function = {t: i for t, i in words.items() if t in FUNCTION_WORDS or not t[0].isalnum()}
+        content = {t: i for t, i in words.items() if t not in function}
+        groups: dict[str, list[int]] = {}
+        for token, index in sorted(content.items(), key=lambda item: item[1]):
+            groups.setdefault(_word_key(token), []).append(index)
+        return {
+            "content_word_ids": sorted(content.values()),
+            "function_word_ids": sorted(function.values()),
+            "no_end_ids": sorted(i for t, i in function.items() if t not in ENDING_FUNCTION_WORDS),
+            "no_start_ids": sorted(
+                i for t, i in function.items() if t in NO_START_WORDS or not t[0].isalnum()
+            ),
+            "conjunction_ids": sorted(words[t] for t in CONJUNCTIONS if t in words),
+            "punctuation_ids": sorted(i for t, i in function.items() if not t[0].isalnum()),
+            "either_id": words.get("either"),
+            "or_id": words.get("or"),
+            "same_word_ids": [ids for ids in groups.values() if len(ids) > 1],
+        }
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        device, (rows, length) = scores.device, input_ids.shape
+        word_class, no_end = self.word_class.to(device), self.no_end.to(device)
+        forbidden = self.never.to(device).repeat(rows, 1)
+        # Content words already written (any form), and the token just written.
+        seen = torch.zeros(rows, self.num_classes, dtype=torch.bool, device=device)
+        seen.scatter_(1, word_class[input_ids], True)
+        seen[:, 0] = False
+        forbidden |= seen[:, word_class]
+        # No word twice in a row, punctuation between them or not ("the , the").
+        positions = torch.arange(length, device=device)
+        word_at = torch.where(self.is_word.to(device)[input_ids], positions, -1).max(1).values
+        has_word = (word_at >= 0).nonzero().squeeze(1)
+        forbidden[has_word, input_ids[has_word, word_at[has_word]]] = True
+        last = input_ids[:, -1]
+        forbidden[no_end[last]] |= self.is_punctuation.to(device)  # "the ,"
+        copy_rows, copy_tokens = self._copy_completions(input_ids)
+        forbidden[copy_rows, copy_tokens] = True
+        if length == 1:
+            forbidden |= self.no_start.to(device)
+        either_open = self._either_open(input_ids)
+        if self.either_id is not None:
+            forbidden[:, self.either_id] |= (input_ids == self.either_id).any(1)
+        cannot_end = either_open | no_end[last] | ~seen.any(1)
+        forbidden[:, self.eos_token_id] |= cannot_end
+        if self.max_new_tokens is not None:
+            forbidden |= self._unclosable(length, either_open, no_end)
+        return scores.masked_fill(forbidden, float("-inf"))
+
+    def _either_open(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Rows with an "either" and no "or" after it."""
+        if self.either_id is None:
+            return torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        last_either = torch.where(input_ids == self.either_id, positions, -1).max(1).values
+        last_or = torch.where(input_ids == self.or_id, positions, -1).max(1).values
+        return (last_either >= 0) & (last_either > last_or)
+
+    def _copy_completions(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, tokens) that would complete a copy of the phrase before the last
+        conjunction: after "... x y or x", the phrase "x y" again needs "y" (forbidden)."""
+        rows, length = input_ids.shape
+        positions = torch.arange(length, device=input_ids.device)
+        is_conjunction = torch.isin(input_ids, self.conjunctions.to(input_ids.device))
+        conjunction = torch.where(is_conjunction, positions, -1).max(1).values
+        copied = length - 1 - conjunction  # tokens written after the conjunction
+        start = conjunction - 1 - copied  # where the copied phrase would start
+        candidate = (conjunction >= 0) & (start >= 1)  # a phrase after <bos> to copy
+        offsets = positions.unsqueeze(0)  # (1, length): compare copied[r] tokens
+        after = (conjunction.unsqueeze(1) + 1 + offsets).clamp(0, length - 1)
+        before = (start.unsqueeze(1) + offsets).clamp(0, length - 1)
+        same = input_ids.gather(1, after) == input_ids.gather(1, before)
+        same |= offsets >= copied.unsqueeze(1)
+        rows_copying = (candidate & same.all(1)).nonzero().squeeze(1)
+        return rows_copying, input_ids[rows_copying, conjunction[rows_copying] - 1]
+
+    def _unclosable(self, length, either_open, no_end) -> torch.Tensor:
+        """Tokens after which too few steps are left to end well: each token's fewest tokens
+        still to come (a word after a function word, "or" and a word inside an open "either",
+        then ``<eos>``) must fit in the steps left."""
+        left = self.max_new_tokens - (length - 1)  # tokens still allowed, this one included
+        still_needed = (no_end.long() + 1).repeat(len(either_open), 1)  # (word,) <eos>
+        if self.either_id is not None:
+            still_needed[either_open] = no_end.long() + 3  # ..., "or", a word, <eos>
+            if self.or_id is not None:
+                still_needed[either_open, self.or_id] = 2
+            still_needed[:, self.either_id] = 4  # a word, "or", a word, <eos>
+        still_needed[:, self.eos_token_id] = 0
+        return still_needed > left - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -696,6 +887,7 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         num_beams: int | None = None,
         max_length: int | None = None,
         no_repeat_ngram_size: int | None = None,
+        no_repeat_words: bool | None = None,
         **kwargs,
     ) -> MilanGenerationOutput:
         """Describe each unit by ``argmax_d log p(d|E) − λ·log p(d)`` over a beam.
@@ -716,10 +908,15 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
             no_repeat_ngram_size: if > 0, no n-gram of this size appears twice in a description
                 (default 3; 0 is the original's decoding). PMI rewards improbable strings, and
                 degenerate repeats ("in the bottom in the bottom") are the commonest.
+            no_repeat_words: no content word twice, no phrase copied across "or"/"and", no end
+                on a dangling "either" or a function word (``NoRepeatWordsLogitsProcessor``;
+                default on; off is the original's decoding). Needs
+                ``generation_config.word_roles`` (from the tokenizer); without it, a warning.
         """
         settings = self._generation_settings(
             generation_config, kwargs, pmi_weight=pmi_weight, pmi_strategy=pmi_strategy,
             num_beams=num_beams, max_length=max_length, no_repeat_ngram_size=no_repeat_ngram_size,
+            no_repeat_words=no_repeat_words,
         )  # fmt: skip
         pmi_weight, pmi_strategy = settings["pmi_weight"], settings["pmi_strategy"]
         features, exemplar_mask = self._exemplar_inputs(
@@ -730,6 +927,8 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
             processors.append(PriorLogitsProcessor(self.prior, pmi_weight))
         if settings["no_repeat_ngram_size"] > 0:
             processors.append(NoRepeatNGramLogitsProcessor(settings["no_repeat_ngram_size"]))
+        if settings["no_repeat_words"]:
+            processors += self._word_processors(generation_config, settings["max_length"])
         beam_sequences, beam_captioner_log_probs = self._beam_search(
             features,
             exemplar_mask,
@@ -766,6 +965,8 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
             "num_beams": defaults.num_beams,
             "max_length": defaults.max_new_tokens or self.config.max_description_length,
             "no_repeat_ngram_size": defaults.no_repeat_ngram_size or 0,
+            # A generation config saved before the option existed decodes as it was saved.
+            "no_repeat_words": bool(getattr(defaults, "no_repeat_words", False)),
         }
         settings = {key: from_config[key] if value is None else value
                     for key, value in given.items()}  # fmt: skip
@@ -784,6 +985,21 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
                 f"no_repeat_ngram_size must be >= 0, got {settings['no_repeat_ngram_size']}"
             )
         return settings
+
+    def _word_processors(self, generation_config, max_length: int) -> list[LogitsProcessor]:
+        """``NoRepeatWordsLogitsProcessor`` from the generation config's ``word_roles``, or
+        nothing (with a warning) for a captioner whose config lacks them."""
+        word_roles = getattr(generation_config or self.generation_config, "word_roles", None)
+        if not word_roles:
+            logger.warning_once(
+                "no_repeat_words is on but generation_config.word_roles is missing, so repeated "
+                "words are not blocked; set generation_config.word_roles = "
+                "NoRepeatWordsLogitsProcessor.word_roles(processor.tokenizer)."
+            )
+            return []
+        return [NoRepeatWordsLogitsProcessor(
+            word_roles, self.config.vocab_size, self.config.eos_token_id, max_length
+        )]  # fmt: skip
 
     def _beam_search(
         self,

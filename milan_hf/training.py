@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from milan_hf import schema
 from milan_hf.configuration_milan import MilanCaptionerConfig, MilanPriorConfig
 from milan_hf.hub import push_folder
-from milan_hf.modeling_milan import MilanCaptionerModel
+from milan_hf.modeling_milan import MilanCaptionerModel, NoRepeatWordsLogitsProcessor
 from milan_hf.processing_milan import MilanProcessor
 from milan_hf.staged_output import require_own_output, staged_directory
 from milan_hf.tokenization_milan import MilanTokenizer
@@ -370,6 +370,7 @@ def corpus_bleu(
             pmi_weight=0.0,
             num_beams=num_beams,
             no_repeat_ngram_size=0,  # the original decoding
+            no_repeat_words=False,
         )
         hypotheses.extend(tokenizer.batch_decode(output.sequences, skip_special_tokens=True))
     # sacrebleu wants one stream per reference slot; units with fewer descriptions repeat
@@ -552,6 +553,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         min_frequency=args.min_word_frequency,
     )
     model = build_model(args, tokenizer)
+    # The text-free model learns which token ids are function words (no_repeat_words needs it).
+    model.generation_config.word_roles = NoRepeatWordsLogitsProcessor.word_roles(tokenizer)
     processor = MilanProcessor.from_model_config(model.config, tokenizer)
 
     cache_dir = Path(args.feature_cache_dir or Path.home() / ".cache" / "milan_hf" / "features")

@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "0: off, as the original)",
     )
     parser.add_argument(
+        "--allow-repeated-words",
+        action="store_true",
+        help="decode without the rule against repeated words and dangling phrases (on by "
+        "default in the embedded captioner; the original decoding had no such rule)",
+    )
+    parser.add_argument(
         "--max-units",
         type=int,
         help="describe only units 0..N-1 of each layer (default: every unit)",
@@ -90,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "pmi_strategy": args.pmi_strategy,
         "num_beams": args.num_beams,
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "no_repeat_words": False if args.allow_repeated_words else None,
         "batch_size": args.batch_size,
         "overwrite": args.overwrite,
         "report": not args.no_report,
