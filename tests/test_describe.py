@@ -28,6 +28,8 @@ from milan_hf.describer import (
 )
 from milan_hf.exemplar_storage import load_exemplars
 from milan_hf.schema import RUN_DESCRIPTION_COLUMNS as DESCRIPTION_COLUMNS
+from tests.captioner_fixtures import single_thread  # noqa: F401  (fixture)
+from tests.tiny_models import TinyNet
 
 # The module itself (milan_hf/__init__.py may re-export the function `describe` under its name).
 describe_module = importlib.import_module("milan_hf.describer")
@@ -35,27 +37,8 @@ describe_module = importlib.import_module("milan_hf.describer")
 NUM_BEAMS = 4  # small beams keep the tests fast; decoding itself is tested in test_captioner
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One thread: on a busy 2-core machine, two threads spin against each other (the
-    captioner's encoder runs ~7x slower). Restored afterwards for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class TinyNet(torch.nn.Module):
-    """Two named conv layers; its units respond to colour and edges of random images."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(4, 3, 3, padding=1)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.conv2(torch.relu(self.conv1(pixels)))
+# One thread: on a busy 2-core machine two threads spin against each other.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

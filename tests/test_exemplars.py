@@ -22,6 +22,7 @@ from milan_hf.exemplar_storage import (
 )
 from milan_hf.exemplars import exemplar_metadata, extract_exemplars, materialize_images
 from milan_hf.vision_models import load_vision_model
+from tests.tiny_models import tiny_vit_directory
 
 SIZE = 32
 
@@ -160,19 +161,7 @@ def test_timm_vit_drops_prefix_tokens_from_the_front(probe_folder):
 
 
 def test_transformers_model_from_local_directory(tmp_path, probe_folder):
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    config = ViTConfig(
-        image_size=SIZE,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=24,
-    )
-    torch.manual_seed(0)
-    ViTModel(config).save_pretrained(tmp_path / "vit")
-    ViTImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(tmp_path / "vit")
+    tiny_vit_directory(tmp_path / "vit", SIZE)
     exemplars = extract_exemplars(
         str(tmp_path / "vit"), ["layers.0.mlp.fc1"], str(probe_folder), k=3, progress=False
     )

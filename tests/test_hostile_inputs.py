@@ -24,6 +24,7 @@ from milan_hf.exemplars import LayerTaps, extract_exemplars
 from milan_hf.milannotations import load_milannotations
 from milan_hf.probe_images import load_probe_images, probe_fingerprint
 from milan_hf.vision_models import load_vision_model, weights_digest
+from tests.tiny_models import tiny_vit_directory
 
 try:  # tests/ is a package in some checkouts and a plain folder in others
     from tests import milannotations_fixture as fixture
@@ -243,25 +244,8 @@ def test_truncated_weights_inside_a_timm_directory_are_named(tmp_path):
         load_vision_model(str(tmp_path))
 
 
-def tiny_vit_directory(folder: Path) -> Path:
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    config = ViTConfig(
-        image_size=SIZE,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=24,
-    )
-    torch.manual_seed(0)
-    ViTModel(config).save_pretrained(folder)
-    ViTImageProcessor(size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
-    return folder
-
-
 def test_pickled_code_inside_a_transformers_directory_is_refused(tmp_path):
-    folder = tiny_vit_directory(tmp_path / "vit")
+    folder = tiny_vit_directory(tmp_path / "vit", SIZE)
     (folder / "model.safetensors").unlink()
     torch.save({"embeddings.cls_token": Evil()}, folder / "pytorch_model.bin")
     with pytest.raises(ValueError, match=r"refused to load the weights in .*GLOBAL posix") as error:
@@ -270,7 +254,7 @@ def test_pickled_code_inside_a_transformers_directory_is_refused(tmp_path):
 
 
 def test_truncated_weights_inside_a_transformers_directory_are_named(tmp_path):
-    folder = tiny_vit_directory(tmp_path / "vit")
+    folder = tiny_vit_directory(tmp_path / "vit", SIZE)
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"safetensors weights in .*vit are not readable"):
@@ -280,7 +264,7 @@ def test_truncated_weights_inside_a_transformers_directory_are_named(tmp_path):
 def test_another_models_weights_in_a_transformers_directory_are_refused(tmp_path):
     from transformers import ResNetConfig, ResNetModel
 
-    folder = tiny_vit_directory(tmp_path / "vit")
+    folder = tiny_vit_directory(tmp_path / "vit", SIZE)
     other = ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1]))
     save_file(
         {k: v.contiguous() for k, v in other.state_dict().items()}, folder / "model.safetensors"
@@ -502,7 +486,7 @@ def test_input_size_of_a_timm_model_is_applied_not_ignored(probe_folder):
 
 
 def test_input_size_of_a_transformers_model_is_refused(tmp_path):
-    folder = tiny_vit_directory(tmp_path / "vit")
+    folder = tiny_vit_directory(tmp_path / "vit", SIZE)
     with pytest.raises(ValueError, match=r"input_size=16 cannot be applied to .*image processor"):
         load_vision_model(str(folder), input_size=16)
 

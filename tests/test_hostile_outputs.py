@@ -20,27 +20,14 @@ from milan_hf.exemplar_storage import load_exemplars, save_exemplars
 from milan_hf.exemplars import extract_exemplars
 from milan_hf.run_fingerprint import model_fingerprint
 from milan_hf.vision_models import VisionModel, load_vision_model
+from tests.captioner_fixtures import single_thread  # noqa: F401  (fixture)
+from tests.tiny_models import TinyNet
 
 NUM_BEAMS = 2
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class TinyNet(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(4, 3, 3, padding=1)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.conv2(torch.relu(self.conv1(pixels)))
+# One thread: on a busy 2-core machine two threads spin against each other.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def write_images(folder: Path, count: int = 6, seed: int = 0) -> Path:
