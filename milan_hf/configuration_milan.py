@@ -97,7 +97,13 @@ class MilanCaptionerConfig(PretrainedConfig):
             then reloads them from their source (the offline package for
             ``tf_efficientnet_lite0``, timm's hub otherwise). Needs ``backbone_pretrained``.
         backbone_out_indices: which feature stages to pool (``None``: all of them).
-        feature_size: size of one exemplar's pooled feature vector; filled in by the model.
+        mask_location_grid: side ``g`` of the coarse grid of where each exemplar's mask lies,
+            appended with the mask's centroid, spread and area (``g * g + 5`` numbers) to its
+            pooled features, so the decoder can name regions ("in the top half"), which mask
+            pooling alone averages away. 0 (default): the original MILAN encoder, pooled
+            features only; converted original checkpoints keep it.
+        feature_size: size of one exemplar's pooled feature vector (location included); filled
+            in by the model.
         image_size: side of the square the processor resizes exemplar images and masks to.
         image_mean, image_std: normalisation; defaults to the backbone's own timm data config.
         embedding_size, hidden_size, attention_hidden_size, dropout: the Show-Attend-Tell
@@ -117,6 +123,7 @@ class MilanCaptionerConfig(PretrainedConfig):
         backbone_pretrained: bool = True,
         save_backbone_weights: bool = True,
         backbone_out_indices: list[int] | None = None,
+        mask_location_grid: int = 0,
         feature_size: int | None = None,
         image_size: int = 224,
         image_mean: list[float] | None = None,
@@ -152,6 +159,11 @@ class MilanCaptionerConfig(PretrainedConfig):
             pretrained_cfg = timm.get_pretrained_cfg(backbone)
             image_mean = image_mean or list(getattr(pretrained_cfg, "mean", None) or IMAGENET_MEAN)
             image_std = image_std or list(getattr(pretrained_cfg, "std", None) or IMAGENET_STD)
+        if not isinstance(mask_location_grid, int) or not 0 <= mask_location_grid <= 32:
+            raise ValueError(
+                f"mask_location_grid must be an integer from 0 (off) to 32, got "
+                f"{mask_location_grid!r}"
+            )
         if isinstance(prior_config, dict):
             prior_config = MilanPriorConfig(**prior_config)
         if prior_config is not None and prior_config.vocab_size != vocab_size:
@@ -165,6 +177,7 @@ class MilanCaptionerConfig(PretrainedConfig):
         self.backbone_pretrained = backbone_pretrained
         self.save_backbone_weights = save_backbone_weights
         self.backbone_out_indices = list(backbone_out_indices) if backbone_out_indices else None
+        self.mask_location_grid = mask_location_grid
         self.feature_size = feature_size
         self.image_size = image_size
         self.image_mean = list(image_mean)

@@ -495,9 +495,39 @@ class NoRepeatWordsLogitsProcessor(LogitsProcessor):
 # ---------------------------------------------------------------------------------------------
 
 
+def mask_location_features(masks: torch.Tensor, grid: int) -> torch.Tensor:
+    """Where each mask lies: (n, H, W) masks in [0, 1] → (n, grid * grid + 5).
+
+    The share of each cell of a ``grid`` x ``grid`` partition the mask covers, then its
+    centroid (x, y in [-1, 1], image centre 0), its spread (standard deviation of x and y in
+    the same units) and its area (share of the image). An empty mask gives zeros throughout.
+    """
+    n, height, width = masks.shape
+    masks = masks.to(torch.float32)
+    cells = F.adaptive_avg_pool2d(masks.unsqueeze(1), grid).flatten(1)
+    mass = masks.sum(dim=(-1, -2))
+    weights = masks / mass.clamp_min(1e-8)[:, None, None]
+    ys = torch.linspace(-1.0, 1.0, height, device=masks.device)
+    xs = torch.linspace(-1.0, 1.0, width, device=masks.device)
+    column_mass, row_mass = weights.sum(dim=1), weights.sum(dim=2)  # (n, W), (n, H)
+    centre_x, centre_y = column_mass @ xs, row_mass @ ys
+    spread_x = (column_mass @ xs.square() - centre_x.square()).clamp_min(0).sqrt()
+    spread_y = (row_mass @ ys.square() - centre_y.square()).clamp_min(0).sqrt()
+    area = mass / (height * width)
+    summary = torch.stack([centre_x, centre_y, spread_x, spread_y, area], dim=1)
+    return torch.cat([cells, summary], dim=1)
+
+
+def mask_location_size(grid: int) -> int:
+    """Numbers ``mask_location_features`` gives per mask (0 when the grid is off)."""
+    return grid * grid + 5 if grid else 0
+
+
 class MilanExemplarEncoder(nn.Module):
     """Frozen timm backbone; each exemplar image's features at every stage are averaged under
-    its mask (resized to the stage, normalised to sum 1) and the stages concatenated."""
+    its mask (resized to the stage, normalised to sum 1) and the stages concatenated, followed,
+    when ``config.mask_location_grid`` is set, by where the mask lies
+    (``mask_location_features``)."""
 
     def __init__(self, config: MilanCaptionerConfig) -> None:
         super().__init__()
@@ -512,7 +542,10 @@ class MilanExemplarEncoder(nn.Module):
             raise ValueError(
                 f"Backbone {config.backbone!r} cannot give multi-stage features: {error}"
             ) from error
-        self.feature_size = sum(self.backbone.feature_info.channels())
+        self.location_grid = config.mask_location_grid
+        self.feature_size = sum(self.backbone.feature_info.channels()) + mask_location_size(
+            self.location_grid
+        )
         self.images_per_pass = 16
         self.backbone.requires_grad_(False)
         self.backbone.eval()
@@ -567,7 +600,9 @@ class MilanExemplarEncoder(nn.Module):
         """Each mask's pooled features: ``masks`` (n, H, W) in [0, 1], ``image_index`` (n,)
         the image of ``feature_maps`` (one map per stage, (images, C, h, w)) each lies on.
         Each stage is averaged under the mask resized to it (normalised to sum 1; an empty mask
-        pools to zeros), and the stages are concatenated: (n, feature_size)."""
+        pools to zeros), and the stages are concatenated, then the mask's location features
+        when the encoder has them: (n, feature_size)."""
+        location = mask_location_features(masks, self.location_grid) if self.location_grid else None
         masks = masks.unsqueeze(1)
         pooled = []
         for feature_map in feature_maps:
@@ -576,6 +611,8 @@ class MilanExemplarEncoder(nn.Module):
             )
             stage_masks = stage_masks / stage_masks.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-8)
             pooled.append((feature_map[image_index] * stage_masks).sum(dim=(-1, -2)))
+        if location is not None:
+            pooled.append(location.to(pooled[0].dtype))
         return torch.cat(pooled, dim=-1)
 
 

@@ -33,7 +33,11 @@ def tiny_tokenizer(words=("red", "blue", "squares")) -> MilanTokenizer:
 
 
 def tiny_captioner(
-    tokenizer: MilanTokenizer, with_prior: bool = True, seed: int = 0, hidden_size: int = 16
+    tokenizer: MilanTokenizer,
+    with_prior: bool = True,
+    seed: int = 0,
+    hidden_size: int = 16,
+    mask_location_grid: int = 0,
 ) -> MilanCaptionerModel:
     torch.manual_seed(seed)
     vocab_size = len(tokenizer)
@@ -50,6 +54,7 @@ def tiny_captioner(
         embedding_size=8,
         hidden_size=hidden_size,
         dropout=0.0,
+        mask_location_grid=mask_location_grid,
         prior_config=prior_config,
     )
     return MilanCaptionerModel(config).eval()

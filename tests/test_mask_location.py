@@ -1,0 +1,92 @@
+"""The location-aware exemplar encoder: where a mask lies reaches the decoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from milan_hf.configuration_milan import MilanCaptionerConfig
+from milan_hf.inference import encode_exemplar_sets
+from milan_hf.modeling_milan import MilanCaptionerModel, mask_location_features
+from milan_hf.processing_milan import MilanProcessor
+from tests.captioner_fixtures import random_rows, single_thread, tiny_captioner, tiny_tokenizer
+
+__all__ = ["single_thread"]
+
+
+def _half(side: str, size: int = 16) -> torch.Tensor:
+    mask = torch.zeros(size, size)
+    if side == "top":
+        mask[: size // 2] = 1
+    elif side == "bottom":
+        mask[size // 2 :] = 1
+    elif side == "left":
+        mask[:, : size // 2] = 1
+    elif side == "right":
+        mask[:, size // 2 :] = 1
+    return mask
+
+
+def test_location_features_say_where_and_how_large():
+    masks = torch.stack([_half(side) for side in ("top", "bottom", "left", "right", "none")])
+    features = mask_location_features(masks, grid=2)
+    assert features.shape == (5, 2 * 2 + 5)
+    cells, (centre_x, centre_y, spread_x, spread_y, area) = features[:, :4], features[:, 4:].T
+    # Row-major 2x2 cells: the top half covers the first two cells fully, the others not at all.
+    assert cells[0].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert cells[2].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert centre_y[0] < -0.4 and centre_y[1] > 0.4 and abs(centre_x[0]) < 1e-6
+    assert centre_x[2] < -0.4 and centre_x[3] > 0.4 and abs(centre_y[2]) < 1e-6
+    assert spread_x[0] > spread_y[0]  # a wide band: spread along x, little along y
+    assert torch.allclose(area[:4], torch.full((4,), 0.5))
+    assert features[4].abs().sum() == 0  # empty mask: nothing anywhere
+
+
+def test_small_mask_has_small_area_and_its_own_cell():
+    mask = torch.zeros(1, 20, 20)
+    mask[0, 15:20, 15:20] = 1  # bottom-right corner
+    features = mask_location_features(mask, grid=4)
+    cells = features[0, :16].view(4, 4)
+    assert cells[3, 3] == 1 and cells.sum() == 1
+    assert features[0, -1].item() == pytest.approx(25 / 400)
+
+
+def test_default_encoder_is_the_original(single_thread):
+    tokenizer = tiny_tokenizer()
+    plain, located = tiny_captioner(tokenizer), tiny_captioner(tokenizer, mask_location_grid=3)
+    assert plain.config.mask_location_grid == 0
+    assert located.encoder.feature_size == plain.encoder.feature_size + 3 * 3 + 5
+    rows = random_rows(2, k=2)
+    processor = MilanProcessor.from_model_config(plain.config, tokenizer)
+    inputs = processor(rows)
+    with torch.no_grad():
+        plain_features = plain.encode_exemplars(inputs["pixel_values"], inputs["masks"])
+        located_features = located.encode_exemplars(inputs["pixel_values"], inputs["masks"])
+    # Same backbone weights (same seed): the pooled part is unchanged, location comes after it.
+    assert torch.allclose(located_features[..., : plain.encoder.feature_size], plain_features)
+    expected = mask_location_features(inputs["masks"].flatten(0, 1).float(), 3).view(2, 2, -1)
+    assert torch.allclose(located_features[..., plain.encoder.feature_size :], expected)
+
+
+def test_shared_image_path_and_round_trip_keep_location(tmp_path, single_thread):
+    tokenizer = tiny_tokenizer()
+    model = tiny_captioner(tokenizer, mask_location_grid=2)
+    processor = MilanProcessor.from_model_config(model.config, tokenizer)
+    rows = random_rows(3, k=2)
+    inputs = processor(rows)
+    pairwise = model.encode_exemplars(inputs["pixel_values"], inputs["masks"])
+    shared = encode_exemplar_sets(rows, model, processor, images_per_pass=2)
+    assert torch.allclose(shared["exemplar_features"], pairwise, atol=1e-5)
+
+    model.save_pretrained(tmp_path)
+    loaded = MilanCaptionerModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.mask_location_grid == 2
+    assert torch.allclose(
+        loaded.encode_exemplars(inputs["pixel_values"], inputs["masks"]), pairwise
+    )
+
+
+@pytest.mark.parametrize("bad", [-1, 33, 2.5, "4"])
+def test_bad_grid_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match="mask_location_grid"):
+        MilanCaptionerConfig(vocab_size=8, backbone="test_efficientnet", mask_location_grid=bad)
