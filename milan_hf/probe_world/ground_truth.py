@@ -13,10 +13,10 @@ its scenes can be regenerated and the IoU annotator re-run on its units
   that concept (:func:`check_annotations_against_references`): an IoU label the references do
   not name is not trusted.
 
-**The matching rule.** A description names a concept by the rule of
-:class:`milan_hf.evaluation.ConceptMatcher` (stemmed words, synonyms), widened by the probe
-world's own vocabulary for every concept (:func:`probe_world_concept_phrases`: "crimson discs"
-names "red circle", "great blue herons" names "bird"). For a unit's expression:
+**The matching rule** is the known-unit benchmark's (``milan_hf.known_units``):
+``phrasing.expression_named``, where a concept is named when its word or a grammar synonym
+appears ("crimson discs" names "red circle", "great blue herons" names "bird"; "left" does not
+count for "right"). For a unit's expression:
 
 - ``c``: the description names ``c``;
 - ``a AND b``, ``a OR b``: *strict* (``accuracy``): it names both ``a`` and ``b``; *lenient*
@@ -346,29 +346,46 @@ def probe_world_known_units(
 # ---- accuracy -------------------------------------------------------------------------------
 
 
+def _tally(correct: Sequence[bool]) -> dict[str, Any]:
+    return {
+        "accuracy": sum(correct) / len(correct),
+        "num_units": len(correct),
+        "num_correct": sum(correct),
+    }
+
+
+def _grouped(keys: Sequence[str], correct: Sequence[bool]) -> dict[str, dict[str, Any]]:
+    return {
+        key: _tally([ok for other, ok in zip(keys, correct) if other == key])
+        for key in sorted(set(keys))
+    }
+
+
 def _strict_and_lenient(
     descriptions: Sequence[str],
     units: Sequence[KnownUnit],
-    concept_phrases: Mapping[str, Sequence[str]] | None,
+    concept_phrases: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[list[bool], dict[str, Any]]:
-    from milan_hf.evaluation import concept_accuracy
+    """Strict and lenient verdicts by the known-unit benchmark's rule
+    (``phrasing.expression_named``), so ``milan-hf evaluate`` and ``milan-hf benchmark`` judge
+    a description alike. ``concept_phrases`` is accepted for older callers and unused: the
+    grammar's own phrase index is the vocabulary."""
+    from milan_hf.probe_world.phrasing import expression_named
 
-    # Rows keyed by position: concept_accuracy joins predictions and truth on (layer, unit).
-    keys = {schema.LAYER: [str(i) for i in range(len(units))], schema.UNIT: list(range(len(units)))}
-    predictions = datasets.Dataset.from_dict({**keys, schema.DESCRIPTION: list(descriptions)})
+    strict = [expression_named(text, unit.expression) for text, unit in zip(descriptions, units)]
+    lenient = [
+        expression_named(text, unit.expression, strict=False)
+        for text, unit in zip(descriptions, units)
+    ]
     families = [unit.family for unit in units]
-    summaries = []
-    for concepts in ([unit.concept for unit in units], [unit.lenient_concepts for unit in units]):
-        truth = datasets.Dataset.from_dict({**keys, CONCEPT: concepts, FAMILY: families})
-        summaries.append(concept_accuracy(predictions, truth, concept_phrases=concept_phrases))
-    (judged, strict), (_, lenient) = summaries
-    correct_by_row = dict(zip(judged[schema.UNIT], judged[CORRECT]))
     summary = {
-        **strict,
-        "lenient_accuracy": lenient["accuracy"],
-        "lenient_by_family": lenient["by_family"],
+        **_tally(strict),
+        "by_family": _grouped(families, strict),
+        "by_concept": _grouped([unit.concept for unit in units], strict),
+        "lenient_accuracy": _tally(lenient)["accuracy"],
+        "lenient_by_family": _grouped(families, lenient),
     }
-    return [correct_by_row[i] for i in range(len(units))], summary
+    return strict, summary
 
 
 def known_unit_accuracy(
