@@ -168,3 +168,37 @@ def describe_default(
         or "MILAN descriptions of EfficientNet-Lite0 (ImageNet) units",
         **kwargs,
     )
+
+
+def description_quality(descriptions: Sequence[str]) -> dict[str, Any]:
+    """How a run's descriptions read, with no ground truth needed: the share of filler
+    (``phrasing.is_filler``: names no concept but a region, or says "nothing in particular"),
+    the defect count (``phrasing.description_defects``), the share of distinct descriptions,
+    and the content word found in most descriptions with its share (a captioner that writes
+    "houses" for a fifth of all units shows here). Dead units should be left out."""
+    from collections import Counter
+
+    from .probe_world.phrasing import description_defects, description_tokens, is_filler
+
+    texts = [text for text in descriptions if text.strip()]
+    if not texts:
+        raise ValueError("no descriptions to judge (all empty)")
+    defects = {text: description_defects(text) for text in texts}
+    defective = {text: found for text, found in defects.items() if found}
+    function_words = {"a", "an", "the", "of", "in", "on", "and", "or", "either", "with", "at"}
+    word_counts = Counter(
+        word
+        for text in texts
+        for word in set(description_tokens(text.lower()))
+        if word.isalpha() and word not in function_words
+    )
+    top_word, top_count = word_counts.most_common(1)[0] if word_counts else ("", 0)
+    return {
+        "units": len(texts),
+        "filler_share": round(sum(is_filler(text) for text in texts) / len(texts), 3),
+        "defect_count": sum(bool(defects[text]) for text in texts),
+        "defective_examples": dict(list(defective.items())[:5]),
+        "distinct_share": round(len(set(texts)) / len(texts), 3),
+        "most_common_word": top_word,
+        "most_common_word_share": round(top_count / len(texts), 3),
+    }
