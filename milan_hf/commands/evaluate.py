@@ -350,8 +350,9 @@ def _notes(args: argparse.Namespace, probe_world: dict) -> list[str]:
         )
         notes.append(
             "Accuracy: the description names the unit's concept (planted units: by "
-            "construction; IoU-labelled: the annotator's expression), by the rule of "
-            "milan_hf.evaluation.ConceptMatcher with the probe world's phrases."
+            "construction; IoU-labelled: the annotator's expression), by the known-unit "
+            "benchmark's rule (milan_hf.probe_world.phrasing.expression_named: a concept's "
+            "word or a grammar synonym; AND and OR need both parts)."
         )
     return notes
 
