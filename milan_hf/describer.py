@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from .describe_output import (  # noqa: F401  (re-exported: the output layout)
     write_descriptions_csv,
     write_outputs,
 )
+from .dissect import EMBEDDED_BEAM, DissectDescriber, DissectSettings
 from .exemplar_storage import load_exemplars
 from .exemplars import ExtractionInputs, extract_exemplars, materialize_images, prepare_extraction
 from .hub import descriptions_card, push_descriptions_to_hub  # noqa: F401  (re-exported)
@@ -117,6 +118,8 @@ def describe(
     report_title: str | None = None,
     progress: bool = True,
     device: torch.device | str | None = None,
+    method: str = "milan",
+    dissect: DissectSettings | None = None,
 ) -> datasets.Dataset:
     """Describe every unit of ``layers`` of ``model`` from its exemplars in ``images``.
 
@@ -143,12 +146,18 @@ def describe(
         seed: seed of a randomly initialised timm model (no ``pretrained``/``checkpoint``).
         report, report_title: write ``index.html`` (with ``output_dir``), and its title.
         device: where the model and captioner run (default: CUDA when available).
+        method: ``"milan"`` (the captioner's PMI decoding) or ``"dissect"``
+            (Describe-and-Dissect, :mod:`milan_hf.dissect`, with the models of ``dissect``;
+            default :class:`~milan_hf.dissect.DissectSettings`, Hub models). The
+            ``described_by`` column records the method and models of each description.
 
     Returns one row per unit: ``schema.RUN_DESCRIPTION_COLUMNS``."""
     generation = _generation_settings(
         pmi_weight, pmi_strategy, num_beams, no_repeat_ngram_size, no_repeat_words
     )
     _check_units(units)
+    if method not in ("milan", "dissect"):
+        raise ValueError(f"method must be 'milan' or 'dissect', got {method!r}")
     if output_dir is not None:  # never into the working directory or the inputs
         output_dir = check_output_location(output_dir, [images, model, checkpoint, captioner])
     inputs = prepare_extraction(
@@ -158,15 +167,24 @@ def describe(
         probe_options=dict(split=split, image_column=image_column),
     )  # fmt: skip
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    captioner_model, processor = load_captioner(captioner, device=device)
+    dissect = (dissect or DissectSettings()) if method == "dissect" else None
+    captioner_model = processor = None
+    if dissect is None or dissect.image_captioner == EMBEDDED_BEAM:
+        captioner_model, processor = load_captioner(captioner, device=device)
     run = _LayerRun(inputs, units, k=k, quantile=quantile, batch_size=batch_size,
                     generation=generation, captioner=captioner_model, processor=processor,
                     device=device, progress=progress)  # fmt: skip
+    run.described_by = f"milan (captioner: {_captioner_label(captioner)})"
+    if dissect is not None:  # the one dispatch: describe_layer asks this describer instead
+        _attach_dissect(run, dissect)
     if output_dir is None:
         found = run.find_exemplars(inputs.layers)
         return datasets.concatenate_datasets([run.describe_layer(found[n]) for n in inputs.layers])
     settings = _run_settings(model, checkpoint, captioner, run)
-    title = (report_title or f"MILAN descriptions of {inputs.model.name}") if report else None
+    default_title = (f"MILAN descriptions of {inputs.model.name}" if dissect is None else
+                     f"Describe-and-Dissect descriptions of {inputs.model.name}, by "
+                     f"{run.described_by}")  # fmt: skip
+    title = (report_title or default_title) if report else None
     return _describe_resumably(output_dir, run, settings, overwrite=overwrite, report_title=title)
 
 
@@ -182,7 +200,28 @@ def _run_settings(model: Any, checkpoint: Any, captioner: Any, run: _LayerRun) -
         "quantile": run.quantile,
         "input_size": list(run.inputs.model.input_size),
         **run.generation,
+        # Only dissect runs add keys: MILAN outputs written before them still resume.
+        **(
+            {"method": "dissect", "dissect": run.dissect.settings.fingerprint()}
+            if run.dissect is not None
+            else {}
+        ),
     }
+
+
+def _attach_dissect(run: _LayerRun, settings: DissectSettings) -> None:
+    """Make ``run`` describe with Describe-and-Dissect (decoding settings go to the beam)."""
+    given = {name: value for name, value in run.generation.items() if value is not None}
+    settings = replace(settings, generation=given)
+    milan = (run.captioner, run.processor) if run.captioner is not None else None
+    run.dissect = DissectDescriber(settings, run.inputs.model, run.device, milan, run.batch_size)
+    run.described_by = settings.described_by()
+
+
+def _captioner_label(captioner: Any) -> str:
+    if captioner is None:
+        return "embedded"
+    return str(getattr(captioner, "name_or_path", "") or captioner)
 
 
 @dataclass
@@ -199,6 +238,8 @@ class _LayerRun:
     processor: Any
     device: torch.device
     progress: bool
+    dissect: DissectDescriber | None = None
+    described_by: str = "milan"
 
     def find_exemplars(self, pending: list[str]) -> dict[str, datasets.Dataset]:
         """The exemplar sets of ``pending`` layers (one pass over the probe set serves them
@@ -232,7 +273,12 @@ class _LayerRun:
         )
         live = [index for index, is_dead in enumerate(dead) if not is_dead]
         described: dict[int, dict] = {}
-        if live:
+        if live and self.dissect is not None:
+            rows = exemplars.select(live).select_columns(
+                [schema.LAYER, schema.UNIT, schema.IMAGES, schema.MASKS]
+            )
+            described = dict(zip(live, self.dissect.describe(rows)))
+        elif live:
             captions = describe_exemplars(
                 exemplars.select(live),
                 self.captioner,
@@ -244,7 +290,10 @@ class _LayerRun:
             described = dict(zip(live, captions.to_list()))
         keys = exemplars.select_columns([schema.LAYER, schema.UNIT])
         rows = [
-            _run_row(described.get(index), key[schema.LAYER], key[schema.UNIT])
+            {
+                **_run_row(described.get(index), key[schema.LAYER], key[schema.UNIT]),
+                schema.DESCRIBED_BY: self.described_by,
+            }
             for index, key in enumerate(keys)
         ]
         return datasets.Dataset.from_list(rows, features=schema.RUN_DESCRIPTION_FEATURES)

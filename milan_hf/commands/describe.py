@@ -75,7 +75,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace an output directory holding other results instead of refusing",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    add_dissect_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def add_dissect_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--method`` and the models of Describe-and-Dissect (milan_hf.dissect)."""
+    group = parser.add_argument_group("Describe-and-Dissect (--method dissect)")
+    group.add_argument(
+        "--method",
+        choices=("milan", "dissect"),
+        default="milan",
+        help="milan: the captioner's PMI decoding (default); dissect: Describe-and-Dissect "
+        "(crops → captions → LM candidates → images → the candidate the unit fires on)",
+    )
+    group.add_argument(
+        "--image-captioner",
+        help="image-to-text Hub id, or 'embedded' for the embedded captioner's beam as "
+        "candidates (default: Salesforce/blip-image-captioning-base with --model; 'embedded' "
+        "for the embedded demo, offline)",
+    )
+    group.add_argument(
+        "--summarizer", help="instruction-tuned causal LM id (default: Qwen/Qwen2.5-0.5B-Instruct)"
+    )
+    group.add_argument(
+        "--text-to-image",
+        help="'probe-world', 'diffusers' or a diffusers model id (default: diffusers with "
+        "--model; probe-world for the embedded demo)",
+    )
+    group.add_argument("--clip", help="CLIP id for image similarity in the scoring (default: off)")
+    group.add_argument("--dissect-candidates", type=int, help="candidate concepts per unit (5)")
+    group.add_argument("--dissect-images", type=int, help="images per candidate (8)")
+
+
+def dissect_settings(args: argparse.Namespace, offline: bool):
+    """The DissectSettings the flags ask for (None for --method milan)."""
+    flags = {"image_captioner": args.image_captioner, "summarizer": args.summarizer,
+             "text_to_image": args.text_to_image, "clip": args.clip,
+             "num_candidates": args.dissect_candidates,
+             "images_per_candidate": args.dissect_images}  # fmt: skip
+    if args.method != "dissect":
+        given = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value]
+        if given:
+            raise ValueError(f"{', '.join(given)} need(s) --method dissect")
+        return None
+    from ..dissect import DissectSettings
+
+    given = {name: value for name, value in flags.items() if value is not None}
+    return DissectSettings.offline(**given) if offline else DissectSettings(**given)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "overwrite": args.overwrite,
         "report": not args.no_report,
+        "method": args.method,
+        "dissect": dissect_settings(args, offline=args.model is None),
     }
     if args.max_units is not None:
         if args.max_units < 1:
