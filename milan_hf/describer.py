@@ -158,6 +158,7 @@ def describe(
     _check_units(units)
     if method not in ("milan", "dissect"):
         raise ValueError(f"method must be 'milan' or 'dissect', got {method!r}")
+    dissect = (dissect or DissectSettings()).check() if method == "dissect" else None
     if output_dir is not None:  # never into the working directory or the inputs
         output_dir = check_output_location(output_dir, [images, model, checkpoint, captioner])
     inputs = prepare_extraction(
@@ -167,7 +168,6 @@ def describe(
         probe_options=dict(split=split, image_column=image_column),
     )  # fmt: skip
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dissect = (dissect or DissectSettings()) if method == "dissect" else None
     captioner_model = processor = None
     if dissect is None or dissect.image_captioner == EMBEDDED_BEAM:
         captioner_model, processor = load_captioner(captioner, device=device)

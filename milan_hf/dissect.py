@@ -184,11 +184,12 @@ def attention_box(
     kept = np.flatnonzero(areas >= min_component_fraction * areas.max()) + 1
     rows, cols = np.nonzero(np.isin(labels, kept))
     top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    pad_y = max(1, round(padding * (bottom - top)))
-    pad_x = max(1, round(padding * (right - left)))
+    least = 1 if padding > 0 else 0  # any padding is at least a pixel
+    pad_y = max(least, round(padding * int(bottom - top)))
+    pad_x = max(least, round(padding * int(right - left)))
     height, width = array.shape
-    return (max(0, left - pad_x), max(0, top - pad_y),
-            min(width, right + pad_x), min(height, bottom + pad_y))  # fmt: skip
+    return (int(max(0, left - pad_x)), int(max(0, top - pad_y)),
+            int(min(width, right + pad_x)), int(min(height, bottom + pad_y)))  # fmt: skip
 
 
 def attention_crop(image: Image.Image, mask: np.ndarray, padding: float = 0.1) -> Image.Image:

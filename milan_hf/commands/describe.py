@@ -122,7 +122,8 @@ def dissect_settings(args: argparse.Namespace, offline: bool):
     from ..dissect import DissectSettings
 
     given = {name: value for name, value in flags.items() if value is not None}
-    return DissectSettings.offline(**given) if offline else DissectSettings(**given)
+    settings = DissectSettings.offline(**given) if offline else DissectSettings(**given)
+    return settings.check()
 
 
 def run(args: argparse.Namespace) -> int:
