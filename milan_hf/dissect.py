@@ -52,7 +52,8 @@ DEFAULT_IMAGE_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_SUMMARIZER = "Qwen/Qwen2.5-0.5B-Instruct"
 #: A CLIP model for the image-similarity part of stage 5 (~600 MB); off unless given.
 SUGGESTED_CLIP = "openai/clip-vit-base-patch32"
-#: Stage 4 with the Hub: a diffusers text-to-image pipeline (h-verify's default model).
+#: Stage 4 with the Hub: a diffusers pipeline, Stable Diffusion v1.5 by default (~2.7 GB of
+#: fp16 safetensors; ``milan_hf.text_to_image.DEFAULT_DIFFUSERS_MODEL``).
 DEFAULT_TEXT_TO_IMAGE = "diffusers"
 #: Stage 4 offline: scenes of the probe world.
 OFFLINE_TEXT_TO_IMAGE = "probe-world"
@@ -123,7 +124,11 @@ class DissectSettings:
     def models(self) -> dict[str, Any]:
         """Which models produce the descriptions (recorded with the run)."""
         text_to_image = self.text_to_image
-        if not isinstance(text_to_image, str):
+        if text_to_image == DEFAULT_TEXT_TO_IMAGE:  # name the model it loads
+            from .text_to_image import DEFAULT_DIFFUSERS_MODEL
+
+            text_to_image = DEFAULT_DIFFUSERS_MODEL
+        elif not isinstance(text_to_image, str):
             text_to_image = getattr(text_to_image, "name", type(text_to_image).__name__)
         stages = {"image_captioner": self.image_captioner, "text_to_image": text_to_image}
         if self.image_captioner != EMBEDDED_BEAM:
