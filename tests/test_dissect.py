@@ -304,7 +304,7 @@ def test_describe_dissect_on_the_embedded_default_offline(tmp_path, monkeypatch,
     assert saved["description"] == [row["description"] for row in rows]
 
 
-def test_describe_dissect_with_tiny_hub_models(tmp_path, tiny_models):
+def test_describe_dissect_with_tiny_hub_models(tmp_path, tiny_models, fake_hub):
     """Every Hub stage (BLIP captions, a chat LM, CLIP) on a timm model, through the CLI."""
     folder = tmp_path / "images"
     folder.mkdir()
@@ -319,7 +319,7 @@ def test_describe_dissect_with_tiny_hub_models(tmp_path, tiny_models):
          "--method", "dissect", "--image-captioner", str(tiny_models["blip"]),
          "--summarizer", str(tiny_models["lm"]), "--clip", str(tiny_models["clip"]),
          "--text-to-image", "probe-world", "--dissect-candidates", "2",
-         "--dissect-images", "2"]
+         "--dissect-images", "2", "--push-to-hub", "someone/dissected"]
     )  # fmt: skip
     assert status == 0
     rows = read_csv(output / "descriptions.csv")
@@ -329,6 +329,13 @@ def test_describe_dissect_with_tiny_hub_models(tmp_path, tiny_models):
     for stage in ("blip", "lm", "clip"):
         assert str(tiny_models[stage]) in described_by
     assert described_by.startswith("dissect (")
+    # The same Hub push as MILAN's; the card names the method and its models, not MILAN's PMI.
+    root = fake_hub.folder("someone/dissected")
+    card = (root / "README.md").read_text()
+    assert "Describe-and-Dissect" in card and str(tiny_models["lm"]) in card
+    assert "argmax_d" not in card
+    pushed = datasets.Dataset.from_parquet(str(next(root.glob("data/train-*.parquet"))))
+    assert pushed["described_by"] == [row["described_by"] for row in rows]
 
 
 def test_method_flags_are_checked(tmp_path, capsys):
