@@ -214,7 +214,9 @@ def _attach_dissect(run: _LayerRun, settings: DissectSettings) -> None:
     given = {name: value for name, value in run.generation.items() if value is not None}
     settings = replace(settings, generation=given)
     milan = (run.captioner, run.processor) if run.captioner is not None else None
-    run.dissect = DissectDescriber(settings, run.inputs.model, run.device, milan, run.batch_size)
+    run.dissect = DissectDescriber(
+        settings, run.inputs.model, run.device, milan, run.batch_size, run.progress
+    )
     run.described_by = settings.described_by()
 
 
@@ -274,10 +276,7 @@ class _LayerRun:
         live = [index for index, is_dead in enumerate(dead) if not is_dead]
         described: dict[int, dict] = {}
         if live and self.dissect is not None:
-            rows = exemplars.select(live).select_columns(
-                [schema.LAYER, schema.UNIT, schema.IMAGES, schema.MASKS]
-            )
-            described = dict(zip(live, self.dissect.describe(rows)))
+            described = dict(zip(live, self.dissect.describe(exemplars.select(live))))
         elif live:
             captions = describe_exemplars(
                 exemplars.select(live),

@@ -457,9 +457,11 @@ class DissectDescriber:
         device: torch.device,
         milan_captioner: tuple[Any, Any] | None = None,
         batch_size: int = 32,
+        progress: bool = False,
     ):
         self.settings = settings.check()
         self.model, self.device, self.batch_size = model, device, batch_size
+        self.progress = progress
         self.milan_captioner = milan_captioner
         if settings.image_captioner == EMBEDDED_BEAM and milan_captioner is None:
             raise ValueError("dissect with the embedded beam needs a MILAN captioner")
@@ -482,15 +484,20 @@ class DissectDescriber:
             self._text_to_image = spec
         return self._text_to_image
 
-    def describe(self, exemplars: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """One record per unit row (``schema.DESCRIPTION_COLUMNS``), rows with ``images`` and
-        ``masks`` materialised."""
-        rows = list(exemplars)
-        if self.image_captioner is None:
-            candidates = self._beam_candidates(rows)
-        else:
-            candidates = [self._summarised_candidates(row) for row in rows]
-        return [self._best(row, found) for row, found in zip(rows, candidates)]
+    def describe(self, exemplars: Any) -> list[dict[str, Any]]:
+        """One record per unit row (``schema.DESCRIPTION_COLUMNS``) of an exemplar set (a
+        ``datasets.Dataset`` or rows) with ``images`` materialised, ``batch_size`` units at a
+        time in memory."""
+        from .inference import row_batches
+
+        records = []
+        for rows in row_batches(exemplars, self.batch_size, self.progress, desc="dissecting units"):
+            if self.image_captioner is None:
+                candidates = self._beam_candidates(rows)
+            else:
+                candidates = [self._summarised_candidates(row) for row in rows]
+            records += [self._best(row, found) for row, found in zip(rows, candidates)]
+        return records
 
     def _crops(self, row: Mapping[str, Any]) -> list[Image.Image]:
         return [attention_crop(image.convert("RGB"), np.asarray(mask), self.settings.crop_padding)
@@ -502,21 +509,17 @@ class DissectDescriber:
         return _Candidates(texts, [math.nan] * len(texts), [math.nan] * len(texts))
 
     def _beam_candidates(self, rows: list[Mapping[str, Any]]) -> list[_Candidates]:
-        """The distinct candidates of the MILAN captioner's final beam, best PMI score first."""
+        """Per unit, the distinct candidates of the MILAN captioner's final beam, best PMI
+        score first (all the rows' beams decoded together)."""
         from .inference import collect_slots, encode_exemplar_sets
 
         captioner, processor = self.milan_captioner
-        found = []
-        for start in range(0, len(rows), self.batch_size):
-            slots = collect_slots(rows[start : start + self.batch_size])
-            encoded = encode_exemplar_sets(slots, captioner, processor)
-            with torch.inference_mode():
-                output = captioner.generate(exemplar_features=encoded["exemplar_features"],
-                                            exemplar_mask=encoded["exemplar_mask"],
-                                            **self.settings.generation)  # fmt: skip
-            for unit in range(output.beam_sequences.shape[0]):
-                found.append(self._unit_beam(output, unit, processor))
-        return found
+        encoded = encode_exemplar_sets(collect_slots(rows), captioner, processor)
+        with torch.inference_mode():
+            output = captioner.generate(exemplar_features=encoded["exemplar_features"],
+                                        exemplar_mask=encoded["exemplar_mask"],
+                                        **self.settings.generation)  # fmt: skip
+        return [self._unit_beam(output, unit, processor) for unit in range(len(rows))]
 
     def _unit_beam(self, output: Any, unit: int, processor: Any) -> _Candidates:
         scores = output.beam_scores[unit].float().cpu().numpy()
