@@ -62,6 +62,13 @@ from .describe_output import (  # noqa: F401  (re-exported: the output layout)
 )
 from .exemplar_storage import load_exemplars
 from .exemplars import ExtractionInputs, extract_exemplars, materialize_images, prepare_extraction
+from .faithfulness import (
+    VERIFICATION_COLUMNS,
+    VerificationSettings,
+    unverified_record,
+    verification_features,
+    verify_layer,
+)
 from .hub import descriptions_card, push_descriptions_to_hub  # noqa: F401  (re-exported)
 from .inference import (  # noqa: F401  (re-exported: the one inference path)
     EMBEDDED_CAPTIONER,
@@ -117,6 +124,7 @@ def describe(
     report_title: str | None = None,
     progress: bool = True,
     device: torch.device | str | None = None,
+    verify: bool | VerificationSettings = False,
 ) -> datasets.Dataset:
     """Describe every unit of ``layers`` of ``model`` from its exemplars in ``images``.
 
@@ -143,6 +151,11 @@ def describe(
         seed: seed of a randomly initialised timm model (no ``pretrained``/``checkpoint``).
         report, report_title: write ``index.html`` (with ``output_dir``), and its title.
         device: where the model and captioner run (default: CUDA when available).
+        verify: check every description against its unit (:mod:`milan_hf.faithfulness`):
+            True renders it in the probe world; a ``VerificationSettings`` chooses the
+            text-to-image stage, the images per description and the verification rerank.
+            Adds ``faithfulness_auc``, ``faithfulness_ratio``, ``verifiable``,
+            ``verify_reason`` and ``pmi_description`` columns.
 
     Returns one row per unit: ``schema.RUN_DESCRIPTION_COLUMNS``."""
     generation = _generation_settings(
@@ -161,7 +174,8 @@ def describe(
     captioner_model, processor = load_captioner(captioner, device=device)
     run = _LayerRun(inputs, units, k=k, quantile=quantile, batch_size=batch_size,
                     generation=generation, captioner=captioner_model, processor=processor,
-                    device=device, progress=progress)  # fmt: skip
+                    device=device, progress=progress,
+                    verification=_verification_settings(verify))  # fmt: skip
     if output_dir is None:
         found = run.find_exemplars(inputs.layers)
         return datasets.concatenate_datasets([run.describe_layer(found[n]) for n in inputs.layers])
@@ -182,7 +196,16 @@ def _run_settings(model: Any, checkpoint: Any, captioner: Any, run: _LayerRun) -
         "quantile": run.quantile,
         "input_size": list(run.inputs.model.input_size),
         **run.generation,
+        **({"verification": run.verification.fingerprint()} if run.verification else {}),
     }
+
+
+def _verification_settings(verify: bool | VerificationSettings) -> VerificationSettings | None:
+    if isinstance(verify, VerificationSettings):
+        return verify
+    if not isinstance(verify, bool):
+        raise ValueError(f"verify must be True, False or a VerificationSettings, got {verify!r}")
+    return VerificationSettings() if verify else None
 
 
 @dataclass
@@ -199,6 +222,7 @@ class _LayerRun:
     processor: Any
     device: torch.device
     progress: bool
+    verification: VerificationSettings | None = None
 
     def find_exemplars(self, pending: list[str]) -> dict[str, datasets.Dataset]:
         """The exemplar sets of ``pending`` layers (one pass over the probe set serves them
@@ -242,12 +266,31 @@ class _LayerRun:
                 **self.generation,
             )
             described = dict(zip(live, captions.to_list()))
+        features = schema.RUN_DESCRIPTION_FEATURES
+        if self.verification is not None:
+            described = self._verify(exemplars, described)
+            features = datasets.Features({**features, **verification_features()})
         keys = exemplars.select_columns([schema.LAYER, schema.UNIT])
         rows = [
             _run_row(described.get(index), key[schema.LAYER], key[schema.UNIT])
             for index, key in enumerate(keys)
         ]
-        return datasets.Dataset.from_list(rows, features=schema.RUN_DESCRIPTION_FEATURES)
+        if self.verification is not None:
+            for index, row in enumerate(rows):
+                verified = described.get(index) or unverified_record("dead unit")
+                row.update({name: verified[name] for name in VERIFICATION_COLUMNS})
+        return datasets.Dataset.from_list(rows, features=features)
+
+    def _verify(self, exemplars: datasets.Dataset, described: dict[int, dict]) -> dict:
+        if not described:
+            return described
+        layer = exemplars[0][schema.LAYER]
+        verified, cost = verify_layer(
+            self.verification, self.inputs.model, layer, exemplars, described,
+            self.captioner, self.processor, self.generation,
+        )  # fmt: skip
+        logger.info("verified %s: %s", layer, cost.per_unit())
+        return verified
 
 
 def _run_row(caption: dict | None, layer: str, unit: int) -> dict[str, Any]:

@@ -75,7 +75,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace an output directory holding other results instead of refusing",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check every description against its unit: render it (probe world or diffusers), "
+        "run the model on the images and on controls, report the AUC (faithfulness_auc) and "
+        "the mean activation ratio (default: on for the embedded default, where rendering is "
+        "cheap; off with --model)",
+    )
+    parser.add_argument(
+        "--verify-rerank",
+        type=int,
+        default=0,
+        metavar="N",
+        help="MILAN + verification: choose among the top N candidates of the PMI beam by "
+        "PMI rank + activation rank (implies --verify; default 0: keep the PMI choice)",
+    )
+    parser.add_argument(
+        "--text-to-image",
+        default="probe-world",
+        help="text-to-image stage of --verify: probe-world (offline) or a diffusers model "
+        "id (default: probe-world)",
+    )
+    parser.add_argument(
+        "--verify-images",
+        type=int,
+        default=8,
+        help="images per description for --verify, and as many controls (default 8)",
+    )
     parser.set_defaults(func=run)
+
+
+def _verification(args: argparse.Namespace, default_on: bool):
+    """The ``verify`` argument of describe: False, or the settings the flags ask for."""
+    from ..faithfulness import VerificationSettings
+
+    if args.verify_rerank < 0:
+        raise ValueError(f"--verify-rerank must be 0 or >= 2, got {args.verify_rerank}")
+    wanted = args.verify if args.verify is not None else default_on or args.verify_rerank > 0
+    if args.verify is False and args.verify_rerank:
+        raise ValueError("--verify-rerank needs verification; drop --no-verify")
+    if not wanted:
+        return False
+    return VerificationSettings(
+        text_to_image=args.text_to_image,
+        num_images=args.verify_images,
+        rerank_top=args.verify_rerank,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             "scikit-image photographs with the embedded captioner",
             file=sys.stderr,
         )
-        descriptions = describe_default(output, **common)
+        descriptions = describe_default(output, verify=_verification(args, True), **common)
     else:
         missing = [
             f"--{name}" for name in ("layers", "images", "output") if getattr(args, name) is None
@@ -141,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             image_column=args.image_column,
             split=args.split,
             seed=args.seed,
+            verify=_verification(args, False),
             **common,
         )
     if args.push_to_hub:
