@@ -63,6 +63,13 @@ from .describe_output import (  # noqa: F401  (re-exported: the output layout)
 from .dissect import EMBEDDED_BEAM, DissectDescriber, DissectSettings
 from .exemplar_storage import load_exemplars
 from .exemplars import ExtractionInputs, extract_exemplars, materialize_images, prepare_extraction
+from .faithfulness import (
+    VERIFICATION_COLUMNS,
+    VerificationSettings,
+    unverified_record,
+    verification_features,
+    verify_layer,
+)
 from .hub import descriptions_card, push_descriptions_to_hub  # noqa: F401  (re-exported)
 from .inference import (  # noqa: F401  (re-exported: the one inference path)
     EMBEDDED_CAPTIONER,
@@ -120,6 +127,7 @@ def describe(
     device: torch.device | str | None = None,
     method: str = "milan",
     dissect: DissectSettings | None = None,
+    verify: bool | VerificationSettings = False,
 ) -> datasets.Dataset:
     """Describe every unit of ``layers`` of ``model`` from its exemplars in ``images``.
 
@@ -150,6 +158,11 @@ def describe(
             (Describe-and-Dissect, :mod:`milan_hf.dissect`, with the models of ``dissect``;
             default :class:`~milan_hf.dissect.DissectSettings`, Hub models). The
             ``described_by`` column records the method and models of each description.
+        verify: check every description against its unit (:mod:`milan_hf.faithfulness`):
+            True renders it in the probe world; a ``VerificationSettings`` chooses the
+            text-to-image stage, the images per description and the verification rerank.
+            Adds ``faithfulness_auc``, ``faithfulness_ratio``, ``verifiable``,
+            ``verify_reason`` and ``pmi_description`` columns.
 
     Returns one row per unit: ``schema.RUN_DESCRIPTION_COLUMNS``."""
     generation = _generation_settings(
@@ -159,6 +172,11 @@ def describe(
     if method not in ("milan", "dissect"):
         raise ValueError(f"method must be 'milan' or 'dissect', got {method!r}")
     dissect = (dissect or DissectSettings()).check() if method == "dissect" else None
+    if dissect is not None and getattr(verify, "rerank_top", 0):
+        raise ValueError(
+            "verification rerank re-chooses among the MILAN beam; with method='dissect' the "
+            "candidates are already chosen by their images (drop --verify-rerank)"
+        )
     if output_dir is not None:  # never into the working directory or the inputs
         output_dir = check_output_location(output_dir, [images, model, checkpoint, captioner])
     inputs = prepare_extraction(
@@ -173,7 +191,8 @@ def describe(
         captioner_model, processor = load_captioner(captioner, device=device)
     run = _LayerRun(inputs, units, k=k, quantile=quantile, batch_size=batch_size,
                     generation=generation, captioner=captioner_model, processor=processor,
-                    device=device, progress=progress)  # fmt: skip
+                    device=device, progress=progress,
+                    verification=_verification_settings(verify))  # fmt: skip
     run.described_by = f"milan (captioner: {_captioner_label(captioner)})"
     if dissect is not None:  # the one dispatch: describe_layer asks this describer instead
         _attach_dissect(run, dissect)
@@ -206,6 +225,7 @@ def _run_settings(model: Any, checkpoint: Any, captioner: Any, run: _LayerRun) -
             if run.dissect is not None
             else {}
         ),
+        **({"verification": run.verification.fingerprint()} if run.verification else {}),
     }
 
 
@@ -226,6 +246,14 @@ def _captioner_label(captioner: Any) -> str:
     return str(getattr(captioner, "name_or_path", "") or captioner)
 
 
+def _verification_settings(verify: bool | VerificationSettings) -> VerificationSettings | None:
+    if isinstance(verify, VerificationSettings):
+        return verify
+    if not isinstance(verify, bool):
+        raise ValueError(f"verify must be True, False or a VerificationSettings, got {verify!r}")
+    return VerificationSettings() if verify else None
+
+
 @dataclass
 class _LayerRun:
     """What finding and describing a layer's units needs, shared by the layers of a run."""
@@ -242,6 +270,7 @@ class _LayerRun:
     progress: bool
     dissect: DissectDescriber | None = None
     described_by: str = "milan"
+    verification: VerificationSettings | None = None
 
     def find_exemplars(self, pending: list[str]) -> dict[str, datasets.Dataset]:
         """The exemplar sets of ``pending`` layers (one pass over the probe set serves them
@@ -287,6 +316,10 @@ class _LayerRun:
                 **self.generation,
             )
             described = dict(zip(live, captions.to_list()))
+        features = schema.RUN_DESCRIPTION_FEATURES
+        if self.verification is not None:
+            described = self._verify(exemplars, described)
+            features = datasets.Features({**features, **verification_features()})
         keys = exemplars.select_columns([schema.LAYER, schema.UNIT])
         rows = [
             {
@@ -295,7 +328,22 @@ class _LayerRun:
             }
             for index, key in enumerate(keys)
         ]
-        return datasets.Dataset.from_list(rows, features=schema.RUN_DESCRIPTION_FEATURES)
+        if self.verification is not None:
+            for index, row in enumerate(rows):
+                verified = described.get(index) or unverified_record("dead unit")
+                row.update({name: verified[name] for name in VERIFICATION_COLUMNS})
+        return datasets.Dataset.from_list(rows, features=features)
+
+    def _verify(self, exemplars: datasets.Dataset, described: dict[int, dict]) -> dict:
+        if not described:
+            return described
+        layer = exemplars[0][schema.LAYER]
+        verified, cost = verify_layer(
+            self.verification, self.inputs.model, layer, exemplars, described,
+            self.captioner, self.processor, self.generation,
+        )  # fmt: skip
+        logger.info("verified %s: %s", layer, cost.per_unit())
+        return verified
 
 
 def _run_row(caption: dict | None, layer: str, unit: int) -> dict[str, Any]:

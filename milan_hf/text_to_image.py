@@ -61,6 +61,8 @@ class RenderedDescription:
         images: scenes/pictures that show the description.
         controls: matched control images that do not show it.
         expression: the parsed concept expression (probe world only; None otherwise).
+        scenes: the probe world's ``Scene`` of each image, then of each control (masks
+            included), for scorers of units with a known expression; empty otherwise.
     """
 
     description: str
@@ -69,6 +71,7 @@ class RenderedDescription:
     images: list[Image.Image] = field(default_factory=list)
     controls: list[Image.Image] = field(default_factory=list)
     expression: tuple | None = None
+    scenes: list[Scene] = field(default_factory=list)
 
 
 class TextToImage(Protocol):
@@ -235,6 +238,7 @@ class ProbeWorldTextToImage:
             [Image.fromarray(scene.image) for scene in images],
             [Image.fromarray(scene.image) for scene in controls],
             expression,
+            images + controls,
         )
 
     def _positives(self, expression: tuple, count: int, seed: int, size: int) -> list[Scene]:

@@ -288,7 +288,9 @@ def test_describe_dissect_on_the_embedded_default_offline(tmp_path, monkeypatch,
                        "--dissect-images", "3"])  # fmt: skip
     assert status == 0
     rows = read_csv(output / "descriptions.csv")
-    assert list(rows[0]) == list(schema.RUN_DESCRIPTION_COLUMNS)
+    columns = list(schema.RUN_DESCRIPTION_COLUMNS)
+    assert list(rows[0])[: len(columns)] == columns  # then --verify's, on by default here
+    assert "faithfulness_auc" in rows[0]
     assert [(row["layer"], row["unit"]) for row in rows] == [("blocks.4", "0"), ("blocks.4", "1")]
     described_by = "dissect (image_captioner: embedded; text_to_image: probe-world)"
     assert {row["described_by"] for row in rows} == {described_by}
@@ -338,11 +340,17 @@ def test_describe_dissect_with_tiny_hub_models(tmp_path, tiny_models, fake_hub):
     assert pushed["described_by"] == [row["described_by"] for row in rows]
 
 
-def test_method_flags_are_checked(tmp_path, capsys):
+def test_method_flags_are_checked(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MILAN_HF_CACHE", str(tmp_path / "cache"))
+    few_scenes = functools.partial(describe_default, num_scenes=2, layers=("blocks.4",))
+    monkeypatch.setattr("milan_hf.describer.describe_default", few_scenes)
     assert cli_main(["describe", "--summarizer", "x", "--output", str(tmp_path / "o")]) == 2
     assert "--summarizer need(s) --method dissect" in capsys.readouterr().err
     assert cli_main(["describe", "--method", "dissect", "--dissect-images", "0", "--output",
                      str(tmp_path / "o")]) == 2  # fmt: skip
     assert "images_per_candidate must be a positive integer, got 0" in capsys.readouterr().err
+    assert cli_main(["describe", "--method", "dissect", "--verify-rerank", "3", "--output",
+                     str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "drop --verify-rerank" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["describe", "--method", "other"])

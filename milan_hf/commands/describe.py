@@ -75,8 +75,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace an output directory holding other results instead of refusing",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check every description against its unit: render it (probe world or diffusers), "
+        "run the model on the images and on controls, report the AUC (faithfulness_auc) and "
+        "the mean activation ratio (default: on for the embedded default, where rendering is "
+        "cheap; off with --model)",
+    )
+    parser.add_argument(
+        "--verify-rerank",
+        type=int,
+        default=0,
+        metavar="N",
+        help="MILAN + verification: choose among the top N candidates of the PMI beam by "
+        "PMI rank + activation rank (implies --verify; default 0: keep the PMI choice)",
+    )
+    parser.add_argument(
+        "--text-to-image",
+        help="text-to-image stage of --verify and of --method dissect: probe-world "
+        "(offline), 'diffusers' or a diffusers model id (default: probe-world; diffusers, "
+        "Stable Diffusion v1.5, for --method dissect with --model)",
+    )
+    parser.add_argument(
+        "--verify-images",
+        type=int,
+        default=8,
+        help="images per description for --verify, and as many controls (default 8)",
+    )
     add_dissect_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def _verification(args: argparse.Namespace, default_on: bool):
+    """The ``verify`` argument of describe: False, or the settings the flags ask for."""
+    from ..faithfulness import VerificationSettings
+
+    if args.verify_rerank < 0:
+        raise ValueError(f"--verify-rerank must be 0 or >= 2, got {args.verify_rerank}")
+    wanted = args.verify if args.verify is not None else default_on or args.verify_rerank > 0
+    if args.verify is False and args.verify_rerank:
+        raise ValueError("--verify-rerank needs verification; drop --no-verify")
+    if not wanted:
+        return False
+    return VerificationSettings(
+        text_to_image=args.text_to_image or "probe-world",
+        num_images=args.verify_images,
+        rerank_top=args.verify_rerank,
+    )
 
 
 def add_dissect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,11 +145,6 @@ def add_dissect_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--summarizer", help="instruction-tuned causal LM id (default: Qwen/Qwen2.5-0.5B-Instruct)"
     )
-    group.add_argument(
-        "--text-to-image",
-        help="'probe-world', 'diffusers' or a diffusers model id (default: diffusers with "
-        "--model; probe-world for the embedded demo)",
-    )
     group.add_argument("--clip", help="CLIP id for image similarity in the scoring (default: off)")
     group.add_argument("--dissect-candidates", type=int, help="candidate concepts per unit (5)")
     group.add_argument("--dissect-images", type=int, help="images per candidate (8)")
@@ -114,8 +156,9 @@ def dissect_settings(args: argparse.Namespace, offline: bool):
              "text_to_image": args.text_to_image, "clip": args.clip,
              "num_candidates": args.dissect_candidates,
              "images_per_candidate": args.dissect_images}  # fmt: skip
-    if args.method != "dissect":
-        given = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value]
+    if args.method != "dissect":  # --text-to-image also serves --verify
+        given = [f"--{name.replace('_', '-')}" for name, value in flags.items()
+                 if value and name != "text_to_image"]  # fmt: skip
         if given:
             raise ValueError(f"{', '.join(given)} need(s) --method dissect")
         return None
@@ -172,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             "scikit-image photographs with the embedded captioner",
             file=sys.stderr,
         )
-        descriptions = describe_default(output, **common)
+        descriptions = describe_default(output, verify=_verification(args, True), **common)
     else:
         missing = [
             f"--{name}" for name in ("layers", "images", "output") if getattr(args, name) is None
@@ -191,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
             image_column=args.image_column,
             split=args.split,
             seed=args.seed,
+            verify=_verification(args, False),
             **common,
         )
     if args.push_to_hub:
