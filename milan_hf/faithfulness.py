@@ -282,11 +282,15 @@ def beam_candidates(
     captioner: Any,
     processor: Any,
     top: int = DEFAULT_RERANK_TOP,
+    distinct: Callable[[str], Any] | None = None,
     **generation: Any,
 ) -> list[list[dict[str, Any]]]:
-    """Per unit, the ``top`` distinct candidates of the PMI beam, best PMI score first (the
-    decoded choice first): records with ``description``, ``score``, ``captioner_log_prob`` and
-    ``prior_log_prob``."""
+    """Per unit, the ``top`` distinct candidates of the PMI beam, best PMI score first: records
+    with ``description``, ``score``, ``captioner_log_prob`` and ``prior_log_prob``.
+
+    ``distinct`` (text -> key) keeps only the best candidate per key, e.g. the set of concepts
+    a description names, so that the candidates are different hypotheses rather than
+    paraphrases of one (a beam's top candidates mostly are)."""
     from . import schema
 
     generation = {key: value for key, value in generation.items() if value is not None}
@@ -310,9 +314,10 @@ def beam_candidates(
         ranked: dict[str, dict[str, Any]] = {}
         for beam in torch.argsort(scores, descending=True, stable=True).tolist():
             text = texts[unit * beams + beam]
-            if scores[beam] == float("-inf") or not text.strip() or text in ranked:
+            key = distinct(text) if distinct is not None else text
+            if scores[beam] == float("-inf") or not text.strip() or key in ranked:
                 continue
-            ranked[text] = {schema.DESCRIPTION: text} | {
+            ranked[key] = {schema.DESCRIPTION: text} | {
                 name: None if values is None else float(values[unit, beam])
                 for name, values in columns.items()
             }

@@ -150,3 +150,38 @@ def test_describe_command_verify_flags():
         _verification(flags(verify=False, rerank=3), default_on=False)
     with pytest.raises(ValueError, match="rerank top must be 0 \\(off\\) or >= 2, got 1"):
         _verification(flags(rerank=1), default_on=False)
+
+
+def test_the_embedded_default_run_verifies(tmp_path, monkeypatch):
+    """What `milan-hf describe` (no --model) does by default: verify with the probe world."""
+    from milan_hf.describer import describe_default
+
+    monkeypatch.setenv("MILAN_HF_CACHE", str(tmp_path / "cache"))
+    descriptions = describe_default(
+        tmp_path / "out", num_scenes=6, layers=("blocks.4",), units=2, num_beams=4,
+        progress=False, verify=VerificationSettings(num_images=2),
+    )  # fmt: skip
+    for row in descriptions:
+        assert row["pmi_description"] == row["description"]  # no rerank asked for
+        if row["verifiable"]:
+            assert 0.0 <= row["faithfulness_auc"] <= 1.0
+        else:
+            assert row["verify_reason"]
+
+
+def test_benchmark_verification_on_synthetic_units(tmp_path):
+    from milan_hf.describer import load_captioner
+    from milan_hf.known_units import run_verification, verification_markdown
+
+    model, processor = load_captioner(None)
+    verification = run_verification(tmp_path, model, processor, units=3, planted=False,
+                                    top=2, num_images=4)  # fmt: skip
+    tally = verification["by_part"]["synthetic"]
+    assert tally["units"] == 3 and len(verification["units"]) == 3
+    assert tally["images_rendered_per_unit"] > 0 and tally["seconds_per_unit"] > 0
+    assert 0.0 <= tally["pmi_accuracy"] <= tally["oracle_accuracy"] <= 1.0
+    assert tally["rerank_accuracy"] <= tally["oracle_accuracy"]
+    for row in verification["units"]:
+        assert 1 <= len(row["candidates"]) <= 2
+        assert row["pmi_correct"] == row["candidates"][0]["correct"]
+    assert "| synthetic | 3 |" in verification_markdown(verification)
