@@ -348,6 +348,7 @@ def unit_activations(
     from .exemplars import LayerTaps
 
     scores = []
+    model.module.to(device)  # where the exemplar pass left it, or the device asked for
     with LayerTaps(model, [layer]) as taps, torch.inference_mode():
         for start in range(0, len(images), batch_size):
             batch = [model.transform(image.convert("RGB")) for image in
@@ -546,11 +547,12 @@ class DissectDescriber:
             image_size=self.model.input_size[0],
         ) if candidates.texts else []  # fmt: skip
         images = [list(item.images) if item.renderable else [] for item in rendered]
-        layer, unit = row[schema.LAYER], row[schema.UNIT]
-        activations = [
-            unit_activations(self.model, layer, unit, shown, self.device, self.batch_size)
-            for shown in images
-        ]
+        # One pass over every candidate's images, then split per candidate.
+        pooled = [image for shown in images for image in shown]
+        pooled_activations = unit_activations(self.model, row[schema.LAYER], row[schema.UNIT],
+                                              pooled, self.device, self.batch_size)  # fmt: skip
+        bounds = np.cumsum([0] + [len(shown) for shown in images])
+        activations = [pooled_activations[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         scores = activation_rank_scores(activations, settings.top_ranks)
         similarity = None
         if self.clip is not None and any(images):
