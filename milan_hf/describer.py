@@ -151,11 +151,7 @@ def describe(
         seed: seed of a randomly initialised timm model (no ``pretrained``/``checkpoint``).
         report, report_title: write ``index.html`` (with ``output_dir``), and its title.
         device: where the model and captioner run (default: CUDA when available).
-        verify: check every description against its unit (:mod:`milan_hf.faithfulness`):
-            True renders it in the probe world; a ``VerificationSettings`` chooses the
-            text-to-image stage, the images per description and the verification rerank.
-            Adds ``faithfulness_auc``, ``faithfulness_ratio``, ``verifiable``,
-            ``verify_reason`` and ``pmi_description`` columns.
+        verify: check each description against its unit (True or a VerificationSettings).
 
     Returns one row per unit: ``schema.RUN_DESCRIPTION_COLUMNS``."""
     generation = _generation_settings(
@@ -172,10 +168,8 @@ def describe(
     )  # fmt: skip
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     captioner_model, processor = load_captioner(captioner, device=device)
-    run = _LayerRun(inputs, units, k=k, quantile=quantile, batch_size=batch_size,
-                    generation=generation, captioner=captioner_model, processor=processor,
-                    device=device, progress=progress,
-                    verification=_verification_settings(verify))  # fmt: skip
+    run = _LayerRun(inputs, units, k, quantile, batch_size, generation, captioner_model,
+                    processor, device, progress, _verification_settings(verify))  # fmt: skip
     if output_dir is None:
         found = run.find_exemplars(inputs.layers)
         return datasets.concatenate_datasets([run.describe_layer(found[n]) for n in inputs.layers])
