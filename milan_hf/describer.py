@@ -154,29 +154,16 @@ def describe(
         seed: seed of a randomly initialised timm model (no ``pretrained``/``checkpoint``).
         report, report_title: write ``index.html`` (with ``output_dir``), and its title.
         device: where the model and captioner run (default: CUDA when available).
-        method: ``"milan"`` (the captioner's PMI decoding) or ``"dissect"``
-            (Describe-and-Dissect, :mod:`milan_hf.dissect`, with the models of ``dissect``;
-            default :class:`~milan_hf.dissect.DissectSettings`, Hub models). The
-            ``described_by`` column records the method and models of each description.
-        verify: check every description against its unit (:mod:`milan_hf.faithfulness`):
-            True renders it in the probe world; a ``VerificationSettings`` chooses the
-            text-to-image stage, the images per description and the verification rerank.
-            Adds ``faithfulness_auc``, ``faithfulness_ratio``, ``verifiable``,
-            ``verify_reason`` and ``pmi_description`` columns.
+        method: ``"milan"`` or ``"dissect"`` (Describe-and-Dissect with the models of
+            ``dissect``, :mod:`milan_hf.dissect`); ``described_by`` records which.
+        verify: check each description against its unit (True or a VerificationSettings).
 
     Returns one row per unit: ``schema.RUN_DESCRIPTION_COLUMNS``."""
     generation = _generation_settings(
         pmi_weight, pmi_strategy, num_beams, no_repeat_ngram_size, no_repeat_words
     )
     _check_units(units)
-    if method not in ("milan", "dissect"):
-        raise ValueError(f"method must be 'milan' or 'dissect', got {method!r}")
-    dissect = (dissect or DissectSettings()).check() if method == "dissect" else None
-    if dissect is not None and getattr(verify, "rerank_top", 0):
-        raise ValueError(
-            "verification rerank re-chooses among the MILAN beam; with method='dissect' the "
-            "candidates are already chosen by their images (drop --verify-rerank)"
-        )
+    dissect = _dissect_settings(method, dissect, verify)
     if output_dir is not None:  # never into the working directory or the inputs
         output_dir = check_output_location(output_dir, [images, model, checkpoint, captioner])
     inputs = prepare_extraction(
@@ -186,25 +173,44 @@ def describe(
         probe_options=dict(split=split, image_column=image_column),
     )  # fmt: skip
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    captioner_model = processor = None
-    if dissect is None or dissect.image_captioner == EMBEDDED_BEAM:
-        captioner_model, processor = load_captioner(captioner, device=device)
-    run = _LayerRun(inputs, units, k=k, quantile=quantile, batch_size=batch_size,
-                    generation=generation, captioner=captioner_model, processor=processor,
-                    device=device, progress=progress,
-                    verification=_verification_settings(verify))  # fmt: skip
-    run.described_by = f"milan (captioner: {_captioner_label(captioner)})"
-    if dissect is not None:  # the one dispatch: describe_layer asks this describer instead
-        _attach_dissect(run, dissect)
+    captioner_model, processor = _milan_captioner(captioner, dissect, device)
+    run = _LayerRun(inputs, units, k, quantile, batch_size, generation, captioner_model, processor,
+                    device, progress, verification=_verification_settings(verify))  # fmt: skip
+    _choose_describer(run, dissect, captioner)  # the one dispatch: MILAN or Describe-and-Dissect
     if output_dir is None:
         found = run.find_exemplars(inputs.layers)
         return datasets.concatenate_datasets([run.describe_layer(found[n]) for n in inputs.layers])
     settings = _run_settings(model, checkpoint, captioner, run)
-    default_title = (f"MILAN descriptions of {inputs.model.name}" if dissect is None else
-                     f"Describe-and-Dissect descriptions of {inputs.model.name}, by "
-                     f"{run.described_by}")  # fmt: skip
-    title = (report_title or default_title) if report else None
+    title = (report_title or _default_title(run)) if report else None
     return _describe_resumably(output_dir, run, settings, overwrite=overwrite, report_title=title)
+
+
+def _dissect_settings(method: str, dissect: DissectSettings | None, verify: Any):
+    """The checked Describe-and-Dissect settings of ``method`` (None for MILAN)."""
+    if method not in ("milan", "dissect"):
+        raise ValueError(f"method must be 'milan' or 'dissect', got {method!r}")
+    if method == "milan":
+        return None
+    if getattr(verify, "rerank_top", 0):
+        raise ValueError(
+            "verification rerank re-chooses among the MILAN beam; with method='dissect' the "
+            "candidates are already chosen by their images (drop --verify-rerank)"
+        )
+    return (dissect or DissectSettings()).check()
+
+
+def _milan_captioner(captioner: Any, dissect: DissectSettings | None, device: torch.device):
+    """The MILAN captioner and processor, unless Describe-and-Dissect captions with its own."""
+    if dissect is not None and dissect.image_captioner != EMBEDDED_BEAM:
+        return None, None
+    return load_captioner(captioner, device=device)
+
+
+def _default_title(run: _LayerRun) -> str:
+    name = run.inputs.model.name
+    if run.dissect is None:
+        return f"MILAN descriptions of {name}"
+    return f"Describe-and-Dissect descriptions of {name}, by {run.described_by}"
 
 
 def _run_settings(model: Any, checkpoint: Any, captioner: Any, run: _LayerRun) -> dict:
@@ -229,8 +235,12 @@ def _run_settings(model: Any, checkpoint: Any, captioner: Any, run: _LayerRun) -
     }
 
 
-def _attach_dissect(run: _LayerRun, settings: DissectSettings) -> None:
-    """Make ``run`` describe with Describe-and-Dissect (decoding settings go to the beam)."""
+def _choose_describer(run: _LayerRun, settings: DissectSettings | None, captioner: Any) -> None:
+    """Make ``run`` describe with MILAN (``settings`` None) or Describe-and-Dissect (the
+    decoding settings then go to the embedded beam)."""
+    run.described_by = f"milan (captioner: {_captioner_label(captioner)})"
+    if settings is None:
+        return
     given = {name: value for name, value in run.generation.items() if value is not None}
     settings = replace(settings, generation=given)
     milan = (run.captioner, run.processor) if run.captioner is not None else None

@@ -75,6 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace an output directory holding other results instead of refusing",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    _add_verification_arguments(parser)
+    add_dissect_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _add_verification_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify",
         action=argparse.BooleanOptionalAction,
@@ -104,8 +110,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=8,
         help="images per description for --verify, and as many controls (default 8)",
     )
-    add_dissect_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def _verification(args: argparse.Namespace, default_on: bool):
