@@ -73,6 +73,7 @@ _LAZY = {
     "default_model": "default_run",
     "default_probe_images": "default_run",
     "describe_exemplars": "inference",
+    "DissectSettings": "dissect",  # describe(method="dissect", dissect=DissectSettings(...))
     "load_captioner": "inference",
     "load_description_outputs": "describe_output",
     "write_descriptions_csv": "describe_output",

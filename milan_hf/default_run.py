@@ -158,14 +158,21 @@ def describe_default(
 
     images = default_probe_images(num_scenes, image_size=image_size,
                                   progress=kwargs.get("progress", True))  # fmt: skip
+    title = kwargs.pop("report_title", None)
+    if kwargs.get("method", "milan") == "dissect":
+        from .dissect import DissectSettings
+
+        # Offline: candidates from the embedded captioner's beam, images from the probe world.
+        kwargs["dissect"] = kwargs.get("dissect") or DissectSettings.offline()
+    else:
+        title = title or "MILAN descriptions of EfficientNet-Lite0 (ImageNet) units"
     return describe(
         default_model(image_size),
         list(layers),
         images,
         captioner=captioner,
         output_dir=output_dir,
-        report_title=kwargs.pop("report_title", None)
-        or "MILAN descriptions of EfficientNet-Lite0 (ImageNet) units",
+        report_title=title,
         **kwargs,
     )
 

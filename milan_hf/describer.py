@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,16 @@ from .describe_output import (  # noqa: F401  (re-exported: the output layout)
     write_descriptions_csv,
     write_outputs,
 )
+from .dissect import EMBEDDED_BEAM, DissectDescriber, DissectSettings
 from .exemplar_storage import load_exemplars
 from .exemplars import ExtractionInputs, extract_exemplars, materialize_images, prepare_extraction
+from .faithfulness import (
+    VERIFICATION_COLUMNS,
+    VerificationSettings,
+    unverified_record,
+    verification_features,
+    verify_layer,
+)
 from .hub import descriptions_card, push_descriptions_to_hub  # noqa: F401  (re-exported)
 from .inference import (  # noqa: F401  (re-exported: the one inference path)
     EMBEDDED_CAPTIONER,
@@ -117,6 +125,9 @@ def describe(
     report_title: str | None = None,
     progress: bool = True,
     device: torch.device | str | None = None,
+    method: str = "milan",
+    dissect: DissectSettings | None = None,
+    verify: bool | VerificationSettings = False,
 ) -> datasets.Dataset:
     """Describe every unit of ``layers`` of ``model`` from its exemplars in ``images``.
 
@@ -143,12 +154,16 @@ def describe(
         seed: seed of a randomly initialised timm model (no ``pretrained``/``checkpoint``).
         report, report_title: write ``index.html`` (with ``output_dir``), and its title.
         device: where the model and captioner run (default: CUDA when available).
+        method: ``"milan"`` or ``"dissect"`` (Describe-and-Dissect with the models of
+            ``dissect``, :mod:`milan_hf.dissect`); ``described_by`` records which.
+        verify: check each description against its unit (True or a VerificationSettings).
 
     Returns one row per unit: ``schema.RUN_DESCRIPTION_COLUMNS``."""
     generation = _generation_settings(
         pmi_weight, pmi_strategy, num_beams, no_repeat_ngram_size, no_repeat_words
     )
     _check_units(units)
+    dissect = _dissect_settings(method, dissect, verify)
     if output_dir is not None:  # never into the working directory or the inputs
         output_dir = check_output_location(output_dir, [images, model, checkpoint, captioner])
     inputs = prepare_extraction(
@@ -158,16 +173,44 @@ def describe(
         probe_options=dict(split=split, image_column=image_column),
     )  # fmt: skip
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    captioner_model, processor = load_captioner(captioner, device=device)
-    run = _LayerRun(inputs, units, k=k, quantile=quantile, batch_size=batch_size,
-                    generation=generation, captioner=captioner_model, processor=processor,
-                    device=device, progress=progress)  # fmt: skip
+    captioner_model, processor = _milan_captioner(captioner, dissect, device)
+    run = _LayerRun(inputs, units, k, quantile, batch_size, generation, captioner_model, processor,
+                    device, progress, verification=_verification_settings(verify))  # fmt: skip
+    _choose_describer(run, dissect, captioner)  # the one dispatch: MILAN or Describe-and-Dissect
     if output_dir is None:
         found = run.find_exemplars(inputs.layers)
         return datasets.concatenate_datasets([run.describe_layer(found[n]) for n in inputs.layers])
     settings = _run_settings(model, checkpoint, captioner, run)
-    title = (report_title or f"MILAN descriptions of {inputs.model.name}") if report else None
+    title = (report_title or _default_title(run)) if report else None
     return _describe_resumably(output_dir, run, settings, overwrite=overwrite, report_title=title)
+
+
+def _dissect_settings(method: str, dissect: DissectSettings | None, verify: Any):
+    """The checked Describe-and-Dissect settings of ``method`` (None for MILAN)."""
+    if method not in ("milan", "dissect"):
+        raise ValueError(f"method must be 'milan' or 'dissect', got {method!r}")
+    if method == "milan":
+        return None
+    if getattr(verify, "rerank_top", 0):
+        raise ValueError(
+            "verification rerank re-chooses among the MILAN beam; with method='dissect' the "
+            "candidates are already chosen by their images (drop --verify-rerank)"
+        )
+    return (dissect or DissectSettings()).check()
+
+
+def _milan_captioner(captioner: Any, dissect: DissectSettings | None, device: torch.device):
+    """The MILAN captioner and processor, unless Describe-and-Dissect captions with its own."""
+    if dissect is not None and dissect.image_captioner != EMBEDDED_BEAM:
+        return None, None
+    return load_captioner(captioner, device=device)
+
+
+def _default_title(run: _LayerRun) -> str:
+    name = run.inputs.model.name
+    if run.dissect is None:
+        return f"MILAN descriptions of {name}"
+    return f"Describe-and-Dissect descriptions of {name}, by {run.described_by}"
 
 
 def _run_settings(model: Any, checkpoint: Any, captioner: Any, run: _LayerRun) -> dict:
@@ -182,7 +225,43 @@ def _run_settings(model: Any, checkpoint: Any, captioner: Any, run: _LayerRun) -
         "quantile": run.quantile,
         "input_size": list(run.inputs.model.input_size),
         **run.generation,
+        # Only dissect runs add keys: MILAN outputs written before them still resume.
+        **(
+            {"method": "dissect", "dissect": run.dissect.settings.fingerprint()}
+            if run.dissect is not None
+            else {}
+        ),
+        **({"verification": run.verification.fingerprint()} if run.verification else {}),
     }
+
+
+def _choose_describer(run: _LayerRun, settings: DissectSettings | None, captioner: Any) -> None:
+    """Make ``run`` describe with MILAN (``settings`` None) or Describe-and-Dissect (the
+    decoding settings then go to the embedded beam)."""
+    run.described_by = f"milan (captioner: {_captioner_label(captioner)})"
+    if settings is None:
+        return
+    given = {name: value for name, value in run.generation.items() if value is not None}
+    settings = replace(settings, generation=given)
+    milan = (run.captioner, run.processor) if run.captioner is not None else None
+    run.dissect = DissectDescriber(
+        settings, run.inputs.model, run.device, milan, run.batch_size, run.progress
+    )
+    run.described_by = settings.described_by()
+
+
+def _captioner_label(captioner: Any) -> str:
+    if captioner is None:
+        return "embedded"
+    return str(getattr(captioner, "name_or_path", "") or captioner)
+
+
+def _verification_settings(verify: bool | VerificationSettings) -> VerificationSettings | None:
+    if isinstance(verify, VerificationSettings):
+        return verify
+    if not isinstance(verify, bool):
+        raise ValueError(f"verify must be True, False or a VerificationSettings, got {verify!r}")
+    return VerificationSettings() if verify else None
 
 
 @dataclass
@@ -199,6 +278,9 @@ class _LayerRun:
     processor: Any
     device: torch.device
     progress: bool
+    dissect: DissectDescriber | None = None
+    described_by: str = "milan"
+    verification: VerificationSettings | None = None
 
     def find_exemplars(self, pending: list[str]) -> dict[str, datasets.Dataset]:
         """The exemplar sets of ``pending`` layers (one pass over the probe set serves them
@@ -232,7 +314,9 @@ class _LayerRun:
         )
         live = [index for index, is_dead in enumerate(dead) if not is_dead]
         described: dict[int, dict] = {}
-        if live:
+        if live and self.dissect is not None:
+            described = dict(zip(live, self.dissect.describe(exemplars.select(live))))
+        elif live:
             captions = describe_exemplars(
                 exemplars.select(live),
                 self.captioner,
@@ -242,12 +326,34 @@ class _LayerRun:
                 **self.generation,
             )
             described = dict(zip(live, captions.to_list()))
+        features = schema.RUN_DESCRIPTION_FEATURES
+        if self.verification is not None:
+            described = self._verify(exemplars, described)
+            features = datasets.Features({**features, **verification_features()})
         keys = exemplars.select_columns([schema.LAYER, schema.UNIT])
         rows = [
-            _run_row(described.get(index), key[schema.LAYER], key[schema.UNIT])
+            {
+                **_run_row(described.get(index), key[schema.LAYER], key[schema.UNIT]),
+                schema.DESCRIBED_BY: self.described_by,
+            }
             for index, key in enumerate(keys)
         ]
-        return datasets.Dataset.from_list(rows, features=schema.RUN_DESCRIPTION_FEATURES)
+        if self.verification is not None:
+            for index, row in enumerate(rows):
+                verified = described.get(index) or unverified_record("dead unit")
+                row.update({name: verified[name] for name in VERIFICATION_COLUMNS})
+        return datasets.Dataset.from_list(rows, features=features)
+
+    def _verify(self, exemplars: datasets.Dataset, described: dict[int, dict]) -> dict:
+        if not described:
+            return described
+        layer = exemplars[0][schema.LAYER]
+        verified, cost = verify_layer(
+            self.verification, self.inputs.model, layer, exemplars, described,
+            self.captioner, self.processor, self.generation,
+        )  # fmt: skip
+        logger.info("verified %s: %s", layer, cost.per_unit())
+        return verified
 
 
 def _run_row(caption: dict | None, layer: str, unit: int) -> dict[str, Any]:

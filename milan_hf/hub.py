@@ -146,12 +146,31 @@ def descriptions_card(
         model=metadata.get("model", "a vision model"),
         num_units=len(descriptions),
         layers=", ".join(f"`{layer}`" for layer in metadata.get("layers", [])),
-        captioner=_captioner_name(captioner),
+        method=_method_sentence(descriptions, captioner),
         k=metadata.get("k", schema.DEFAULT_K),
         quantile=metadata.get("quantile", schema.DEFAULT_QUANTILE),
         num_images=metadata.get("num_images", "?"),
         probe_source=source.get("id") or source.get("path") or source.get("kind", "unknown"),
         examples=table,
+    )
+
+
+def _method_sentence(descriptions: datasets.Dataset, captioner: Any) -> str:
+    """How the descriptions were made: MILAN's PMI decoding, or Describe-and-Dissect."""
+    described_by = ""
+    if schema.DESCRIBED_BY in descriptions.column_names and len(descriptions):
+        described_by = descriptions[0][schema.DESCRIBED_BY] or ""
+    if described_by.startswith("dissect"):
+        return (
+            "by Describe-and-Dissect (Bai et al., 2024): captions of each exemplar's attention "
+            "crop are summarised into candidate concepts, images of each candidate are "
+            "generated, and the candidate whose images the unit responds to most is kept "
+            f"(`{_markdown_cell(described_by)}`)."
+        )
+    return (
+        "by MILAN (Hernandez et al., ICLR 2022): each unit is described\nby the string that "
+        "maximises pointwise mutual information with its exemplar set,\n"
+        f"`d* = argmax_d log p(d|E) − λ·log p(d)`, using {_captioner_name(captioner)}."
     )
 
 

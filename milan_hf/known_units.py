@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -313,8 +314,15 @@ def run_known_unit_benchmark(
     min_auc: float = DEFAULT_MIN_AUC,
     auc_images: int = 16,
     batch_size: int = 16,
+    verify_units: int = 0,
+    verify_top: int = 5,
+    verify_images: int = 8,
+    verify_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Run the three parts, write ``results.json`` and ``results.md`` to ``output_dir``.
+
+    ``verify_units`` > 0 adds verification by synthesis (``run_verification``) on that many
+    synthetic units, the planted units and that many units per held-out corpus network.
 
     ``captioner`` None is the captioner embedded in the package. An empty ``architectures``
     or ``synthetic_units=0`` skips that part; a missing ``corpus_dir`` skips the corpus part
@@ -342,6 +350,13 @@ def run_known_unit_benchmark(
         where = corpus_dir if corpus_dir is not None else "(none given)"
         notes.append(f"corpus part skipped: no probe-world corpus at {where}")
     summary = summarize(rows)
+    verification = None
+    if verify_units:
+        verification = run_verification(
+            output_dir, model, processor, units=verify_units, seed=seed,
+            planted=bool(architectures), corpus_dir=corpus_dir, top=verify_top,
+            num_images=verify_images, weight=verify_weight,
+        )  # fmt: skip
     results = {
         "captioner": str(captioner) if captioner is not None else "embedded",
         "settings": {
@@ -356,7 +371,284 @@ def run_known_unit_benchmark(
         "summary": summary,
         "notes": notes,
         "units": rows,
+        **({"verification": verification} if verification is not None else {}),
     }
+    markdown = results_markdown(summary, notes)
+    if verification is not None:
+        markdown += "\n" + verification_markdown(verification)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (output_dir / "results.md").write_text(results_markdown(summary, notes))
+    (output_dir / "results.md").write_text(markdown)
     return results
+
+
+# ----------------------------------------------------------------------------- verification
+#
+# Verification by synthesis on the same units: each unit's top candidates of the PMI beam are
+# rendered in the probe world (``milan_hf.text_to_image``) and checked against the unit
+# (``milan_hf.faithfulness``). Measured: the AUROC of faithfulness separating correct from
+# incorrect candidates (correct: ``phrasing.expression_named``, strict), the accuracy of the
+# PMI choice against the verification rerank's, and the cost per unit.
+
+
+def _verify_units(
+    exemplars, expressions, captioner, processor, verifier_for, where, settings, probe=None
+) -> list[dict[str, Any]]:
+    """One row per unit: its candidates with their faithfulness and correctness, the PMI and
+    the reranked choice. ``verifier_for(layer, unit)`` -> (Verifier, channel)."""
+    from .faithfulness import beam_candidates, rerank_by_faithfulness
+    from .inference import collect_slots, encode_exemplar_sets
+
+    rows = []
+    for start in range(0, len(exemplars), 16):
+        batch = exemplars.select(range(start, min(start + 16, len(exemplars))))
+        encoded = encode_exemplar_sets(collect_slots(batch, probe), captioner, processor)
+        beams = beam_candidates(
+            encoded, captioner, processor, settings["top"], _named_concepts_key,
+            no_repeat_ngram_size=3, num_beams=settings.get("num_beams"),
+        )  # fmt: skip
+        for offset, (record, beam) in enumerate(zip(batch, beams)):
+            expression = expressions[start + offset]
+            verifier, channel = verifier_for(record["layer"], int(record["unit"]))
+            texts = [c["description"] for c in beam]
+            checks = verifier.check_units([channel] * len(texts), texts)
+            verifier.cost.units -= len(texts) - 1
+            correct = [phrasing.expression_named(t, expression) for t in texts]
+            chosen = rerank_by_faithfulness(texts, checks, settings["weight"])
+            rows.append({
+                **where, "layer": record["layer"], "unit": int(record["unit"]),
+                "concept": expression_text(expression),
+                "candidates": [{"description": t, "auc": c.auc, "ratio": c.ratio,
+                                "verifiable": c.verifiable, "correct": ok}
+                               for t, c, ok in zip(texts, checks, correct)],
+                "pmi_correct": bool(correct[0]), "rerank_correct": bool(correct[chosen]),
+                "any_correct": any(correct),
+            })  # fmt: skip
+    return rows
+
+
+def _named_concepts_key(description: str) -> frozenset[str]:
+    """Candidates naming the same concepts are one hypothesis (paraphrases)."""
+    return frozenset(phrasing.named_concepts(description))
+
+
+def _verification_tally(rows: Sequence[dict[str, Any]], cost) -> dict[str, Any]:
+    from .faithfulness import roc_auc
+
+    checked = [c for r in rows for c in r["candidates"] if c["verifiable"]]
+    good = [c["auc"] for c in checked if c["correct"]]
+    bad = [c["auc"] for c in checked if not c["correct"]]
+    first = [r["candidates"][0] for r in rows]
+    count = max(1, len(rows))
+    return {
+        "units": len(rows),
+        "faithfulness_auroc": round(roc_auc(good, bad), 3) if good and bad else None,
+        "auroc_pmi_choice": round(roc_auc(*_split_first(first)), 3)
+        if len(set(c["correct"] for c in first if c["verifiable"])) == 2
+        else None,
+        "correct_candidates": len(good),
+        "incorrect_candidates": len(bad),
+        "unrenderable_share": round(
+            1 - len(checked) / max(1, sum(len(r["candidates"]) for r in rows)), 3
+        ),
+        "pmi_accuracy": round(sum(r["pmi_correct"] for r in rows) / count, 3),
+        "rerank_accuracy": round(sum(r["rerank_correct"] for r in rows) / count, 3),
+        "oracle_accuracy": round(sum(r["any_correct"] for r in rows) / count, 3),
+        **(cost.per_unit() if cost is not None else {}),
+    }
+
+
+def _split_first(first: Sequence[dict]) -> tuple[list[float], list[float]]:
+    checked = [c for c in first if c["verifiable"]]
+    good = [c["auc"] for c in checked if c["correct"]]
+    return good, [c["auc"] for c in checked if not c["correct"]]
+
+
+def _model_verifiers(load_model, settings, text_to_image):
+    """``verifier_for`` over the layers of one model: one Verifier (and render cache) each."""
+    from .faithfulness import Verifier, model_scorer
+
+    verifiers: dict[str, Any] = {}
+    model = load_model()
+
+    def verifier_for(layer: str, unit: int):
+        if layer not in verifiers:
+            scorer = model_scorer(model, layer)
+            verifiers[layer] = Verifier(
+                scorer, text_to_image, settings["num_images"], 0, settings["image_size"]
+            )
+        return verifiers[layer], unit
+
+    return verifier_for, verifiers
+
+
+def verification_synthetic(captioner, processor, num_units, seed, settings, text_to_image):
+    """Synthetic units: each unit's response is its known expression (``expression_scorer``)."""
+    from datasets import Dataset
+
+    from .faithfulness import VerificationCost, Verifier, expression_scorer
+    from .probe_world.synthetic_units import (
+        SyntheticUnitSettings,
+        iter_synthetic_units,
+        synthetic_unit_features,
+    )
+
+    units = list(iter_synthetic_units(seed, num_units, SyntheticUnitSettings(image_size=96)))
+    expressions = [_parse_expression(u["concept"]) for u in units]
+    exemplars = Dataset.from_list(units, features=synthetic_unit_features(96))
+    cache: dict = {}
+    cost = VerificationCost()
+    by_key = {(u["layer"], int(u["unit"])): e for u, e in zip(units, expressions)}
+
+    def verifier_for(layer: str, unit: int):
+        scorer = expression_scorer([by_key[(layer, unit)]])
+        verifier = Verifier(scorer, text_to_image, settings["num_images"], 0, 96, cost=cost,
+                            render_cache=cache)  # fmt: skip
+        return verifier, 0
+
+    where = {"part": SYNTHETIC, "architecture": "synthetic"}
+    rows = _verify_units(exemplars, expressions, captioner, processor, verifier_for, where,
+                         settings)  # fmt: skip
+    return rows, cost
+
+
+def verification_planted(work_dir, captioner, processor, settings, text_to_image):
+    """Planted units, re-read from the planted part's describe outputs (run it first)."""
+    from .describe_output import load_description_outputs
+    from .faithfulness import VerificationCost
+    from .probe_images import load_probe_images
+    from .probe_world.planted_timm import plant_units
+    from .vision_models import load_vision_model
+
+    probe = load_probe_images(str(Path(work_dir) / "probe-scenes"))
+    rows, cost = [], VerificationCost()
+    for name in DEFAULT_ARCHITECTURES:
+        output = Path(work_dir) / f"describe-{name}"
+        if not (output / "descriptions.csv").is_file():
+            continue
+        _, exemplars = load_description_outputs(output)
+        _, units = plant_units(name)
+        known = {u.unit: u.expression for u in units}
+        keep = [i for i, u in enumerate(exemplars["unit"]) if u in known]
+        exemplars = exemplars.select(keep)
+        checkpoint = Path(work_dir) / f"{name}.safetensors"
+        verifier_for, verifiers = _model_verifiers(
+            partial(load_vision_model, name, checkpoint=checkpoint), settings, text_to_image
+        )
+        expressions = [known[u] for u in exemplars["unit"]]
+        where = {"part": PLANTED, "architecture": name}
+        rows += _verify_units(exemplars, expressions, captioner, processor, verifier_for,
+                              where, settings, probe)  # fmt: skip
+        for verifier in verifiers.values():
+            cost.add(verifier.cost)
+    return rows, cost
+
+
+def _corpus_model(network: dict[str, Any], stamps):
+    """The held-out network's trained probe model (cached weights; never retrained here)."""
+    from dataclasses import replace
+
+    from .probe_world.probe_models import default_probe_models, load_probe_model, probe_transform
+    from .vision_models import load_vision_model
+
+    size = int(network["image_size"])
+    spec = next(s for s in default_probe_models() if s.name == network["name"])
+    module, _ = load_probe_model(replace(spec, image_size=size), stamps, train_if_missing=False,
+                                 progress=False)  # fmt: skip
+    return load_vision_model(module.eval(), transform=probe_transform(size), input_size=size)
+
+
+def verification_corpus(corpus_dir, captioner, processor, max_units, settings, text_to_image):
+    """The corpus's held-out networks: IoU-annotated units, their trained models verified."""
+    from .faithfulness import VerificationCost
+    from .milannotations import load_milannotations
+    from .probe_world import SceneMasks, build_scene_dataset, describe_by_iou
+    from .probe_world.concepts import load_stamps
+
+    corpus_dir = Path(corpus_dir)
+    corpus = json.loads((corpus_dir / "corpus.json").read_text())
+    stamps = load_stamps() if corpus.get("object_categories") else ()
+    rows, cost = [], VerificationCost()
+    for network in corpus["networks"]:
+        if network["set"] not in corpus.get("held_out", []):
+            continue
+        exemplars = load_milannotations(network["set"], data_dir=corpus_dir, split="all")
+        scene_set = build_scene_dataset(
+            corpus["num_images"], corpus["seed"], network["image_size"], use_stamps=bool(stamps)
+        )
+        scenes = SceneMasks(scene_set)
+        annotations = describe_by_iou(exemplars, scenes, seed=corpus["seed"], progress=False)
+        known = [i for i, a in enumerate(annotations) if a.expression[0] != "none"]
+        known = known[: max_units] if max_units is not None else known
+        if not known:
+            continue
+        settings = {**settings, "image_size": int(network["image_size"])}
+        verifier_for, verifiers = _model_verifiers(
+            partial(_corpus_model, network, stamps), settings, text_to_image
+        )
+        where = {"part": CORPUS, "architecture": network["name"]}
+        expressions = [annotations[i].expression for i in known]
+        rows += _verify_units(exemplars.select(known), expressions, captioner, processor,
+                              verifier_for, where, settings)  # fmt: skip
+        for verifier in verifiers.values():
+            cost.add(verifier.cost)
+    return rows, cost
+
+
+def verification_markdown(verification: dict[str, Any]) -> str:
+    """The verification table: AUROC, PMI vs rerank accuracy, cost per unit, per part."""
+    lines = ["## Verification by synthesis (probe-world text-to-image)", "",
+             f"Top {verification['settings']['top']} candidates of the PMI beam per unit, "
+             f"{verification['settings']['num_images']} images + as many controls each; rerank: "
+             f"PMI rank + {verification['settings']['weight']} x activation rank.", "",
+             "| part | units | faithfulness AUROC (correct vs incorrect candidates) | "
+             "AUROC (PMI choices) | unrenderable | PMI accuracy | rerank accuracy | "
+             "correct in top | images rendered / unit | forward images / unit | s / unit |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    keys = ["units", "faithfulness_auroc", "auroc_pmi_choice", "unrenderable_share",
+            "pmi_accuracy", "rerank_accuracy", "oracle_accuracy", "images_rendered_per_unit",
+            "forward_images_per_unit", "seconds_per_unit"]  # fmt: skip
+    for part, tally in verification["by_part"].items():
+        lines.append(f"| {part} | " + " | ".join(_cell(tally.get(k)) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_verification(
+    output_dir: str | Path,
+    captioner_model: Any,
+    processor: Any,
+    *,
+    units: int = 100,
+    seed: int = BENCHMARK_SEED,
+    planted: bool = True,
+    corpus_dir: str | Path | None = None,
+    top: int = 5,
+    num_images: int = 8,
+    weight: float = 1.0,
+) -> dict[str, Any]:
+    """Verification on ``units`` synthetic units, the planted units (when the planted part ran
+    in ``output_dir``/planted) and up to ``units`` units per held-out corpus network."""
+    from .text_to_image import ProbeWorldTextToImage
+
+    settings = {"top": top, "num_images": num_images, "weight": weight, "image_size": 128}
+    stage = ProbeWorldTextToImage()
+    parts: dict[str, tuple[list, Any]] = {}
+    if units:
+        parts[SYNTHETIC] = verification_synthetic(captioner_model, processor, units, seed,
+                                                  settings, stage)  # fmt: skip
+    if planted and (Path(output_dir) / "planted").is_dir():
+        parts[PLANTED] = verification_planted(Path(output_dir) / "planted", captioner_model,
+                                              processor, settings, stage)  # fmt: skip
+    if corpus_dir is not None and (Path(corpus_dir) / "corpus.json").is_file():
+        parts[CORPUS] = verification_corpus(corpus_dir, captioner_model, processor, units,
+                                            settings, stage)  # fmt: skip
+    verification = {
+        "settings": {k: v for k, v in settings.items() if k != "image_size"},
+        "by_part": {part: _verification_tally(rows, cost) for part, (rows, cost) in parts.items()},
+    }
+    for part, (rows, _) in parts.items():
+        architectures = sorted({r["architecture"] for r in rows})
+        for name in architectures if len(architectures) > 1 else []:
+            selected = [r for r in rows if r["architecture"] == name]
+            verification["by_part"][f"{part} / {name}"] = _verification_tally(selected, None)
+    verification["units"] = [row for rows, _ in parts.values() for row in rows]
+    return verification

@@ -474,6 +474,8 @@ def _render_page(
         "layers": layers,
         "score_names": score_names,
         "page_size": page_size,
+        # Verification's faithfulness AUC under which a unit's card is flagged.
+        "low_faithfulness_auc": _low_faithfulness_auc(),
         "units": [entry.to_json() for entry in entries],
     }
     # Escape every '<', '>' and '&' so no description can close the <script> element or open an
@@ -505,6 +507,12 @@ def _render_page(
             "__LAYER_COUNT__": str(len(layers)),
         },
     )
+
+
+def _low_faithfulness_auc() -> float:
+    from .faithfulness import LOW_FAITHFULNESS_AUC  # torch: only once a page is rendered
+
+    return LOW_FAITHFULNESS_AUC
 
 
 def _fill_template(template: str, values: dict[str, str]) -> str:

@@ -41,8 +41,11 @@ SCORE = "score"
 CAPTIONER_LOG_PROB = "captioner_log_prob"
 PRIOR_LOG_PROB = "prior_log_prob"
 DESCRIPTION_COLUMNS = (LAYER, UNIT, DESCRIPTION, SCORE, CAPTIONER_LOG_PROB, PRIOR_LOG_PROB)
-#: A ``describe`` run also says which units are dead (constant, NaN or inf over the probe set).
-RUN_DESCRIPTION_COLUMNS = (*DESCRIPTION_COLUMNS, DEAD)
+#: Which describer and models produced a description, e.g. "milan (captioner: embedded)".
+DESCRIBED_BY = "described_by"
+#: A ``describe`` run also says which units are dead (constant, NaN or inf over the probe set)
+#: and what described each unit.
+RUN_DESCRIPTION_COLUMNS = (*DESCRIPTION_COLUMNS, DEAD, DESCRIBED_BY)
 #: The description of a dead unit: a marker, never a concept (its scores are NaN).
 DEAD_UNIT_DESCRIPTION = "(dead unit)"
 
@@ -104,7 +107,8 @@ def _description_features(with_dead: bool) -> Features:
     from datasets import Features, Value
 
     types = {SCORE: "float32", CAPTIONER_LOG_PROB: "float32", PRIOR_LOG_PROB: "float32"}
-    types.update({LAYER: "string", UNIT: "int64", DESCRIPTION: "string", DEAD: "bool"})
+    types.update({LAYER: "string", UNIT: "int64", DESCRIPTION: "string", DEAD: "bool",
+                  DESCRIBED_BY: "string"})
     columns = RUN_DESCRIPTION_COLUMNS if with_dead else DESCRIPTION_COLUMNS
     return Features({name: Value(types[name]) for name in columns})
 

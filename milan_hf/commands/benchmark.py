@@ -39,6 +39,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--min-auc", type=float, default=0.9, help="planted units below this AUC are left out"
     )
     parser.add_argument("--batch-size", type=int, default=16, help="units per decoding batch")
+    parser.add_argument(
+        "--verify-units",
+        type=int,
+        default=0,
+        help="verification by synthesis on this many synthetic units, the planted units and "
+        "this many units per held-out corpus network (0: off)",
+    )
+    parser.add_argument(
+        "--verify-top", type=int, default=5, help="PMI beam candidates rendered per unit"
+    )
+    parser.add_argument(
+        "--verify-images", type=int, default=8, help="images (and controls) per description"
+    )
     parser.set_defaults(func=run)
 
 
@@ -65,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         corpus_max_units=args.corpus_max_units,
         min_auc=args.min_auc,
         batch_size=args.batch_size,
+        verify_units=args.verify_units,
+        verify_top=args.verify_top,
+        verify_images=args.verify_images,
     )
     print((args.output / "results.md").read_text(), end="")
     print(f"results: {args.output / 'results.json'} ({len(results['units'])} units)")

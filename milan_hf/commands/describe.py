@@ -75,7 +75,102 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace an output directory holding other results instead of refusing",
     )
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    _add_verification_arguments(parser)
+    add_dissect_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def _add_verification_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check every description against its unit: render it (probe world or diffusers), "
+        "run the model on the images and on controls, report the AUC (faithfulness_auc) and "
+        "the mean activation ratio (default: on for the embedded default, where rendering is "
+        "cheap; off with --model)",
+    )
+    parser.add_argument(
+        "--verify-rerank",
+        type=int,
+        default=0,
+        metavar="N",
+        help="MILAN + verification: choose among the top N candidates of the PMI beam by "
+        "PMI rank + activation rank (implies --verify; default 0: keep the PMI choice)",
+    )
+    parser.add_argument(
+        "--text-to-image",
+        help="text-to-image stage of --verify and of --method dissect: probe-world "
+        "(offline), 'diffusers' or a diffusers model id (default: probe-world; diffusers, "
+        "Stable Diffusion v1.5, for --method dissect with --model)",
+    )
+    parser.add_argument(
+        "--verify-images",
+        type=int,
+        default=8,
+        help="images per description for --verify, and as many controls (default 8)",
+    )
+
+
+def _verification(args: argparse.Namespace, default_on: bool):
+    """The ``verify`` argument of describe: False, or the settings the flags ask for."""
+    from ..faithfulness import VerificationSettings
+
+    if args.verify_rerank < 0:
+        raise ValueError(f"--verify-rerank must be 0 or >= 2, got {args.verify_rerank}")
+    wanted = args.verify if args.verify is not None else default_on or args.verify_rerank > 0
+    if args.verify is False and args.verify_rerank:
+        raise ValueError("--verify-rerank needs verification; drop --no-verify")
+    if not wanted:
+        return False
+    return VerificationSettings(
+        text_to_image=args.text_to_image or "probe-world",
+        num_images=args.verify_images,
+        rerank_top=args.verify_rerank,
+    )
+
+
+def add_dissect_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--method`` and the models of Describe-and-Dissect (milan_hf.dissect)."""
+    group = parser.add_argument_group("Describe-and-Dissect (--method dissect)")
+    group.add_argument(
+        "--method",
+        choices=("milan", "dissect"),
+        default="milan",
+        help="milan: the captioner's PMI decoding (default); dissect: Describe-and-Dissect "
+        "(crops → captions → LM candidates → images → the candidate the unit fires on)",
+    )
+    group.add_argument(
+        "--image-captioner",
+        help="image-to-text Hub id, or 'embedded' for the embedded captioner's beam as "
+        "candidates (default: Salesforce/blip-image-captioning-base with --model; 'embedded' "
+        "for the embedded demo, offline)",
+    )
+    group.add_argument(
+        "--summarizer", help="instruction-tuned causal LM id (default: Qwen/Qwen2.5-0.5B-Instruct)"
+    )
+    group.add_argument("--clip", help="CLIP id for image similarity in the scoring (default: off)")
+    group.add_argument("--dissect-candidates", type=int, help="candidate concepts per unit (5)")
+    group.add_argument("--dissect-images", type=int, help="images per candidate (8)")
+
+
+def dissect_settings(args: argparse.Namespace, offline: bool):
+    """The DissectSettings the flags ask for (None for --method milan)."""
+    flags = {"image_captioner": args.image_captioner, "summarizer": args.summarizer,
+             "text_to_image": args.text_to_image, "clip": args.clip,
+             "num_candidates": args.dissect_candidates,
+             "images_per_candidate": args.dissect_images}  # fmt: skip
+    if args.method != "dissect":  # --text-to-image also serves --verify
+        given = [f"--{name.replace('_', '-')}" for name, value in flags.items()
+                 if value and name != "text_to_image"]  # fmt: skip
+        if given:
+            raise ValueError(f"{', '.join(given)} need(s) --method dissect")
+        return None
+    from ..dissect import DissectSettings
+
+    given = {name: value for name, value in flags.items() if value is not None}
+    settings = DissectSettings.offline(**given) if offline else DissectSettings(**given)
+    return settings.check()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "overwrite": args.overwrite,
         "report": not args.no_report,
+        "method": args.method,
+        "dissect": dissect_settings(args, offline=args.model is None),
     }
     if args.max_units is not None:
         if args.max_units < 1:
@@ -122,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
             "scikit-image photographs with the embedded captioner",
             file=sys.stderr,
         )
-        descriptions = describe_default(output, **common)
+        descriptions = describe_default(output, verify=_verification(args, True), **common)
     else:
         missing = [
             f"--{name}" for name in ("layers", "images", "output") if getattr(args, name) is None
@@ -141,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
             image_column=args.image_column,
             split=args.split,
             seed=args.seed,
+            verify=_verification(args, False),
             **common,
         )
     if args.push_to_hub:

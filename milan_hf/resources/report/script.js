@@ -103,6 +103,14 @@
       head.appendChild(el("p", "description missing", "no description"));
     }
     if (unit.x) head.appendChild(el("span", "badge", "dead"));
+    // Verification: a description its unit barely responds to is flagged (faithfulness AUC).
+    var faithful = scoreNames.indexOf("faithfulness_auc");
+    var auc = faithful >= 0 && unit.s.length ? unit.s[faithful] : null;
+    if (auc !== null && auc !== undefined && auc < data.low_faithfulness_auc) {
+      card.className += " low-faithfulness";
+      head.appendChild(el("span", "badge low-faithfulness",
+        "low faithfulness (AUC " + formatNumber(auc) + ")"));
+    }
     card.appendChild(head);
 
     var scores = el("dl", "scores");

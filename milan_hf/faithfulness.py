@@ -1,0 +1,417 @@
+"""Faithfulness: does a unit respond to images of its description (verification by synthesis)?
+
+A description is a hypothesis about a unit. ``Verifier`` renders it (``milan_hf.text_to_image``:
+images that show it and matched controls that do not), runs the described model on both and
+scores the unit as exemplars do (the spatial maximum of its activation map). Two numbers per
+(unit, description), as in CoSy (Kopf et al. 2024):
+
+- ``faithfulness_auc``: AUC of the unit's scores on description images against controls
+  (1: every image beats every control; 0.5: chance), ties counted half;
+- ``faithfulness_ratio``: mean score on description images / mean score on controls (NaN when
+  the controls' mean is not positive, where a ratio means nothing).
+
+A description the text-to-image stage cannot render gets NaN for both, ``verifiable`` False and
+the reason. Every distinct description is rendered and forwarded once per layer, for all of its
+units together; ``VerificationCost`` counts what that cost.
+
+**Verification rerank** (Describe-and-Dissect's best-concept selection): among the ``top``
+candidates of the PMI beam, choose the one with the lowest ``PMI rank + weight x activation
+rank`` (activation rank: by faithfulness AUC, best first; unrenderable candidates rank last),
+ties to the better PMI rank. With ``weight`` 1, candidate ``i`` (PMI rank ``i``) replaces the
+PMI choice only when its activation rank is more than ``i`` places better
+(``rerank_by_faithfulness``); the verification cost is ``top`` renders per unit instead of one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .text_to_image import RenderedDescription, TextToImage
+
+FAITHFULNESS_AUC = "faithfulness_auc"
+FAITHFULNESS_RATIO = "faithfulness_ratio"
+VERIFIABLE = "verifiable"
+VERIFY_REASON = "verify_reason"
+#: Columns verification adds to the descriptions dataset and ``descriptions.csv``.
+PMI_DESCRIPTION = "pmi_description"
+VERIFICATION_COLUMNS = (FAITHFULNESS_AUC, FAITHFULNESS_RATIO, VERIFIABLE, VERIFY_REASON,
+                        PMI_DESCRIPTION)  # fmt: skip
+#: Below this AUC the report flags a description as not faithful to its unit.
+LOW_FAITHFULNESS_AUC = 0.75
+DEFAULT_NUM_IMAGES = 8
+DEFAULT_RERANK_TOP = 5
+DEFAULT_RERANK_WEIGHT = 1.0
+
+#: images -> (images, units) spatial-max scores of every unit of one layer.
+Scorer = Callable[[RenderedDescription, Sequence[Image.Image]], np.ndarray]
+
+
+def verification_features() -> dict[str, Any]:
+    """``datasets`` types of the verification columns."""
+    from datasets import Value
+
+    types = ("float32", "float32", "bool", "string", "string")
+    return {name: Value(kind) for name, kind in zip(VERIFICATION_COLUMNS, types)}
+
+
+def unverified_record(reason: str) -> dict[str, Any]:
+    """The verification columns of a unit that was not checked (dead): NaN and the reason."""
+    return {FAITHFULNESS_AUC: math.nan, FAITHFULNESS_RATIO: math.nan, VERIFIABLE: False,
+            VERIFY_REASON: reason, PMI_DESCRIPTION: None}  # fmt: skip
+
+
+def roc_auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """P(positive > negative) + 0.5 P(tie), exactly (Mann-Whitney); NaN without both."""
+    positives, negatives = np.asarray(positives, float), np.asarray(negatives, float)
+    if positives.size == 0 or negatives.size == 0:
+        return float("nan")
+    greater = (positives[:, None] > negatives[None, :]).mean()
+    ties = (positives[:, None] == negatives[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+def activation_ratio(images: Sequence[float], controls: Sequence[float]) -> float:
+    control_mean = float(np.mean(controls)) if len(controls) else float("nan")
+    if not control_mean > 0:
+        return float("nan")
+    return float(np.mean(images)) / control_mean
+
+
+@dataclass
+class Faithfulness:
+    """One description of one unit, checked."""
+
+    auc: float
+    ratio: float
+    verifiable: bool
+    reason: str = ""
+
+    def record(self) -> dict[str, Any]:
+        return {
+            FAITHFULNESS_AUC: self.auc,
+            FAITHFULNESS_RATIO: self.ratio,
+            VERIFIABLE: self.verifiable,
+            VERIFY_REASON: self.reason,
+        }
+
+
+@dataclass
+class VerificationCost:
+    """What verification spent: descriptions and images rendered, images forwarded, seconds."""
+
+    descriptions: int = 0
+    images_rendered: int = 0
+    forward_images: int = 0
+    render_seconds: float = 0.0
+    forward_seconds: float = 0.0
+    units: int = 0
+
+    def per_unit(self) -> dict[str, float]:
+        units = max(1, self.units)
+        return {
+            "units": self.units,
+            "images_rendered_per_unit": round(self.images_rendered / units, 2),
+            "forward_images_per_unit": round(self.forward_images / units, 2),
+            "seconds_per_unit": round((self.render_seconds + self.forward_seconds) / units, 4),
+        }
+
+    def add(self, other: VerificationCost) -> None:
+        for name, value in asdict(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+def model_scorer(model: Any, layer: str, batch_size: int = 32) -> Scorer:
+    """A ``Scorer`` running ``layer`` of a model (a ``VisionModel``, or anything
+    ``load_vision_model`` takes) on images: each unit's spatial maximum, as for exemplars."""
+    from .exemplars import LayerTaps
+    from .vision_models import load_vision_model
+
+    vision_model = load_vision_model(model)
+    taps = LayerTaps(vision_model, [layer])
+    parameter = next(vision_model.module.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+
+    def score(_rendered: RenderedDescription, images: Sequence[Image.Image]) -> np.ndarray:
+        maxima = []
+        with taps, torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                chunk = images[start : start + batch_size]
+                pixels = torch.stack([vision_model.transform(im.convert("RGB")) for im in chunk])
+                maps = taps.run(pixels.to(device))[layer]
+                maxima.append(maps.float().amax(dim=(2, 3)).cpu().numpy())
+        return np.concatenate(maxima)
+
+    return score
+
+
+def expression_scorer(
+    expressions: Sequence[Sequence[str]], resolution: int = 14, seed: int = 0
+) -> Scorer:
+    """A ``Scorer`` for units that compute known concept expressions (synthetic units): unit
+    ``u``'s score on a probe-world scene is the maximum of its feature map
+    (``synthetic_units.unit_feature_map``: the expression's mask pooled to ``resolution``,
+    partial and noisy), as its exemplars were made. Needs the rendered scenes (probe world)."""
+    from .probe_world.synthetic_units import expression_mask, unit_feature_map
+
+    def score(rendered: RenderedDescription, images: Sequence[Image.Image]) -> np.ndarray:
+        if len(rendered.scenes) != len(images):
+            raise ValueError(
+                "expression_scorer needs the probe world's scenes of every image; "
+                f"got {len(rendered.scenes)} scenes for {len(images)} images"
+            )
+        rng = np.random.default_rng([seed, len(rendered.description)])
+        scores = np.zeros((len(images), len(expressions)), dtype=np.float32)
+        for i, scene in enumerate(rendered.scenes):
+            for u, expression in enumerate(expressions):
+                target = expression_mask(expression, scene)
+                scores[i, u] = unit_feature_map(target, 1.0, resolution, rng).max()
+        return scores
+
+    return score
+
+
+@dataclass
+class _Scored:
+    rendered: RenderedDescription
+    images: np.ndarray | None = None  # (n, units)
+    controls: np.ndarray | None = None
+
+
+@dataclass
+class Verifier:
+    """Faithfulness of descriptions to the units of one layer (see the module docstring).
+
+    Args:
+        scorer: images -> (images, units) scores of the layer (``model_scorer``).
+        text_to_image: renders descriptions (``load_text_to_image``).
+        num_images: images per description (and as many controls).
+        seed, image_size: passed to ``text_to_image.render``.
+        render_cache: description -> rendering, shareable between verifiers of the same
+            text-to-image stage and settings (e.g. one per synthetic unit).
+    """
+
+    scorer: Scorer
+    text_to_image: TextToImage
+    num_images: int = DEFAULT_NUM_IMAGES
+    seed: int = 0
+    image_size: int = 96
+    cost: VerificationCost = field(default_factory=VerificationCost)
+    render_cache: dict[str, RenderedDescription] = field(default_factory=dict, repr=False)
+    _cache: dict[str, _Scored] = field(default_factory=dict, repr=False)
+
+    def prepare(self, descriptions: Sequence[str]) -> None:
+        """Render and score every description not seen yet, in one render call."""
+        new = [d for d in dict.fromkeys(descriptions) if d not in self._cache]
+        if not new:
+            return
+        to_render = [d for d in new if d not in self.render_cache]
+        start = time.perf_counter()
+        if to_render:
+            rendered = self.text_to_image.render(
+                to_render, self.num_images, self.seed, self.image_size
+            )
+            self.render_cache.update({item.description: item for item in rendered})
+            self.cost.descriptions += len(to_render)
+            self.cost.images_rendered += sum(
+                len(item.images) + len(item.controls) for item in rendered
+            )
+        self.cost.render_seconds += time.perf_counter() - start
+        start = time.perf_counter()
+        for description in new:
+            item = self.render_cache[description]
+            scored = _Scored(item)
+            if item.renderable:
+                self.cost.forward_images += len(item.images) + len(item.controls)
+                scores = self.scorer(item, list(item.images) + list(item.controls))
+                scored.images, scored.controls = (
+                    scores[: len(item.images)],
+                    scores[len(item.images) :],
+                )
+            self._cache[item.description] = scored
+        self.cost.forward_seconds += time.perf_counter() - start
+
+    def check(self, unit: int, description: str) -> Faithfulness:
+        """The faithfulness of ``description`` to ``unit`` (rendering it first if needed)."""
+        self.prepare([description])
+        scored = self._cache[description]
+        if not scored.rendered.renderable:
+            return Faithfulness(float("nan"), float("nan"), False, scored.rendered.reason)
+        if not 0 <= unit < scored.images.shape[1]:
+            raise ValueError(f"unit {unit} is out of range: the layer has "
+                             f"{scored.images.shape[1]} units")  # fmt: skip
+        images, controls = scored.images[:, unit], scored.controls[:, unit]
+        return Faithfulness(roc_auc(images, controls), activation_ratio(images, controls), True)
+
+    def check_units(self, units: Sequence[int], descriptions: Sequence[str]) -> list[Faithfulness]:
+        """One check per (unit, description) pair, every new description rendered at once."""
+        self.prepare(descriptions)
+        self.cost.units += len(units)
+        return [self.check(int(u), str(d)) for u, d in zip(units, descriptions)]
+
+
+def rerank_by_faithfulness(
+    candidates: Sequence[str],
+    checks: Sequence[Faithfulness],
+    weight: float = DEFAULT_RERANK_WEIGHT,
+) -> int:
+    """Index of the chosen candidate: lowest ``PMI rank + weight x activation rank``.
+
+    ``candidates`` are in PMI order (best first) with one check each. Activation rank: by AUC,
+    best first (ties share the better rank; unrenderable candidates rank after every rendered
+    one). Ties of the sum go to the better PMI rank, so nothing verified keeps the PMI choice.
+    """
+    if len(candidates) != len(checks) or not candidates:
+        raise ValueError(f"need one check per candidate, got {len(candidates)} candidates and "
+                         f"{len(checks)} checks")  # fmt: skip
+    aucs = [c.auc if c.verifiable and not math.isnan(c.auc) else -1.0 for c in checks]
+    activation_rank = [sum(other > auc for other in aucs) for auc in aucs]
+    combined = [pmi + weight * act for pmi, act in enumerate(activation_rank)]
+    return min(range(len(candidates)), key=lambda i: (combined[i], i))
+
+
+def beam_candidates(
+    encoded: dict[str, torch.Tensor],
+    captioner: Any,
+    processor: Any,
+    top: int = DEFAULT_RERANK_TOP,
+    distinct: Callable[[str], Any] | None = None,
+    **generation: Any,
+) -> list[list[dict[str, Any]]]:
+    """Per unit, the ``top`` distinct candidates of the PMI beam, best PMI score first: records
+    with ``description``, ``score``, ``captioner_log_prob`` and ``prior_log_prob``.
+
+    ``distinct`` (text -> key) keeps only the best candidate per key, e.g. the set of concepts
+    a description names, so that the candidates are different hypotheses rather than
+    paraphrases of one (a beam's top candidates mostly are)."""
+    from . import schema
+
+    generation = {key: value for key, value in generation.items() if value is not None}
+    with torch.inference_mode():
+        output = captioner.generate(
+            exemplar_features=encoded["exemplar_features"],
+            exemplar_mask=encoded["exemplar_mask"],
+            **generation,
+        )
+    units, beams, length = output.beam_sequences.shape
+    texts = processor.batch_decode(output.beam_sequences.reshape(units * beams, length))
+    columns = {
+        schema.SCORE: output.beam_scores,
+        schema.CAPTIONER_LOG_PROB: output.beam_captioner_log_probs,
+        schema.PRIOR_LOG_PROB: output.beam_prior_log_probs,
+    }
+    columns = {k: None if v is None else v.float().cpu() for k, v in columns.items()}
+    result = []
+    for unit in range(units):
+        scores = columns[schema.SCORE][unit]
+        ranked: dict[str, dict[str, Any]] = {}
+        for beam in torch.argsort(scores, descending=True, stable=True).tolist():
+            text = texts[unit * beams + beam]
+            key = distinct(text) if distinct is not None else text
+            if scores[beam] == float("-inf") or not text.strip() or key in ranked:
+                continue
+            ranked[key] = {schema.DESCRIPTION: text} | {
+                name: None if values is None else float(values[unit, beam])
+                for name, values in columns.items()
+            }
+        result.append(list(ranked.values())[:top])
+    return result
+
+
+@dataclass
+class VerificationSettings:
+    """How ``describe(verify=...)`` checks descriptions (see the module docstring).
+
+    Attributes:
+        text_to_image: "probe-world", a diffusers model id, or a ``TextToImage``.
+        num_images: images per description, and as many controls.
+        rerank_top: 0 checks the PMI choice only; n > 1 reranks the top n candidates of the
+            PMI beam by ``PMI rank + rerank_weight x activation rank``.
+        rerank_weight: weight of the activation rank.
+        image_size: side of the rendered images (default: the model's input size).
+        seed: of the renders.
+    """
+
+    text_to_image: Any = "probe-world"
+    num_images: int = DEFAULT_NUM_IMAGES
+    rerank_top: int = 0
+    rerank_weight: float = DEFAULT_RERANK_WEIGHT
+    image_size: int | None = None
+    seed: int = 0
+    _stage: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.num_images < 2:
+            raise ValueError(f"verification needs num_images >= 2, got {self.num_images}")
+        if self.rerank_top < 0 or self.rerank_top == 1:
+            raise ValueError(f"verify rerank top must be 0 (off) or >= 2, got {self.rerank_top}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the verification columns depend on (a resumed run must match it)."""
+        stage = self.text_to_image
+        return {
+            "text_to_image": stage if isinstance(stage, str) else getattr(stage, "name", "?"),
+            "num_images": self.num_images,
+            "rerank_top": self.rerank_top,
+            "rerank_weight": self.rerank_weight,
+            "image_size": self.image_size,
+            "seed": self.seed,
+        }
+
+    def stage(self) -> TextToImage:
+        if self._stage is None:
+            from .text_to_image import load_text_to_image
+
+            stage = self.text_to_image
+            self._stage = load_text_to_image(stage) if isinstance(stage, str) else stage
+        return self._stage
+
+
+def verify_layer(
+    settings: VerificationSettings,
+    model: Any,
+    layer: str,
+    exemplars: Any,
+    described: dict[int, dict[str, Any]],
+    captioner: Any,
+    processor: Any,
+    generation: dict[str, Any],
+) -> tuple[dict[int, dict[str, Any]], VerificationCost]:
+    """``described`` (row index -> description record of ``exemplars``, one layer's live
+    units) with the verification columns added and, with ``rerank_top``, the description
+    chosen by verification rerank (``pmi_description`` keeps the PMI choice)."""
+    from . import schema
+
+    size = settings.image_size or int(model.input_size[0])
+    verifier = Verifier(model_scorer(model, layer), settings.stage(), settings.num_images,
+                        settings.seed, size)  # fmt: skip
+    rows = sorted(described)
+    units = [int(u) for u in exemplars.select(rows)[schema.UNIT]]
+    result = {}
+    if settings.rerank_top:
+        from .inference import collect_slots, encode_exemplar_sets
+
+        encoded = encode_exemplar_sets(collect_slots(exemplars.select(rows)), captioner, processor)
+        beams = beam_candidates(encoded, captioner, processor, settings.rerank_top, **generation)
+        verifier.prepare([c[schema.DESCRIPTION] for beam in beams for c in beam])
+    for position, (row, unit) in enumerate(zip(rows, units)):
+        record = dict(described[row])
+        candidates = beams[position] if settings.rerank_top else []
+        if not candidates:
+            candidates = [{name: record[name] for name in schema.DESCRIPTION_COLUMNS[2:]}]
+        checks = verifier.check_units([unit] * len(candidates),
+                                      [c[schema.DESCRIPTION] for c in candidates])  # fmt: skip
+        verifier.cost.units -= len(candidates) - 1
+        chosen = rerank_by_faithfulness(
+            [c[schema.DESCRIPTION] for c in candidates], checks, settings.rerank_weight
+        )
+        result[row] = {**record, PMI_DESCRIPTION: record[schema.DESCRIPTION],
+                       **candidates[chosen], **checks[chosen].record()}  # fmt: skip
+    return result, verifier.cost

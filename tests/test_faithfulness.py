@@ -1,0 +1,187 @@
+"""Faithfulness: AUC/ratio of a unit on renders vs controls, describe(verify=...), rerank."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from milan_hf.describer import describe
+from milan_hf.faithfulness import (
+    VERIFICATION_COLUMNS,
+    Faithfulness,
+    VerificationSettings,
+    Verifier,
+    activation_ratio,
+    expression_scorer,
+    model_scorer,
+    rerank_by_faithfulness,
+    roc_auc,
+)
+from milan_hf.text_to_image import ProbeWorldTextToImage
+from tests.captioner_fixtures import single_thread  # noqa: F401  (fixture)
+from tests.tiny_models import TinyNet
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class RedDetector(nn.Module):
+    """Unit 0: redness per pixel; unit 1: blueness. Input: RGB in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.colour = nn.Conv2d(3, 2, 1)
+        with torch.no_grad():
+            self.colour.weight.copy_(torch.tensor([[1.0, -1, -1], [-1, -1, 1]])[:, :, None, None])
+            self.colour.bias.zero_()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.colour(pixels))
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def test_auc_and_ratio():
+    assert roc_auc([3, 4], [1, 2]) == 1.0
+    assert roc_auc([1, 2], [3, 4]) == 0.0
+    assert roc_auc([1, 1], [1, 1]) == 0.5
+    assert math.isnan(roc_auc([], [1]))
+    assert activation_ratio([2, 4], [1, 2]) == 2.0
+    assert math.isnan(activation_ratio([2], [0, 0]))
+
+
+def test_a_red_unit_is_faithful_to_red_descriptions_and_not_to_blue_ones():
+    from milan_hf.vision_models import load_vision_model
+
+    model = load_vision_model(RedDetector(), transform=_to_tensor, input_size=48)
+    verifier = Verifier(model_scorer(model, "colour"), ProbeWorldTextToImage(stamps=()),
+                        num_images=6, image_size=48)  # fmt: skip
+    checks = verifier.check_units([0, 0, 0], ["red areas", "blue areas", "no clear concept"])
+    red, blue, nothing = checks
+    assert red.verifiable and red.auc > 0.9 and red.ratio > 1.5
+    assert blue.auc < 0.7
+    assert not nothing.verifiable and math.isnan(nothing.auc)
+    assert "names no concept" in nothing.reason
+    assert verifier.check(1, "blue areas").auc > 0.9  # same renders, the other unit
+    assert verifier.cost.descriptions == 3 and verifier.cost.images_rendered == 24
+    assert verifier.cost.per_unit()["forward_images_per_unit"] == 8.0
+    with pytest.raises(ValueError, match="unit 5 is out of range"):
+        verifier.check(5, "red areas")
+
+
+def test_expression_scorer_units_know_their_concept():
+    expressions = [("and", "red", "circle"), ("concept", "square")]
+    verifier = Verifier(expression_scorer(expressions), ProbeWorldTextToImage(stamps=()),
+                        num_images=8, image_size=48)  # fmt: skip
+    assert verifier.check(0, "red circles").auc > 0.9
+    assert verifier.check(1, "red circles").auc < 0.75
+    assert verifier.check(1, "squares in the image").auc > 0.9
+
+
+def test_rerank_combines_pmi_rank_and_activation_rank():
+    def check(auc):
+        return Faithfulness(auc, 1.0, not math.isnan(auc))
+
+    # PMI choice with the worst AUC loses to the second candidate with the best.
+    assert rerank_by_faithfulness(["a", "b", "c"], [check(0.5), check(0.95), check(0.7)]) == 1
+    # One activation place better is not enough to overturn one PMI place: ties keep PMI.
+    assert rerank_by_faithfulness(["a", "b"], [check(0.6), check(0.9)]) == 0
+    assert rerank_by_faithfulness(["a", "b"], [check(0.6), check(0.9)], weight=2.0) == 1
+    # Unrenderable candidates rank last; nothing verified keeps the PMI choice.
+    assert rerank_by_faithfulness(["a", "b", "c"], [check(math.nan), check(0.8), check(0.8)]) == 1
+    assert rerank_by_faithfulness(["a", "b"], [check(math.nan), check(math.nan)]) == 0
+    with pytest.raises(ValueError, match="one check per candidate"):
+        rerank_by_faithfulness(["a"], [])
+
+
+@pytest.fixture(scope="module")
+def probe_images() -> datasets.Dataset:
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(8)]
+    return datasets.Dataset.from_dict(
+        {"image": images}, features=datasets.Features({"image": datasets.Image()})
+    )
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_describe_with_verification_writes_the_columns(tmp_path, probe_images):
+    settings = VerificationSettings(num_images=2, rerank_top=3)
+    descriptions = describe(TinyNet(), ["conv1"], probe_images, output_dir=tmp_path / "out",
+                            k=3, num_beams=4, input_size=32, batch_size=8, units=3,
+                            progress=False, verify=settings)  # fmt: skip
+    assert set(VERIFICATION_COLUMNS) <= set(descriptions.column_names)
+    rows = _read_csv(tmp_path / "out" / "descriptions.csv")
+    assert len(rows) == 3 and set(VERIFICATION_COLUMNS) <= set(rows[0])
+    for row in descriptions:
+        assert row["verifiable"] == (row["verify_reason"] == "")
+        assert row["verifiable"] == (not math.isnan(row["faithfulness_auc"]))
+        assert row["pmi_description"]
+    html = (tmp_path / "out" / "index.html").read_text()
+    assert '"faithfulness_auc"' in html and '"low_faithfulness_auc":0.75' in html
+
+
+def test_describe_command_verify_flags():
+    from argparse import Namespace
+
+    from milan_hf.commands.describe import _verification
+
+    def flags(verify=None, rerank=0, images=8):
+        return Namespace(verify=verify, verify_rerank=rerank, verify_images=images,
+                         text_to_image="probe-world")  # fmt: skip
+
+    assert _verification(flags(), default_on=False) is False
+    assert _verification(flags(), default_on=True).rerank_top == 0  # the embedded default
+    assert _verification(flags(verify=False), default_on=True) is False
+    settings = _verification(flags(rerank=4, images=6), default_on=False)
+    assert settings.rerank_top == 4 and settings.num_images == 6
+    with pytest.raises(ValueError, match="--verify-rerank needs verification"):
+        _verification(flags(verify=False, rerank=3), default_on=False)
+    with pytest.raises(ValueError, match="rerank top must be 0 \\(off\\) or >= 2, got 1"):
+        _verification(flags(rerank=1), default_on=False)
+
+
+def test_the_embedded_default_run_verifies(tmp_path, monkeypatch):
+    """What `milan-hf describe` (no --model) does by default: verify with the probe world."""
+    from milan_hf.describer import describe_default
+
+    monkeypatch.setenv("MILAN_HF_CACHE", str(tmp_path / "cache"))
+    descriptions = describe_default(
+        tmp_path / "out", num_scenes=6, layers=("blocks.4",), units=2, num_beams=4,
+        progress=False, verify=VerificationSettings(num_images=2),
+    )  # fmt: skip
+    for row in descriptions:
+        assert row["pmi_description"] == row["description"]  # no rerank asked for
+        if row["verifiable"]:
+            assert 0.0 <= row["faithfulness_auc"] <= 1.0
+        else:
+            assert row["verify_reason"]
+
+
+def test_benchmark_verification_on_synthetic_units(tmp_path):
+    from milan_hf.describer import load_captioner
+    from milan_hf.known_units import run_verification, verification_markdown
+
+    model, processor = load_captioner(None)
+    verification = run_verification(tmp_path, model, processor, units=3, planted=False,
+                                    top=2, num_images=4)  # fmt: skip
+    tally = verification["by_part"]["synthetic"]
+    assert tally["units"] == 3 and len(verification["units"]) == 3
+    assert tally["images_rendered_per_unit"] > 0 and tally["seconds_per_unit"] > 0
+    assert 0.0 <= tally["pmi_accuracy"] <= tally["oracle_accuracy"] <= 1.0
+    assert tally["rerank_accuracy"] <= tally["oracle_accuracy"]
+    for row in verification["units"]:
+        assert 1 <= len(row["candidates"]) <= 2
+        assert row["pmi_correct"] == row["candidates"][0]["correct"]
+    assert "| synthetic | 3 |" in verification_markdown(verification)
