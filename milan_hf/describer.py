@@ -143,25 +143,20 @@ def describe(
             is written. ``overwrite`` replaces only what milan_hf wrote there.
         units: describe only some units of each layer: their indices, or an int ``n`` for
             units ``0..n-1`` (exemplars are still found for every unit, cheaply).
-        pmi_weight, pmi_strategy, num_beams: λ of ``log p(d|E) − λ·log p(d)`` (0: plain
-            p(d|E)), ``"rerank"`` or ``"token"``, beam width; default: the captioner's.
-        no_repeat_ngram_size: no n-gram of this size repeats within a description (default:
-            the captioner's, 3; 0 disables it, as in the original): PMI favours degenerate
-            repeats.
-        no_repeat_words: no content word twice, no phrase copied across "or"/"and", no
-            dangling "either" or function-word ending (default: the captioner's, on).
+        pmi_weight, pmi_strategy, num_beams, no_repeat_ngram_size, no_repeat_words: decoding
+            (λ of ``log p(d|E) − λ·log p(d)``, "rerank"/"token", beam width, blocked n-gram
+            size, repeated-word blocking); default: the captioner's ``generation_config``.
         batch_size: images per forward pass, and units per generate call.
         seed: seed of a randomly initialised timm model (no ``pretrained``/``checkpoint``).
-        report, report_title: write ``index.html`` (with ``output_dir``), and its title.
-        device: where the model and captioner run (default: CUDA when available).
+        report, report_title, device: write ``index.html`` (with ``output_dir``), its title;
+            where the model and captioner run (default: CUDA when available).
         method: ``"milan"`` or ``"dissect"`` (Describe-and-Dissect with the models of
             ``dissect``, :mod:`milan_hf.dissect`); ``described_by`` records which.
         verify: check each description against its unit (True or a VerificationSettings).
 
     Returns one row per unit: ``schema.RUN_DESCRIPTION_COLUMNS``."""
-    generation = _generation_settings(
-        pmi_weight, pmi_strategy, num_beams, no_repeat_ngram_size, no_repeat_words
-    )
+    generation = _generation_settings(pmi_weight, pmi_strategy, num_beams,
+                                      no_repeat_ngram_size, no_repeat_words)  # fmt: skip
     _check_units(units)
     dissect = _dissect_settings(method, dissect, verify)
     if output_dir is not None:  # never into the working directory or the inputs
