@@ -146,8 +146,8 @@ def describe(
         pmi_weight, pmi_strategy, num_beams, no_repeat_ngram_size, no_repeat_words: decoding
             (λ of ``log p(d|E) − λ·log p(d)``, "rerank"/"token", beam width, blocked n-gram
             size, repeated-word blocking); default: the captioner's ``generation_config``.
-        batch_size: images per forward pass, and units per generate call.
-        seed: seed of a randomly initialised timm model (no ``pretrained``/``checkpoint``).
+        batch_size: images per forward pass, and units per generate call; ``seed``: of a
+            randomly initialised timm model (no ``pretrained``/``checkpoint``).
         report, report_title, device: write ``index.html`` (with ``output_dir``), its title;
             where the model and captioner run (default: CUDA when available).
         method: ``"milan"`` or ``"dissect"`` (Describe-and-Dissect with the models of
