@@ -132,8 +132,8 @@ def describe(
     """Describe every unit of ``layers`` of ``model`` from its exemplars in ``images``.
 
     ``model``, ``layers``, ``images``, ``k``, ``quantile``, ``checkpoint``, ``pretrained``,
-    ``transform``, ``input_size``, ``image_column`` and ``split`` are as in
-    :func:`milan_hf.exemplars.extract_exemplars` (k=15, quantile=0.99 as in MILAN).
+    ``transform``, ``input_size``, ``image_column``, ``split`` and ``seed`` (of a randomly
+    initialised timm model) are as in :func:`milan_hf.exemplars.extract_exemplars`.
 
     Args:
         captioner: a captioner directory, Hub id or loaded ``MilanCaptionerModel``; default
@@ -146,8 +146,7 @@ def describe(
         pmi_weight, pmi_strategy, num_beams, no_repeat_ngram_size, no_repeat_words: decoding
             (λ of ``log p(d|E) − λ·log p(d)``, "rerank"/"token", beam width, blocked n-gram
             size, repeated-word blocking); default: the captioner's ``generation_config``.
-        batch_size: images per forward pass, and units per generate call; ``seed``: of a
-            randomly initialised timm model (no ``pretrained``/``checkpoint``).
+        batch_size: images per forward pass, and units per generate call.
         report, report_title, device: write ``index.html`` (with ``output_dir``), its title;
             where the model and captioner run (default: CUDA when available).
         method: ``"milan"`` or ``"dissect"`` (Describe-and-Dissect with the models of
