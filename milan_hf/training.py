@@ -28,6 +28,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from string import Template
@@ -666,21 +667,43 @@ def synthetic_settings(args: argparse.Namespace) -> Any:
     return SyntheticUnitSettings(
         image_size=args.synthetic_image_size or args.image_size,
         composition_share=args.synthetic_composition_share,
+        units_per_block=args.synthetic_units_per_block,
+        scenes_per_block=args.synthetic_scenes_per_block,
     )
 
 
 def build_tokenizer(
-    texts: list[str], settings: Any, min_frequency: int
+    texts: list[str], settings: Any, min_frequency: int, cache_dir: Path | None = None
 ) -> MilanTokenizer:
     """Vocabulary of the training descriptions, plus every word the grammar can write when
     synthetic units are used (so no synthetic or benchmark description meets ``<unk>``)."""
     if settings is not None:
-        from milan_hf.probe_world import concepts, phrasing
-
-        stamps = concepts.load_stamps() if settings.use_stamps else ()
         # Each grammar word as a text of its own, repeated past min_frequency.
-        texts = texts + sorted(phrasing.grammar_vocabulary(stamps)) * max(1, min_frequency)
+        words = grammar_words(settings.use_stamps, cache_dir)
+        texts = texts + list(words) * max(1, min_frequency)
     return MilanTokenizer.from_descriptions(texts, min_frequency=min_frequency)
+
+
+@lru_cache(maxsize=2)
+def grammar_words(use_stamps: bool, cache_dir: Path | None = None) -> tuple[str, ...]:
+    """``phrasing.grammar_vocabulary()`` sorted; it takes tens of seconds (it phrases every
+    concept), so it is cached on disk under the synthetic-unit code version."""
+    from milan_hf.probe_world import concepts, phrasing
+    from milan_hf.probe_world.synthetic_units import code_version
+
+    cached = None
+    if cache_dir is not None:
+        cached = Path(cache_dir) / f"grammar-words-{code_version()}-stamps{int(use_stamps)}.json"
+        if cached.is_file():
+            return tuple(json.loads(cached.read_text()))
+    stamps = concepts.load_stamps() if use_stamps else ()
+    words = tuple(sorted(phrasing.grammar_vocabulary(stamps)))
+    if cached is not None:
+        from milan_hf.staged_output import write_text_atomically
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(cached, json.dumps(words))
+    return words
 
 
 @dataclass
@@ -754,13 +777,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if corpus is not None:
         corpus_units = split_units(len(corpus[1]), args.validation_fraction, args.seed)
     corpus_texts = [text for unit in corpus_units[0] for text in corpus[1][unit]] if corpus else []
-    tokenizer = build_tokenizer(corpus_texts, settings, args.min_word_frequency)
+    cache_dir = Path(args.feature_cache_dir or Path.home() / ".cache" / "milan_hf" / "features")
+    tokenizer = build_tokenizer(corpus_texts, settings, args.min_word_frequency, cache_dir)
     model = build_model(args, tokenizer)
     # The text-free model learns which token ids are function words (no_repeat_words needs it).
     model.generation_config.word_roles = NoRepeatWordsLogitsProcessor.word_roles(tokenizer)
     processor = MilanProcessor.from_model_config(model.config, tokenizer)
 
-    cache_dir = Path(args.feature_cache_dir or Path.home() / ".cache" / "milan_hf" / "features")
     data = training_data(
         args, model, processor, corpus, settings, corpus_units, cache_dir, accelerator.device
     )

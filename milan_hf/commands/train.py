@@ -53,6 +53,13 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--synthetic-image-size", type=int, help="scene size (default: --image-size)"
     )
     synthetic.add_argument("--synthetic-composition-share", type=float, default=0.5)
+    synthetic.add_argument(
+        "--synthetic-units-per-block",
+        type=int,
+        default=512,
+        help="units that share one pool of scenes (and one cache entry)",
+    )
+    synthetic.add_argument("--synthetic-scenes-per-block", type=int, default=200)
     model = parser.add_argument_group("model")
     model.add_argument("--init-from", help="start from this captioner (directory or Hub id)")
     model.add_argument("--backbone", default="tf_efficientnet_lite0")
