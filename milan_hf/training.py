@@ -28,6 +28,8 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -115,12 +117,9 @@ def encode_exemplar_sets(
     """Mask-pooled features (units, k, F) and exemplar mask (units, k) of every row, computed
     once with the frozen encoder and cached on disk under a key of data and encoder (one staged
     directory per key, so an interrupted run leaves no half-written entry)."""
-    backbone_digest = hashlib.sha256()
-    for tensor in model.encoder.state_dict().values():
-        backbone_digest.update(tensor.detach().cpu().numpy().tobytes())
     key_parts = {
         "dataset": dataset._fingerprint,
-        "backbone": backbone_digest.hexdigest(),
+        "backbone": encoder_digest(model),
         "processor": processor.to_dict(),
     }
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -142,25 +141,137 @@ def _encode(
     batch_size: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    from milan_hf.inference import encode_exemplar_sets as encode_distinct_images
+
     model.encoder.to(device)
-    rows = dataset.select_columns([schema.IMAGES, schema.MASKS, schema.LAYER, schema.UNIT])
-    feature_batches, mask_batches = [], []
-    for start in tqdm(range(0, len(rows), batch_size), desc="encode exemplar sets"):
-        batch = [rows[index] for index in range(start, min(start + batch_size, len(rows)))]
-        inputs = processor(batch)
-        features = model.encode_exemplars(
-            inputs["pixel_values"].to(device), inputs["masks"].to(device)
-        )
-        feature_batches.append(features.cpu())
-        mask_batches.append(inputs["exemplar_mask"])
-    k = max(batch.shape[1] for batch in feature_batches)
-    features = torch.cat([_pad_exemplars(batch, k) for batch in feature_batches])
-    return features, torch.cat([_pad_exemplars(batch, k) for batch in mask_batches])
+    # Each distinct image through the backbone once (units share their probe images).
+    encoded = encode_distinct_images(
+        dataset, model, processor, images_per_pass=max(batch_size, 16), progress=True
+    )
+    return encoded["exemplar_features"].cpu(), encoded["exemplar_mask"].cpu()
+
+
+def encoder_digest(model: MilanCaptionerModel) -> str:
+    """A hash of the frozen encoder's weights and location grid (keys the feature caches)."""
+    digest = hashlib.sha256(f"grid={model.config.mask_location_grid}".encode())
+    for tensor in model.encoder.state_dict().values():
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _pad_exemplars(batch: torch.Tensor, k: int) -> torch.Tensor:
     padding = [0, 0] * (batch.ndim - 2) + [0, k - batch.shape[1]]
     return torch.nn.functional.pad(batch, padding)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic units of known meaning (milan_hf.probe_world.synthetic_units)
+# ---------------------------------------------------------------------------------------------
+
+SYNTHETIC_UNITS_FILE = "units.json"
+
+
+@dataclass
+class SyntheticFeatures:
+    """Encoded synthetic units: features (units, k, F) in float16, their exemplar mask, the
+    three descriptions and the concept expression (``expression_text``) of each unit."""
+
+    features: torch.Tensor
+    exemplar_mask: torch.Tensor
+    descriptions: list[list[str]]
+    concepts: list[str]
+
+
+def require_training_seed(seed: int, what: str = "--synthetic-seed") -> None:
+    """Refuse synthetic seeds from the benchmark's range (``BENCHMARK_SEED`` and above)."""
+    from milan_hf.probe_world.synthetic_units import BENCHMARK_SEED
+
+    if not 0 <= seed < BENCHMARK_SEED:
+        raise ValueError(
+            f"{what} {seed} is not a training seed: seeds from {BENCHMARK_SEED} on are the "
+            "benchmark's held-out units, and seeds are non-negative."
+        )
+
+
+def encode_synthetic_units(
+    model: MilanCaptionerModel,
+    processor: MilanProcessor,
+    seed: int,
+    num_units: int,
+    settings: Any,
+    cache_dir: Path,
+    description: str = "synthetic units",
+) -> SyntheticFeatures:
+    """Synthetic units ``0..num_units-1`` of ``seed``, encoded block by block (a block's units
+    share their scenes: each distinct image through the backbone once). Each block is cached
+    in its own staged directory keyed by seed, block, settings, the synthetic-unit code
+    version and the encoder, so an interrupted run keeps the blocks it finished."""
+    from dataclasses import asdict
+
+    from milan_hf.probe_world.synthetic_units import code_version
+
+    require_training_seed(seed)
+    block_size = settings.units_per_block
+    common = {
+        "seed": seed,
+        "settings": asdict(settings),
+        "code": code_version(),
+        "encoder": encoder_digest(model),
+        "processor": processor.to_dict(),
+    }
+    parts = []
+    # One pass over the stream: the units of a cached block are only drawn (to move on) when
+    # a later block is missing; a fully cached run draws none.
+    stream = None
+    blocks = range(0, num_units, block_size)
+    for start in tqdm(blocks, desc=f"encode {description}", unit="block"):
+        count = min(block_size, num_units - start)
+        key_parts = {**common, "start": start, "count": count}
+        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
+        entry = cache_dir / f"synthetic-features-{key}"
+        parts.append(entry)
+        if (entry / FEATURES_FILE).exists() and stream is None:
+            continue
+        if stream is None:
+            from milan_hf.probe_world.synthetic_units import iter_synthetic_units
+
+            stream = islice(iter_synthetic_units(seed, num_units, settings), start, None)
+        rows = list(islice(stream, count))
+        if not (entry / FEATURES_FILE).exists():
+            _encode_synthetic_block(model, processor, rows, entry)
+    return _read_synthetic_blocks(parts)
+
+
+def _encode_synthetic_block(model, processor, rows: list[dict], entry: Path) -> None:
+    from milan_hf.inference import encode_exemplar_sets as encode_distinct_images
+
+    encoded = encode_distinct_images(rows, model, processor)
+    with staged_directory(entry) as staging:
+        tensors = {
+            "features": encoded["exemplar_features"].cpu().half(),
+            "exemplar_mask": encoded["exemplar_mask"].cpu().to(torch.uint8),
+        }
+        save_file(tensors, str(staging / FEATURES_FILE))
+        units = [{"descriptions": r["descriptions"], "concept": r["concept"]} for r in rows]
+        (staging / SYNTHETIC_UNITS_FILE).write_text(json.dumps(units))
+
+
+def _read_synthetic_blocks(entries: list[Path]) -> SyntheticFeatures:
+    features, masks, descriptions, concepts = [], [], [], []
+    for entry in entries:
+        tensors = load_file(str(entry / FEATURES_FILE))
+        features.append(tensors["features"])
+        masks.append(tensors["exemplar_mask"].bool())
+        units = json.loads((entry / SYNTHETIC_UNITS_FILE).read_text())
+        descriptions.extend(unit["descriptions"] for unit in units)
+        concepts.extend(unit["concept"] for unit in units)
+    k = max(part.shape[1] for part in features)
+    return SyntheticFeatures(
+        torch.cat([_pad_exemplars(part, k) for part in features]),
+        torch.cat([_pad_exemplars(part, k) for part in masks]),
+        descriptions,
+        concepts,
+    )
 
 
 def tokenize(
@@ -343,7 +454,7 @@ class _CaptionerOnCachedFeatures(torch.nn.Module):
     def forward(self, units: torch.Tensor, input_ids: torch.Tensor):
         units = units.cpu()
         return self.captioner(
-            exemplar_features=self.features[units].to(input_ids.device),
+            exemplar_features=self.features[units].to(input_ids.device, torch.float32),
             exemplar_mask=self.exemplar_mask[units].to(input_ids.device),
             input_ids=input_ids,
             labels=input_ids,
@@ -365,7 +476,7 @@ def corpus_bleu(
     hypotheses = []
     for start in range(0, len(features), batch_size):
         output = model.generate(
-            exemplar_features=features[start : start + batch_size].to(device),
+            exemplar_features=features[start : start + batch_size].to(device, torch.float32),
             exemplar_mask=exemplar_mask[start : start + batch_size].to(device),
             pmi_weight=0.0,
             num_beams=num_beams,
@@ -517,6 +628,7 @@ def build_model(args: argparse.Namespace, tokenizer: MilanTokenizer) -> MilanCap
         backbone_out_indices=args.backbone_out_indices,
         save_backbone_weights=not args.exclude_backbone_weights,
         image_size=args.image_size,
+        mask_location_grid=getattr(args, "mask_location_grid", 0),
         embedding_size=args.embedding_size,
         hidden_size=args.hidden_size,
         dropout=args.dropout,
@@ -534,10 +646,123 @@ def _read_descriptions(args: argparse.Namespace) -> tuple[datasets.Dataset, list
     return dataset, descriptions
 
 
+def synthetic_settings(args: argparse.Namespace) -> Any:
+    """The synthetic units' settings from the options, or None without ``--synthetic-units``;
+    checks both seeds are training seeds (below the benchmark's) and differ."""
+    from milan_hf.probe_world.synthetic_units import SyntheticUnitSettings
+
+    if not getattr(args, "synthetic_units", 0):
+        if not args.dataset:
+            raise ValueError("Nothing to train on: give --dataset, --synthetic-units or both.")
+        return None
+    if args.synthetic_units < 2 or args.synthetic_validation_units < 1:
+        raise ValueError(
+            f"--synthetic-units must be >= 2 and --synthetic-validation-units >= 1, got "
+            f"{args.synthetic_units} and {args.synthetic_validation_units}"
+        )
+    require_training_seed(args.synthetic_seed)
+    require_training_seed(args.synthetic_validation_seed, "--synthetic-validation-seed")
+    if args.synthetic_seed == args.synthetic_validation_seed:
+        raise ValueError(f"training and validation synthetic seeds are both {args.synthetic_seed}")
+    return SyntheticUnitSettings(
+        image_size=args.synthetic_image_size or args.image_size,
+        composition_share=args.synthetic_composition_share,
+        units_per_block=args.synthetic_units_per_block,
+        scenes_per_block=args.synthetic_scenes_per_block,
+    )
+
+
+def build_tokenizer(
+    texts: list[str], settings: Any, min_frequency: int, cache_dir: Path | None = None
+) -> MilanTokenizer:
+    """Vocabulary of the training descriptions, plus every word the grammar can write when
+    synthetic units are used (so no synthetic or benchmark description meets ``<unk>``)."""
+    if settings is not None:
+        # Each grammar word as a text of its own, repeated past min_frequency.
+        words = grammar_words(settings.use_stamps, cache_dir)
+        texts = texts + list(words) * max(1, min_frequency)
+    return MilanTokenizer.from_descriptions(texts, min_frequency=min_frequency)
+
+
+@lru_cache(maxsize=2)
+def grammar_words(use_stamps: bool, cache_dir: Path | None = None) -> tuple[str, ...]:
+    """``phrasing.grammar_vocabulary()`` sorted; it takes tens of seconds (it phrases every
+    concept), so it is cached on disk under the synthetic-unit code version."""
+    from milan_hf.probe_world import concepts, phrasing
+    from milan_hf.probe_world.synthetic_units import code_version
+
+    cached = None
+    if cache_dir is not None:
+        cached = Path(cache_dir) / f"grammar-words-{code_version()}-stamps{int(use_stamps)}.json"
+        if cached.is_file():
+            return tuple(json.loads(cached.read_text()))
+    stamps = concepts.load_stamps() if use_stamps else ()
+    words = tuple(sorted(phrasing.grammar_vocabulary(stamps)))
+    if cached is not None:
+        from milan_hf.staged_output import write_text_atomically
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(cached, json.dumps(words))
+    return words
+
+
+@dataclass
+class TrainingData:
+    """Every unit's cached features with its descriptions; which units train and validate; the
+    concept expressions of the validation units of known meaning (decoding is chosen there)."""
+
+    features: torch.Tensor
+    exemplar_mask: torch.Tensor
+    descriptions: list[list[str]]
+    units: tuple[list[int], list[int]]
+    known_validation: dict[int, tuple[str, ...]]
+    sources: dict[str, int]
+
+
+def training_data(args, model, processor, corpus, settings, corpus_units, cache_dir, device):
+    """Corpus rows (when given) and synthetic units (when asked) in one feature table."""
+    from milan_hf.decoding_selection import parse_concept
+
+    parts, train_units, validation_units, known, sources = [], [], [], {}, {}
+    if corpus is not None:
+        dataset, descriptions = corpus
+        features, mask = encode_exemplar_sets(
+            model, processor, dataset, cache_dir, args.encode_batch_size, device
+        )
+        parts.append((features.half(), mask, descriptions))
+        train_units += corpus_units[0]
+        validation_units += corpus_units[1]
+        sources["corpus"] = len(descriptions)
+    if settings is not None:
+        for seed, count, role in (
+            (args.synthetic_seed, args.synthetic_units, "training"),
+            (args.synthetic_validation_seed, args.synthetic_validation_units, "validation"),
+        ):
+            offset = sum(len(part[2]) for part in parts)
+            synthetic = encode_synthetic_units(
+                model, processor, seed, count, settings, cache_dir, f"{role} synthetic units"
+            )
+            parts.append((synthetic.features, synthetic.exemplar_mask, synthetic.descriptions))
+            chosen = list(range(offset, offset + count))
+            (train_units if role == "training" else validation_units).extend(chosen)
+            if role == "validation":
+                known = {u: parse_concept(c) for u, c in zip(chosen, synthetic.concepts)}
+            sources[f"synthetic_{role}"] = count
+    k = max(part[0].shape[1] for part in parts)
+    return TrainingData(
+        torch.cat([_pad_exemplars(part[0], k) for part in parts]),
+        torch.cat([_pad_exemplars(part[1], k) for part in parts]),
+        [texts for part in parts for texts in part[2]],
+        (sorted(train_units), sorted(validation_units)),
+        known,
+        sources,
+    )
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """The whole recipe from ``milan-hf train``'s options (:mod:`milan_hf.commands.train`):
-    vocabulary, feature cache, prior, captioner, card, atomic save, optional push. Returns the
-    training metrics (also saved as ``training_metrics.json``)."""
+    vocabulary, feature cache, prior, captioner, decoding sweep, card, atomic save, optional
+    push. Returns the training metrics (also saved as ``training_metrics.json``)."""
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -546,25 +771,26 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if output_dir.exists() and not args.overwrite:
         raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it.")
 
-    dataset, descriptions = _read_descriptions(args)
-    units = split_units(len(dataset), args.validation_fraction, args.seed)
-    tokenizer = MilanTokenizer.from_descriptions(
-        (text for unit in units[0] for text in descriptions[unit]),
-        min_frequency=args.min_word_frequency,
-    )
+    settings = synthetic_settings(args)
+    corpus = _read_descriptions(args) if args.dataset else None
+    corpus_units = ([], [])
+    if corpus is not None:
+        corpus_units = split_units(len(corpus[1]), args.validation_fraction, args.seed)
+    corpus_texts = [text for unit in corpus_units[0] for text in corpus[1][unit]] if corpus else []
+    cache_dir = Path(args.feature_cache_dir or Path.home() / ".cache" / "milan_hf" / "features")
+    tokenizer = build_tokenizer(corpus_texts, settings, args.min_word_frequency, cache_dir)
     model = build_model(args, tokenizer)
     # The text-free model learns which token ids are function words (no_repeat_words needs it).
     model.generation_config.word_roles = NoRepeatWordsLogitsProcessor.word_roles(tokenizer)
     processor = MilanProcessor.from_model_config(model.config, tokenizer)
 
-    cache_dir = Path(args.feature_cache_dir or Path.home() / ".cache" / "milan_hf" / "features")
-    features, exemplar_mask = encode_exemplar_sets(
-        model, processor, dataset, cache_dir, args.encode_batch_size, accelerator.device
+    data = training_data(
+        args, model, processor, corpus, settings, corpus_units, cache_dir, accelerator.device
     )
     max_tokens = model.config.max_description_length
     prior_ids = [
-        tokenize(tokenizer, [text for unit in chosen for text in descriptions[unit]], max_tokens)
-        for chosen in units
+        tokenize(tokenizer, [text for u in chosen for text in data.descriptions[u]], max_tokens)
+        for chosen in data.units
     ]
     prior_schedule = Schedule(
         args.batch_size, args.learning_rate, args.prior_max_epochs, args.prior_patience
@@ -572,21 +798,52 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     prior_history = train_prior(model, *prior_ids, prior_schedule, accelerator)
     schedule = Schedule(args.batch_size, args.learning_rate, args.max_epochs, args.patience)
     captioner_history = train_captioner(
-        model, tokenizer, features, exemplar_mask, descriptions, units, schedule, accelerator
-    )
+        model, tokenizer, data.features, data.exemplar_mask, data.descriptions, data.units,
+        schedule, accelerator,
+    )  # fmt: skip
     model.to("cpu")
-    metrics = training_metrics(units, descriptions, tokenizer, prior_history, captioner_history)
+    metrics = training_metrics(
+        data.units, data.descriptions, tokenizer, prior_history, captioner_history
+    )
+    metrics["sources"] = data.sources
+    if data.known_validation and not getattr(args, "no_decoding_sweep", False):
+        metrics["decoding_sweep"] = choose_decoding(args, model, tokenizer, data)
     if accelerator.is_main_process:
-        card = render_model_card(_card_fields(args, model, metrics))
-        save_atomically(model, processor, output_dir, metrics, card, args.overwrite)
-        if args.push_to_hub:
-            push_to_hub(output_dir, args.push_to_hub, private=args.private)
-        print(
-            f"Saved to {output_dir}: validation BLEU {metrics['validation_bleu']:.2f}, "
-            f"validation loss {metrics['validation_loss']:.3f}, "
-            f"prior validation loss {metrics['prior_validation_loss']:.3f}"
-        )
+        _save(args, model, processor, output_dir, metrics)
     return metrics
+
+
+def choose_decoding(args, model, tokenizer, data: TrainingData) -> dict[str, Any]:
+    """Sweep λ and beam width on the validation units of known meaning; the winner becomes
+    the checkpoint's default decoding."""
+    from milan_hf.decoding_selection import sweep_decoding
+
+    units = sorted(data.known_validation)
+    winner, table = sweep_decoding(
+        model,
+        tokenizer,
+        data.features[units],
+        data.exemplar_mask[units],
+        [data.known_validation[u] for u in units],
+        pmi_weights=args.sweep_pmi_weights,
+        beam_widths=args.sweep_beam_widths,
+        batch_size=args.batch_size,
+    )
+    model.generation_config.pmi_weight = winner["pmi_weight"]
+    model.generation_config.num_beams = winner["num_beams"]
+    return {"units": len(units), "winner": winner, "table": table}
+
+
+def _save(args, model, processor, output_dir: Path, metrics: dict[str, Any]) -> None:
+    card = render_model_card(_card_fields(args, model, metrics))
+    save_atomically(model, processor, output_dir, metrics, card, args.overwrite)
+    if args.push_to_hub:
+        push_to_hub(output_dir, args.push_to_hub, private=args.private)
+    print(
+        f"Saved to {output_dir}: validation BLEU {metrics['validation_bleu']:.2f}, "
+        f"validation loss {metrics['validation_loss']:.3f}, "
+        f"prior validation loss {metrics['prior_validation_loss']:.3f}"
+    )
 
 
 def training_metrics(
@@ -619,10 +876,17 @@ def _card_fields(
 ) -> dict[str, Any]:
     return {
         "repo_id": args.push_to_hub or Path(args.output_dir).name,
-        "dataset_name": args.dataset_name or Path(args.dataset).name or args.dataset,
+        "dataset_name": args.dataset_name or _data_name(args),
         **trained_captioner_card_fields(model, metrics),
         "vocabulary_size": metrics["vocabulary_size"],
     }
+
+
+def _data_name(args: argparse.Namespace) -> str:
+    names = [Path(args.dataset).name or args.dataset] if args.dataset else []
+    if getattr(args, "synthetic_units", 0):
+        names.append(f"{args.synthetic_units} synthetic units (seed {args.synthetic_seed})")
+    return " + ".join(names)
 
 
 def trained_captioner_card_fields(

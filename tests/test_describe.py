@@ -84,8 +84,12 @@ def test_default_run_end_to_end(tmp_path, monkeypatch):
     assert descriptions.column_names == list(DESCRIPTION_COLUMNS)
     assert descriptions["layer"] == ["blocks.4"] * 3 and descriptions["unit"] == [0, 1, 2]
     assert all(text.strip() for text in descriptions["description"])
-    for row in descriptions:  # PMI score = log p(d|E) − 0.2·log p(d), the captioner's default λ
-        expected = row["captioner_log_prob"] - 0.2 * row["prior_log_prob"]
+    # PMI score = log p(d|E) − λ·log p(d), λ the captioner's default (chosen on validation units)
+    pmi_weight = json.loads((EMBEDDED_CAPTIONER / "generation_config.json").read_text())[
+        "pmi_weight"
+    ]
+    for row in descriptions:
+        expected = row["captioner_log_prob"] - pmi_weight * row["prior_log_prob"]
         assert row["score"] == pytest.approx(expected, abs=1e-4)
 
     rows = read_csv(output / "descriptions.csv")

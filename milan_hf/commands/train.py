@@ -22,9 +22,8 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
-        required=True,
-        help="save_to_disk folder, parquet file or "
-        "folder, or a MILANNOTATIONS name (with --data-dir)",
+        help="save_to_disk folder, parquet file or folder, or a MILANNOTATIONS name (with "
+        "--data-dir); optional when --synthetic-units are given",
     )
     data.add_argument("--data-dir", help="MILANNOTATIONS-format directory of sets")
     data.add_argument("--split", default="train", help="split to train on (default: train)")
@@ -35,6 +34,32 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="where encoded exemplar features are cached (default: ~/.cache/milan_hf/features)",
     )
+    synthetic = parser.add_argument_group("synthetic units of known meaning (probe world)")
+    synthetic.add_argument(
+        "--synthetic-units",
+        type=int,
+        default=0,
+        help="synthetic training units (mixed with --dataset)",
+    )
+    synthetic.add_argument("--synthetic-seed", type=int, default=0)
+    synthetic.add_argument(
+        "--synthetic-validation-units",
+        type=int,
+        default=256,
+        help="synthetic validation units (their own seed); decoding is chosen on them",
+    )
+    synthetic.add_argument("--synthetic-validation-seed", type=int, default=500_000)
+    synthetic.add_argument(
+        "--synthetic-image-size", type=int, help="scene size (default: --image-size)"
+    )
+    synthetic.add_argument("--synthetic-composition-share", type=float, default=0.5)
+    synthetic.add_argument(
+        "--synthetic-units-per-block",
+        type=int,
+        default=512,
+        help="units that share one pool of scenes (and one cache entry)",
+    )
+    synthetic.add_argument("--synthetic-scenes-per-block", type=int, default=200)
     model = parser.add_argument_group("model")
     model.add_argument("--init-from", help="start from this captioner (directory or Hub id)")
     model.add_argument("--backbone", default="tf_efficientnet_lite0")
@@ -58,6 +83,12 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--hidden-size", type=int, default=512)
     model.add_argument("--dropout", type=float, default=0.5)
     model.add_argument("--prior-layers", type=int, default=2)
+    model.add_argument(
+        "--mask-location-grid",
+        type=int,
+        default=0,
+        help="g: append a g×g grid of each mask plus its centroid/spread/area (0: off)",
+    )
 
 
 def add_training_and_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +106,12 @@ def add_training_and_output_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="torch CPU threads (default: torch's); 1 is often fastest on a busy shared CPU",
     )
+    decoding = parser.add_argument_group("decoding chosen on validation units of known meaning")
+    decoding.add_argument(
+        "--sweep-pmi-weights", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.5]
+    )
+    decoding.add_argument("--sweep-beam-widths", type=int, nargs="+", default=[5, 10, 20])
+    decoding.add_argument("--no-decoding-sweep", action="store_true", help="keep the defaults")
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", required=True)
     output.add_argument("--overwrite", action="store_true")
