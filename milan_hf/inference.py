@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -373,8 +373,60 @@ def decode_units(
                 exemplar_features=features[batch], exemplar_mask=exemplar_mask[batch],
                 **generation,
             )  # fmt: skip
+        if _well_formed_wanted(captioner, generation):
+            output = prefer_well_formed(output, processor)
         records += description_records(names[batch], output, processor)
     return records
+
+
+def _well_formed_wanted(captioner: MilanCaptionerModel, generation: Mapping[str, Any]) -> bool:
+    given = generation.get("no_repeat_words")
+    return bool(getattr(captioner.generation_config, "no_repeat_words", False)
+                if given is None else given)  # fmt: skip
+
+
+def prefer_well_formed(
+    output: MilanGenerationOutput, processor: MilanProcessor
+) -> MilanGenerationOutput:
+    """Per unit, the best-scoring candidate of the final beam that reads as English
+    (``probe_world.phrasing.description_defects`` finds nothing); the chosen one when it does,
+    or when every candidate has a defect. The token-level rule (``no_repeat_words``) cannot see
+    whole-phrase defects such as "fruit like the left of the image" or "slanted lines and no
+    clear pattern"; this is the same rule applied to finished candidates, on by default with it.
+    """
+    from .probe_world.phrasing import description_defects
+
+    if output.beam_sequences is None:
+        return output
+    beam_scores = output.beam_scores
+    if beam_scores is None:
+        beam_scores = output.beam_captioner_log_probs
+    chosen_texts = processor.batch_decode(output.sequences)
+    picks = []
+    for unit, text in enumerate(chosen_texts):
+        if not description_defects(text):
+            picks.append(None)
+            continue
+        order = torch.argsort(beam_scores[unit].float(), descending=True).tolist()
+        candidates = processor.batch_decode(output.beam_sequences[unit, order])
+        finite = [j for j, b in enumerate(order) if torch.isfinite(beam_scores[unit, b])]
+        picks.append(next((order[j] for j in finite if not description_defects(candidates[j])),
+                          None))  # fmt: skip
+    if all(pick is None for pick in picks):
+        return output
+    sequences = output.sequences.clone()
+    scores, captioner = output.scores.clone(), output.captioner_log_probs.clone()
+    prior = None if output.prior_log_probs is None else output.prior_log_probs.clone()
+    for unit, pick in enumerate(picks):
+        if pick is None:
+            continue
+        sequences[unit] = output.beam_sequences[unit, pick]
+        scores[unit] = beam_scores[unit, pick]
+        captioner[unit] = output.beam_captioner_log_probs[unit, pick]
+        if prior is not None:
+            prior[unit] = output.beam_prior_log_probs[unit, pick]
+    return replace(output, sequences=sequences, scores=scores, captioner_log_probs=captioner,
+                   prior_log_probs=prior)  # fmt: skip
 
 
 def describe_rows(

@@ -16,7 +16,7 @@ from transformers import pipeline
 import milan_hf
 from milan_hf.cli import main as cli_main
 from milan_hf.describer import load_description_outputs
-from milan_hf.inference import describe_exemplars, load_captioner
+from milan_hf.inference import describe_exemplars, load_captioner, prefer_well_formed
 from milan_hf.modeling_milan import MilanCaptionerModel
 from milan_hf.processing_milan import MilanProcessor
 from tests.captioner_fixtures import (
@@ -93,7 +93,10 @@ def test_cli_describe_pipeline_and_generate_agree_by_default(tmp_path, captioner
     ]
     model = MilanCaptionerModel.from_pretrained(captioner_dir)
     processor = MilanProcessor.from_pretrained(captioner_dir)
-    from_generate = processor.batch_decode(model.generate(**processor(rows)).sequences)
+    # generate gives token ids; every text entry point then keeps the best defect-free
+    # candidate of its beam (inference.prefer_well_formed), the one step generate cannot take.
+    generated = prefer_well_formed(model.generate(**processor(rows)), processor)
+    from_generate = processor.batch_decode(generated.sequences)
 
     assert len(written) == 4 and len(from_cli) >= 2 and all(from_cli)
     assert from_cli == from_describe == from_pipeline == from_generate
@@ -108,7 +111,7 @@ def test_describe_exemplars_matches_generate_and_loads_any_captioner(captioner_d
 
     rows = random_rows(units=5, k=3)
     described = describe_exemplars(rows, model, processor, batch_size=2, progress=False)
-    output = model.generate(**processor(rows))
+    output = prefer_well_formed(model.generate(**processor(rows)), processor)
     assert described["description"] == processor.batch_decode(output.sequences)
     torch.testing.assert_close(torch.tensor(described["score"]), output.scores)
     # A loaded model works too: its processor comes from the directory it was loaded from.
@@ -157,7 +160,9 @@ def test_each_distinct_image_goes_through_the_backbone_once(captioner_dir):
     assert torch.equal(encoded["exemplar_mask"], per_pair["exemplar_mask"])
     # The same descriptions as the per-pair path, decoding many units together.
     described = describe_exemplars(rows, model, processor, batch_size=4, progress=False)
-    by_pairs = processor.batch_decode(model.generate(**per_pair).sequences)
+    by_pairs = processor.batch_decode(
+        prefer_well_formed(model.generate(**per_pair), processor).sequences
+    )
     assert described["description"] == by_pairs
 
 

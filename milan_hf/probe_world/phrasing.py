@@ -410,7 +410,23 @@ def description_defects(text: str) -> list[str]:
     for article, noun in zip(words, words[1:]):
         if article == "a" and noun[0] in "aeio":
             defects.append(f"'a {noun}' (should be 'an')")
+    lowered = " ".join(words)
+    if re.search(r"\blike the (?:left|right|top|bottom|middle|centre|center|upper|lower|image)\b",
+                 lowered):  # fmt: skip
+        defects.append("'like the' followed by a place, not an example")
+    if _NO_CONCEPT_WORDS.search(lowered) and lowered not in NOTHING_PHRASES:
+        named = named_concepts(text)
+        if any(C.concept_family(name) != C.REGION for name in named):
+            defects.append("names a concept and says there is none")
     return defects
+
+
+# "No concept" wording: a contradiction next to a named concept ("slanted lines and no clear
+# pattern").
+_NO_CONCEPT_WORDS = re.compile(
+    r"\b(?:no clear|no consistent|no single|without a common|nothing in particular|"
+    r"unclear|random bits|assorted parts)\b"
+)
 
 
 # ----------------------------------------------------------------------------- naming concepts
