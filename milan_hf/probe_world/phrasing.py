@@ -411,9 +411,10 @@ def description_defects(text: str) -> list[str]:
         if article == "a" and noun[0] in "aeio":
             defects.append(f"'a {noun}' (should be 'an')")
     lowered = " ".join(words)
-    if re.search(r"\blike the (?:left|right|top|bottom|middle|centre|center|upper|lower|image)\b",
-                 lowered):  # fmt: skip
-        defects.append("'like the' followed by a place, not an example")
+    places = r"(?:left|right|top|bottom|middle|centre|center|upper|lower|image)\b"
+    for joint in ("like", "with"):  # "fruit like the left of the image", "with the top of"
+        if re.search(rf"\b{joint} the {places}", lowered):
+            defects.append(f"'{joint} the' followed by a place, not a thing")
     if _NO_CONCEPT_WORDS.search(lowered) and lowered not in NOTHING_PHRASES:
         named = named_concepts(text)
         if any(C.concept_family(name) != C.REGION for name in named):
