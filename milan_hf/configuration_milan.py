@@ -102,6 +102,14 @@ class MilanCaptionerConfig(PretrainedConfig):
             pooled features, so the decoder can name regions ("in the top half"), which mask
             pooling alone averages away. 0 (default): the original MILAN encoder, pooled
             features only; converted original checkpoints keep it.
+        mask_context_pooling: also average the deepest stage outside each mask (the rest of the
+            exemplar image) and append it, so the decoder sees what surrounds the unit's region
+            ("text above insects": the insects lie outside the mask). Off (default): the
+            original encoder.
+        exemplar_feature_norm: layer-normalise each exemplar's features (learned scale and
+            shift) before the decoder uses them, so the few location and context numbers are
+            on the same footing as the backbone's hundreds of channels. Off (default): the
+            original decoder.
         feature_size: size of one exemplar's pooled feature vector (location included); filled
             in by the model.
         image_size: side of the square the processor resizes exemplar images and masks to.
@@ -124,6 +132,8 @@ class MilanCaptionerConfig(PretrainedConfig):
         save_backbone_weights: bool = True,
         backbone_out_indices: list[int] | None = None,
         mask_location_grid: int = 0,
+        mask_context_pooling: bool = False,
+        exemplar_feature_norm: bool = False,
         feature_size: int | None = None,
         image_size: int = 224,
         image_mean: list[float] | None = None,
@@ -178,6 +188,8 @@ class MilanCaptionerConfig(PretrainedConfig):
         self.save_backbone_weights = save_backbone_weights
         self.backbone_out_indices = list(backbone_out_indices) if backbone_out_indices else None
         self.mask_location_grid = mask_location_grid
+        self.mask_context_pooling = bool(mask_context_pooling)
+        self.exemplar_feature_norm = bool(exemplar_feature_norm)
         self.feature_size = feature_size
         self.image_size = image_size
         self.image_mean = list(image_mean)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-DEFAULT_PMI_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5)
+DEFAULT_PMI_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 DEFAULT_BEAM_WIDTHS = (5, 10, 20)
 
 

@@ -55,15 +55,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--work-dir", type=Path, help="intermediate files (default: a temp dir)")
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--synthetic-units", type=int, default=2000)
+    parser.add_argument("--synthetic-units", type=int, default=6000)
+    parser.add_argument(
+        "--synthetic-composition-share",
+        type=float,
+        default=0.65,
+        help="share of composed synthetic units (AND/OR/region/above: the hard ones)",
+    )
     parser.add_argument("--synthetic-validation-units", type=int, default=256)
     parser.add_argument("--mask-location-grid", type=int, default=4)
+    parser.add_argument(
+        "--mask-context-pooling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="append the deepest stage averaged outside each mask (default: on)",
+    )
+    parser.add_argument(
+        "--exemplar-feature-norm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="layer-normalise exemplar features before the decoder (default: on)",
+    )
     parser.add_argument("--embedding-size", type=int, default=64)
     parser.add_argument("--hidden-size", type=int, default=192)
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--max-epochs", type=int, default=8)
+    parser.add_argument("--max-epochs", type=int, default=14)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--prior-max-epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -204,7 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--image-size", str(args.image_size),
             "--synthetic-units", str(args.synthetic_units),
             "--synthetic-validation-units", str(args.synthetic_validation_units),
+            "--synthetic-composition-share", str(args.synthetic_composition_share),
             "--mask-location-grid", str(args.mask_location_grid),
+            *(["--mask-context-pooling"] if args.mask_context_pooling else []),
+            *(["--exemplar-feature-norm"] if args.exemplar_feature_norm else []),
             "--threads", str(args.threads),
             "--embedding-size", str(args.embedding_size),
             "--hidden-size", str(args.hidden_size),

@@ -527,7 +527,8 @@ class MilanExemplarEncoder(nn.Module):
     """Frozen timm backbone; each exemplar image's features at every stage are averaged under
     its mask (resized to the stage, normalised to sum 1) and the stages concatenated, followed,
     when ``config.mask_location_grid`` is set, by where the mask lies
-    (``mask_location_features``)."""
+    (``mask_location_features``) and, when ``config.mask_context_pooling`` is set, by the
+    deepest stage averaged outside the mask."""
 
     def __init__(self, config: MilanCaptionerConfig) -> None:
         super().__init__()
@@ -543,8 +544,12 @@ class MilanExemplarEncoder(nn.Module):
                 f"Backbone {config.backbone!r} cannot give multi-stage features: {error}"
             ) from error
         self.location_grid = config.mask_location_grid
-        self.feature_size = sum(self.backbone.feature_info.channels()) + mask_location_size(
-            self.location_grid
+        self.context_pooling = getattr(config, "mask_context_pooling", False)
+        channels = self.backbone.feature_info.channels()
+        self.feature_size = (
+            sum(channels)
+            + mask_location_size(self.location_grid)
+            + (channels[-1] if self.context_pooling else 0)
         )
         self.images_per_pass = 16
         self.backbone.requires_grad_(False)
@@ -613,6 +618,15 @@ class MilanExemplarEncoder(nn.Module):
             pooled.append((feature_map[image_index] * stage_masks).sum(dim=(-1, -2)))
         if location is not None:
             pooled.append(location.to(pooled[0].dtype))
+        if self.context_pooling:
+            # The rest of the image: the deepest stage averaged outside the mask (all of it
+            # for an empty mask), where a relation's other side ("above insects") lies.
+            deepest = feature_maps[-1]
+            outside = 1.0 - F.interpolate(
+                masks, size=deepest.shape[-2:], mode="bilinear", antialias=True
+            ).clamp(0.0, 1.0)
+            outside = outside / outside.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-8)
+            pooled.append((deepest[image_index] * outside).sum(dim=(-1, -2)))
         return torch.cat(pooled, dim=-1)
 
 
@@ -725,6 +739,9 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
         hidden_size = config.hidden_size
         attention_hidden_size = config.attention_hidden_size or min(hidden_size, feature_size)
 
+        self.feature_norm = (
+            nn.LayerNorm(feature_size) if getattr(config, "exemplar_feature_norm", False) else None
+        )
         self.init_h = nn.Linear(feature_size, hidden_size)
         self.init_c = nn.Linear(feature_size, hidden_size)
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
@@ -816,6 +833,8 @@ class MilanCaptionerModel(MilanPreTrainedModel, GenerationMixin):
             raise ValueError("Empty exemplar set: at least one exemplar image per unit is needed.")
         if exemplar_mask is not None:
             exemplar_mask = exemplar_mask.bool()
+        if self.feature_norm is not None:
+            exemplar_features = self.feature_norm(exemplar_features)
         return exemplar_features, exemplar_mask
 
     def _initial_state(self, features: torch.Tensor, exemplar_mask: torch.Tensor | None):

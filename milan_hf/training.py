@@ -152,8 +152,12 @@ def _encode(
 
 
 def encoder_digest(model: MilanCaptionerModel) -> str:
-    """A hash of the frozen encoder's weights and location grid (keys the feature caches)."""
-    digest = hashlib.sha256(f"grid={model.config.mask_location_grid}".encode())
+    """A hash of the frozen encoder's weights, location grid and context pooling (keys the
+    feature caches)."""
+    settings = f"grid={model.config.mask_location_grid}"
+    if getattr(model.config, "mask_context_pooling", False):
+        settings += ";context=1"
+    digest = hashlib.sha256(settings.encode())
     for tensor in model.encoder.state_dict().values():
         digest.update(tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()
@@ -503,9 +507,16 @@ def train_captioner(
     units: tuple[list[int], list[int]],
     schedule: Schedule,
     accelerator: Accelerator,
+    known_validation: dict[int, tuple[str, ...]] | None = None,
 ) -> list[dict[str, float]]:
     """Fit the decoder on (unit, description) pairs from cached features (``units``: the train
-    and validation unit indices); keep the best validation BLEU, then loss."""
+    and validation unit indices); keep the best validation BLEU, then loss.
+
+    With ``known_validation`` (validation units of known meaning: unit -> concept expression),
+    the best epoch is the one whose descriptions of those units name their concepts most
+    often (``phrasing.expression_named``, the checkpoint's decoding), then BLEU, then loss:
+    BLEU rewards wording overlap, not the concept, and swings by several points between epochs.
+    """
     max_tokens = model.config.max_description_length
     train_units, validation_units = units
     pairs = [
@@ -537,7 +548,14 @@ def train_captioner(
             schedule.batch_size,
         )
         entry = {"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss}
-        return {**entry, "validation_bleu": bleu, "score": (bleu, -validation_loss)}
+        entry["validation_bleu"] = bleu
+        if not known_validation:
+            return {**entry, "score": (bleu, -validation_loss)}
+        accuracy = known_unit_accuracy(
+            unwrapped, tokenizer, features, exemplar_mask, known_validation
+        )
+        entry["validation_concept_accuracy"] = accuracy
+        return {**entry, "score": (accuracy, bleu, -validation_loss)}
 
     history, best_state = _fit(
         prepared, loaders, optimizer, accelerator, schedule, "train captioner", score
@@ -547,6 +565,30 @@ def train_captioner(
         model.prior.requires_grad_(True)
     model.eval()
     return history
+
+
+def known_unit_accuracy(
+    model: MilanCaptionerModel,
+    tokenizer: MilanTokenizer,
+    features: torch.Tensor,
+    exemplar_mask: torch.Tensor,
+    known: dict[int, tuple[str, ...]],
+    num_beams: int = 5,
+) -> float:
+    """Share of the ``known`` units (unit -> concept expression) whose description, decoded
+    with the model's PMI weight and ``num_beams`` beams, names the concept strictly."""
+    from milan_hf.decoding_selection import describe_with, score_descriptions
+
+    units = sorted(known)
+    texts = describe_with(
+        model,
+        tokenizer,
+        features[units],
+        exemplar_mask[units],
+        pmi_weight=float(getattr(model.generation_config, "pmi_weight", 0.0) or 0.0),
+        num_beams=num_beams,
+    )
+    return score_descriptions(texts, [known[u] for u in units])["strict_accuracy"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,6 +671,8 @@ def build_model(args: argparse.Namespace, tokenizer: MilanTokenizer) -> MilanCap
         save_backbone_weights=not args.exclude_backbone_weights,
         image_size=args.image_size,
         mask_location_grid=getattr(args, "mask_location_grid", 0),
+        mask_context_pooling=getattr(args, "mask_context_pooling", False),
+        exemplar_feature_norm=getattr(args, "exemplar_feature_norm", False),
         embedding_size=args.embedding_size,
         hidden_size=args.hidden_size,
         dropout=args.dropout,
@@ -799,7 +843,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     schedule = Schedule(args.batch_size, args.learning_rate, args.max_epochs, args.patience)
     captioner_history = train_captioner(
         model, tokenizer, data.features, data.exemplar_mask, data.descriptions, data.units,
-        schedule, accelerator,
+        schedule, accelerator, data.known_validation,
     )  # fmt: skip
     model.to("cpu")
     metrics = training_metrics(
@@ -855,7 +899,12 @@ def training_metrics(
 ) -> dict[str, Any]:
     """What ``training_metrics.json`` records: data sizes, the best epoch, both histories."""
     best = max(
-        captioner_history, key=lambda entry: (entry["validation_bleu"], -entry["validation_loss"])
+        captioner_history,
+        key=lambda entry: (
+            entry.get("validation_concept_accuracy", 0.0),
+            entry["validation_bleu"],
+            -entry["validation_loss"],
+        ),
     )
     train_units, validation_units = units
     return {
@@ -865,6 +914,11 @@ def training_metrics(
         "vocabulary_size": len(tokenizer),
         "validation_bleu": best["validation_bleu"],
         "validation_loss": best["validation_loss"],
+        **(
+            {"validation_concept_accuracy": best["validation_concept_accuracy"]}
+            if "validation_concept_accuracy" in best
+            else {}
+        ),
         "prior_validation_loss": min(entry["validation_loss"] for entry in prior_history),
         "captioner_history": captioner_history,
         "prior_history": prior_history,

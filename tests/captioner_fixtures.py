@@ -38,6 +38,8 @@ def tiny_captioner(
     seed: int = 0,
     hidden_size: int = 16,
     mask_location_grid: int = 0,
+    mask_context_pooling: bool = False,
+    exemplar_feature_norm: bool = False,
 ) -> MilanCaptionerModel:
     torch.manual_seed(seed)
     vocab_size = len(tokenizer)
@@ -55,6 +57,8 @@ def tiny_captioner(
         hidden_size=hidden_size,
         dropout=0.0,
         mask_location_grid=mask_location_grid,
+        mask_context_pooling=mask_context_pooling,
+        exemplar_feature_norm=exemplar_feature_norm,
         prior_config=prior_config,
     )
     return MilanCaptionerModel(config).eval()

@@ -90,3 +90,54 @@ def test_shared_image_path_and_round_trip_keep_location(tmp_path, single_thread)
 def test_bad_grid_is_refused_by_name(bad):
     with pytest.raises(ValueError, match="mask_location_grid"):
         MilanCaptionerConfig(vocab_size=8, backbone="test_efficientnet", mask_location_grid=bad)
+
+
+def test_context_pooling_appends_what_lies_outside_the_mask(single_thread):
+    tokenizer = tiny_tokenizer()
+    plain = tiny_captioner(tokenizer, mask_location_grid=2)
+    context = tiny_captioner(tokenizer, mask_location_grid=2, mask_context_pooling=True)
+    deepest = plain.encoder.backbone.feature_info.channels()[-1]
+    assert context.encoder.feature_size == plain.encoder.feature_size + deepest
+    rows = random_rows(2, k=2)
+    processor = MilanProcessor.from_model_config(context.config, tokenizer)
+    inputs = processor(rows)
+    masks = inputs["masks"].clone()
+    masks[0, 0] = 0  # an empty mask: its context is the whole image
+    with torch.no_grad():
+        plain_features = plain.encode_exemplars(inputs["pixel_values"], masks)
+        features = context.encode_exemplars(inputs["pixel_values"], masks)
+        whole_image = context.encoder.backbone(inputs["pixel_values"][0, :1])[-1].mean(dim=(-1, -2))
+    # The original features and the location come first, unchanged.
+    assert torch.allclose(features[..., : plain.encoder.feature_size], plain_features)
+    assert torch.allclose(features[0, 0, plain.encoder.feature_size :], whole_image[0], atol=1e-5)
+    # A full mask leaves no outside: the context part pools nothing.
+    full = torch.ones_like(masks)
+    with torch.no_grad():
+        inside_only = context.encode_exemplars(inputs["pixel_values"], full)
+    assert inside_only[..., plain.encoder.feature_size :].abs().max() < 1e-5
+    # The shared-image path (training caches, describe) pools the same.
+    shared = encode_exemplar_sets(rows, context, processor, images_per_pass=2)
+    pairwise = context.encode_exemplars(inputs["pixel_values"], inputs["masks"])
+    assert torch.allclose(shared["exemplar_features"], pairwise, atol=1e-5)
+
+
+def test_feature_norm_is_off_by_default_and_round_trips(tmp_path, single_thread):
+    tokenizer = tiny_tokenizer()
+    plain = tiny_captioner(tokenizer)
+    assert plain.feature_norm is None
+    assert not any(key.startswith("feature_norm.") for key in plain.state_dict())
+    normed = tiny_captioner(tokenizer, exemplar_feature_norm=True, mask_context_pooling=True)
+    with torch.no_grad():
+        normed.feature_norm.weight.uniform_(0.5, 1.5)  # not the identity: the load must keep it
+    rows = random_rows(2, k=2)
+    processor = MilanProcessor.from_model_config(normed.config, tokenizer)
+    inputs = processor(rows)
+    ids = torch.tensor([[tokenizer.bos_token_id, 5, tokenizer.eos_token_id]] * 2)
+    expected = normed.sequence_log_probs(
+        ids, normed.encode_exemplars(inputs["pixel_values"], inputs["masks"])
+    )
+    normed.save_pretrained(tmp_path)
+    loaded = MilanCaptionerModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.exemplar_feature_norm and loaded.config.mask_context_pooling
+    features = loaded.encode_exemplars(inputs["pixel_values"], inputs["masks"])
+    assert torch.allclose(loaded.sequence_log_probs(ids, features), expected, atol=1e-5)

@@ -53,6 +53,10 @@ def test_training_on_synthetic_units_alone_learns_and_chooses_its_decoding(synth
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
     assert min(e["validation_loss"] for e in history[1:]) < history[0]["validation_loss"]
     assert metrics["sources"] == {"synthetic_training": 48, "synthetic_validation": 12}
+    # The kept epoch is the one naming the validation units' concepts most often.
+    accuracies = [entry["validation_concept_accuracy"] for entry in history]
+    assert all(0.0 <= a <= 1.0 for a in accuracies)
+    assert metrics["validation_concept_accuracy"] == max(accuracies)
     sweep = metrics["decoding_sweep"]
     assert len(sweep["table"]) == 2
     assert sweep["winner"] == max(sweep["table"], key=selection_key)

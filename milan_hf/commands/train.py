@@ -89,6 +89,16 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="g: append a g×g grid of each mask plus its centroid/spread/area (0: off)",
     )
+    model.add_argument(
+        "--mask-context-pooling",
+        action="store_true",
+        help="append the deepest stage averaged outside each mask (what surrounds the region)",
+    )
+    model.add_argument(
+        "--exemplar-feature-norm",
+        action="store_true",
+        help="layer-normalise exemplar features before the decoder",
+    )
 
 
 def add_training_and_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +118,7 @@ def add_training_and_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
     decoding = parser.add_argument_group("decoding chosen on validation units of known meaning")
     decoding.add_argument(
-        "--sweep-pmi-weights", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.5]
+        "--sweep-pmi-weights", type=float, nargs="+", default=[0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
     )
     decoding.add_argument("--sweep-beam-widths", type=int, nargs="+", default=[5, 10, 20])
     decoding.add_argument("--no-decoding-sweep", action="store_true", help="keep the defaults")
