@@ -316,7 +316,7 @@ def run_known_unit_benchmark(
     batch_size: int = 16,
     verify_units: int = 0,
     verify_top: int = 5,
-    verify_images: int = 8,
+    verify_images: int = 16,
     verify_weight: float = 1.0,
 ) -> dict[str, Any]:
     """Run the three parts, write ``results.json`` and ``results.md`` to ``output_dir``.
@@ -622,7 +622,7 @@ def run_verification(
     planted: bool = True,
     corpus_dir: str | Path | None = None,
     top: int = 5,
-    num_images: int = 8,
+    num_images: int = 16,
     weight: float = 1.0,
 ) -> dict[str, Any]:
     """Verification on ``units`` synthetic units, the planted units (when the planted part ran

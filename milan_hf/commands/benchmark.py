@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--verify-top", type=int, default=5, help="PMI beam candidates rendered per unit"
     )
     parser.add_argument(
-        "--verify-images", type=int, default=8, help="images (and controls) per description"
+        "--verify-images", type=int, default=16, help="images (and controls) per description"
     )
     parser.set_defaults(func=run)
 

@@ -107,8 +107,9 @@ def _add_verification_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify-images",
         type=int,
-        default=8,
-        help="images per description for --verify, and as many controls (default 8)",
+        default=16,
+        help="images per description for --verify, and as many controls (default 16: with 8, "
+        "faithfulness separated right from wrong descriptions less well)",
     )
 
 
