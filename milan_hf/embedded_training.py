@@ -96,6 +96,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--eval-num-beams", type=int, help="beam width of the held-out evaluation")
     parser.add_argument(
+        "--benchmark-results",
+        type=Path,
+        help="results.md of `milan-hf benchmark` run on this captioner: its tables go into "
+        "the card (with --evaluate-only, after training)",
+    )
+    parser.add_argument(
         "--evaluate-only",
         action="store_true",
         help="re-measure the captioner already at --output and rewrite its card; no training",
@@ -272,16 +278,58 @@ def evaluate_only(args: argparse.Namespace, corpus: dict[str, Any]) -> int:
     if not (args.output / "training_metrics.json").is_file():
         raise FileNotFoundError(f"no trained captioner at {args.output}")
     metrics = json.loads((args.output / "training_metrics.json").read_text())
-    evaluation = evaluate_known_units(args.output, args.corpus, num_beams=args.eval_num_beams)
-    # Rewritten in place, each file atomically: the captioner stays loadable throughout.
-    write_text_atomically(
-        args.output / EVALUATION_FILE, json.dumps(evaluation, indent=2, default=str)
-    )
+    if args.skip_evaluation:  # keep the evaluation already there (if any), rewrite the card
+        saved = args.output / EVALUATION_FILE
+        evaluation = json.loads(saved.read_text()) if saved.is_file() else None
+    else:
+        evaluation = evaluate_known_units(args.output, args.corpus, num_beams=args.eval_num_beams)
+        # Rewritten in place, each file atomically: the captioner stays loadable throughout.
+        write_text_atomically(
+            args.output / EVALUATION_FILE, json.dumps(evaluation, indent=2, default=str)
+        )
     # The card's reproduction command is the training run's (the defaults, on this corpus).
     card = card_text(args, ["--corpus", str(args.corpus)], corpus, metrics, evaluation, args.output)
     write_text_atomically(args.output / "README.md", card)
-    print(markdown_summary(evaluation))
+    if evaluation is not None:
+        print(markdown_summary(evaluation))
     return 0
+
+
+def encoder_extras(config: Any) -> str:
+    """What the card says the encoder adds to the pooled features, from the config."""
+    parts = []
+    if config.mask_location_grid:
+        grid = config.mask_location_grid
+        parts.append(
+            f"a {grid}×{grid} grid of where each mask lies plus its centroid, spread and area "
+            "(`mask_location_grid`), so regions can be named"
+        )
+    if getattr(config, "mask_context_pooling", False):
+        parts.append(
+            "the deepest stage averaged outside the mask (`mask_context_pooling`), so what "
+            'surrounds the unit\'s region (the other side of "above") reaches the decoder'
+        )
+    if getattr(config, "exemplar_feature_norm", False):
+        parts.append(
+            "and the features are layer-normalised before the decoder (`exemplar_feature_norm`)"
+        )
+    if not parts:
+        return "The exemplar encoder is the original MILAN one (pooled features only)."
+    return "The exemplar encoder appends " + "; ".join(parts) + "."
+
+
+def benchmark_text(results: Path | None) -> str:
+    """The card's known-unit benchmark: the tables of ``milan-hf benchmark``'s results.md."""
+    if results is None:
+        return (
+            "Not measured for this card: run `milan-hf benchmark --output B --corpus <corpus>` "
+            "and rewrite the card with `--evaluate-only --benchmark-results B/results.md`."
+        )
+    text = Path(results).read_text().strip()
+    lines = text.splitlines()
+    if lines and lines[0].startswith("#"):  # the file's own title; the card has a heading
+        text = "\n".join(lines[1:]).strip()
+    return text
 
 
 def sweep_text(metrics: dict[str, Any]) -> str:
@@ -341,6 +389,8 @@ def card_text(
             "synthetic_units": metrics.get("sources", {}).get("synthetic_training", 0),
             "synthetic_validation_units": metrics.get("sources", {}).get("synthetic_validation", 0),
             "mask_location_grid": model.config.mask_location_grid,
+            "encoder_extras": encoder_extras(model.config),
+            "known_unit_benchmark": benchmark_text(getattr(args, "benchmark_results", None)),
             "decoding_sweep": sweep_text(metrics),
             "wall_minutes": metrics.get("wall_minutes", "not recorded"),
         }

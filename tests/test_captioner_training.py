@@ -144,3 +144,25 @@ def test_embedded_recipe_brings_exemplar_sets_to_the_captioner_size():
         # A 16-pixel square at 32 pixels is about an 8-pixel square at 16, wherever it was.
         assert abs(int(mask.sum()) - int(np.asarray(original["masks"][0]).sum()) // 4) <= 16
     assert resize_exemplar_set(resized, 16) is resized  # already that size: untouched
+
+
+def test_embedded_card_describes_the_encoder_and_carries_the_benchmark(tmp_path):
+    from milan_hf.configuration_milan import MilanCaptionerConfig
+    from milan_hf.embedded_training import benchmark_text, encoder_extras
+
+    original = MilanCaptionerConfig(vocab_size=8, backbone="test_efficientnet")
+    assert "original MILAN" in encoder_extras(original)
+    extended = MilanCaptionerConfig(
+        vocab_size=8,
+        backbone="test_efficientnet",
+        mask_location_grid=4,
+        mask_context_pooling=True,
+        exemplar_feature_norm=True,
+    )
+    text = encoder_extras(extended)
+    for name in ("4×4", "mask_location_grid", "mask_context_pooling", "exemplar_feature_norm"):
+        assert name in text
+    assert "--benchmark-results" in benchmark_text(None)
+    results = tmp_path / "results.md"
+    results.write_text("## Known-unit benchmark\n\n| part | units |\n|---|---:|\n| planted | 3 |\n")
+    assert benchmark_text(results) == "| part | units |\n|---|---:|\n| planted | 3 |"
