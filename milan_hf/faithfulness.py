@@ -20,6 +20,12 @@ rank`` (activation rank: by faithfulness AUC, best first; unrenderable candidate
 ties to the better PMI rank. With ``weight`` 1, candidate ``i`` (PMI rank ``i``) replaces the
 PMI choice only when its activation rank is more than ``i`` places better
 (``rerank_by_faithfulness``); the verification cost is ``top`` renders per unit instead of one.
+
+**A no-concept description is tested too.** "No clear pattern" claims that nothing the
+text-to-image stage can show drives the unit; it cannot be rendered, so it is tested through
+its alternatives: the top ``filler_top`` concept candidates of the PMI beam are checked, and the
+most faithful one with AUC ≥ ``LOW_FAITHFULNESS_AUC`` replaces the filler (``replace_filler``);
+otherwise the filler stands. Only units whose PMI choice is filler pay for it.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ LOW_FAITHFULNESS_AUC = 0.75
 DEFAULT_NUM_IMAGES = 16
 DEFAULT_RERANK_TOP = 5
 DEFAULT_RERANK_WEIGHT = 1.0
+DEFAULT_FILLER_TOP = 5
 
 #: images -> (images, units) spatial-max scores of every unit of one layer.
 Scorer = Callable[[RenderedDescription, Sequence[Image.Image]], np.ndarray]
@@ -277,6 +284,26 @@ def rerank_by_faithfulness(
     return min(range(len(candidates)), key=lambda i: (combined[i], i))
 
 
+def replace_filler(
+    candidates: Sequence[str],
+    checks: Sequence[Faithfulness],
+    is_filler: Callable[[str], bool],
+    threshold: float = LOW_FAITHFULNESS_AUC,
+) -> int:
+    """Index of the chosen candidate when the PMI choice (index 0) names no concept: the most
+    faithful concept candidate whose AUC reaches ``threshold`` (ties to the better PMI rank),
+    else 0 (the filler stands: nothing renderable was shown to drive the unit)."""
+    if len(candidates) != len(checks) or not candidates:
+        raise ValueError(f"need one check per candidate, got {len(candidates)} candidates and "
+                         f"{len(checks)} checks")  # fmt: skip
+    verified = [
+        (check.auc, -index)
+        for index, (text, check) in enumerate(zip(candidates, checks))
+        if not is_filler(text) and check.verifiable and check.auc >= threshold
+    ]
+    return -max(verified)[1] if verified else 0
+
+
 def beam_candidates(
     encoded: dict[str, torch.Tensor],
     captioner: Any,
@@ -335,6 +362,9 @@ class VerificationSettings:
         rerank_top: 0 checks the PMI choice only; n > 1 reranks the top n candidates of the
             PMI beam by ``PMI rank + rerank_weight x activation rank``.
         rerank_weight: weight of the activation rank.
+        filler_top: when the PMI choice names no concept, this many concept candidates of the
+            beam are checked and the most faithful with AUC >= ``LOW_FAITHFULNESS_AUC``
+            replaces it (0: the filler is kept unchecked).
         image_size: side of the rendered images (default: the model's input size).
         seed: of the renders.
     """
@@ -343,6 +373,7 @@ class VerificationSettings:
     num_images: int = DEFAULT_NUM_IMAGES
     rerank_top: int = 0
     rerank_weight: float = DEFAULT_RERANK_WEIGHT
+    filler_top: int = DEFAULT_FILLER_TOP
     image_size: int | None = None
     seed: int = 0
     _stage: Any = field(default=None, repr=False)
@@ -352,6 +383,8 @@ class VerificationSettings:
             raise ValueError(f"verification needs num_images >= 2, got {self.num_images}")
         if self.rerank_top < 0 or self.rerank_top == 1:
             raise ValueError(f"verify rerank top must be 0 (off) or >= 2, got {self.rerank_top}")
+        if self.filler_top < 0:
+            raise ValueError(f"filler_top must be >= 0, got {self.filler_top}")
 
     def fingerprint(self) -> dict[str, Any]:
         """What the verification columns depend on (a resumed run must match it)."""
@@ -361,6 +394,7 @@ class VerificationSettings:
             "num_images": self.num_images,
             "rerank_top": self.rerank_top,
             "rerank_weight": self.rerank_weight,
+            "filler_top": self.filler_top,
             "image_size": self.image_size,
             "seed": self.seed,
         }
@@ -386,32 +420,51 @@ def verify_layer(
 ) -> tuple[dict[int, dict[str, Any]], VerificationCost]:
     """``described`` (row index -> description record of ``exemplars``, one layer's live
     units) with the verification columns added and, with ``rerank_top``, the description
-    chosen by verification rerank (``pmi_description`` keeps the PMI choice)."""
+    chosen by verification rerank or by the filler test (``pmi_description`` keeps the PMI
+    choice)."""
     from . import schema
+    from .probe_world.phrasing import is_filler
 
     size = settings.image_size or int(model.input_size[0])
     verifier = Verifier(model_scorer(model, layer), settings.stage(), settings.num_images,
                         settings.seed, size)  # fmt: skip
     rows = sorted(described)
     units = [int(u) for u in exemplars.select(rows)[schema.UNIT]]
-    result = {}
+    # Rerank: every unit's top candidates; otherwise only filler units' concept candidates.
+    own = {i: {name: described[row][name] for name in schema.DESCRIPTION_COLUMNS[2:]}
+           for i, row in enumerate(rows)}  # fmt: skip
     if settings.rerank_top:
+        beamed = list(range(len(rows)))
+    else:
+        beamed = [i for i in own if settings.filler_top and is_filler(own[i][schema.DESCRIPTION])]
+    candidate_lists = {i: [own[i]] for i in own}
+    if beamed:
         from .inference import collect_slots, encode_exemplar_sets
 
-        encoded = encode_exemplar_sets(collect_slots(exemplars.select(rows)), captioner, processor)
-        beams = beam_candidates(encoded, captioner, processor, settings.rerank_top, **generation)
-        verifier.prepare([c[schema.DESCRIPTION] for beam in beams for c in beam])
+        chosen_rows = exemplars.select([rows[i] for i in beamed])
+        encoded = encode_exemplar_sets(collect_slots(chosen_rows), captioner, processor)
+        # The filler test looks past the beam's other no-concept paraphrases: the whole beam.
+        top = settings.rerank_top or 10**6
+        for i, beam in zip(beamed, beam_candidates(encoded, captioner, processor, top,
+                                                   **generation)):  # fmt: skip
+            if settings.rerank_top:
+                candidate_lists[i] = beam or [own[i]]
+            else:
+                concepts = [c for c in beam if not is_filler(c[schema.DESCRIPTION])]
+                candidate_lists[i] = [own[i], *concepts[: settings.filler_top]]
+    verifier.prepare([c[schema.DESCRIPTION] for lst in candidate_lists.values() for c in lst])
+    result = {}
     for position, (row, unit) in enumerate(zip(rows, units)):
         record = dict(described[row])
-        candidates = beams[position] if settings.rerank_top else []
-        if not candidates:
-            candidates = [{name: record[name] for name in schema.DESCRIPTION_COLUMNS[2:]}]
+        candidates = candidate_lists[position]
         checks = verifier.check_units([unit] * len(candidates),
                                       [c[schema.DESCRIPTION] for c in candidates])  # fmt: skip
         verifier.cost.units -= len(candidates) - 1
-        chosen = rerank_by_faithfulness(
-            [c[schema.DESCRIPTION] for c in candidates], checks, settings.rerank_weight
-        )
+        texts = [c[schema.DESCRIPTION] for c in candidates]
+        if settings.rerank_top:
+            chosen = rerank_by_faithfulness(texts, checks, settings.rerank_weight)
+        else:
+            chosen = replace_filler(texts, checks, is_filler) if is_filler(texts[0]) else 0
         result[row] = {**record, PMI_DESCRIPTION: record[schema.DESCRIPTION],
                        **candidates[chosen], **checks[chosen].record()}  # fmt: skip
     return result, verifier.cost

@@ -137,9 +137,9 @@ def test_describe_command_verify_flags():
 
     from milan_hf.commands.describe import _verification
 
-    def flags(verify=None, rerank=0, images=8):
+    def flags(verify=None, rerank=0, images=8, filler=5):
         return Namespace(verify=verify, verify_rerank=rerank, verify_images=images,
-                         text_to_image="probe-world")  # fmt: skip
+                         verify_filler=filler, text_to_image="probe-world")  # fmt: skip
 
     assert _verification(flags(), default_on=False) is False
     assert _verification(flags(), default_on=True).rerank_top == 0  # the embedded default
@@ -150,6 +150,9 @@ def test_describe_command_verify_flags():
         _verification(flags(verify=False, rerank=3), default_on=False)
     with pytest.raises(ValueError, match="rerank top must be 0 \\(off\\) or >= 2, got 1"):
         _verification(flags(rerank=1), default_on=False)
+    assert _verification(flags(filler=0), default_on=True).filler_top == 0
+    with pytest.raises(ValueError, match="--verify-filler must be >= 0, got -1"):
+        _verification(flags(filler=-1), default_on=True)
 
 
 def test_the_embedded_default_run_verifies(tmp_path, monkeypatch):
@@ -185,3 +188,52 @@ def test_benchmark_verification_on_synthetic_units(tmp_path):
         assert 1 <= len(row["candidates"]) <= 2
         assert row["pmi_correct"] == row["candidates"][0]["correct"]
     assert "| synthetic | 3 |" in verification_markdown(verification)
+
+
+def test_replace_filler_needs_a_verified_concept():
+    from milan_hf.faithfulness import replace_filler
+    from milan_hf.probe_world.phrasing import is_filler
+
+    def check(auc):
+        return Faithfulness(auc, 1.0, not math.isnan(auc))
+
+    texts = ["no clear pattern", "blue areas", "red areas", "random bits of the image"]
+    # The most faithful concept at or above the threshold wins, whatever its PMI rank.
+    checks = [check(math.nan), check(0.8), check(0.95), check(math.nan)]
+    assert replace_filler(texts, checks, is_filler) == 2
+    # Nothing verified: the filler stands (a concept at chance does not replace it).
+    checks = [check(math.nan), check(0.6), check(0.7), check(math.nan)]
+    assert replace_filler(texts, checks, is_filler) == 0
+    # Equal AUCs go to the better PMI rank.
+    assert replace_filler(texts[:3], [check(math.nan), check(0.9), check(0.9)], is_filler) == 1
+
+
+def test_a_filler_description_of_a_red_unit_is_replaced_by_a_verified_concept(tmp_path):
+    from milan_hf import schema
+    from milan_hf.exemplars import extract_exemplars
+    from milan_hf.faithfulness import verify_layer
+    from milan_hf.inference import describe_exemplars, load_captioner
+    from milan_hf.probe_world import build_scene_dataset
+    from milan_hf.vision_models import load_vision_model
+
+    model = load_vision_model(RedDetector(), transform=_to_tensor, input_size=48)
+    scenes = build_scene_dataset(num_images=48, seed=3, size=48)
+    exemplars = extract_exemplars(model, ["colour"], scenes, k=6, materialize=True,
+                                  progress=False)  # fmt: skip
+    captioner, processor = load_captioner()
+    described = {i: dict(row) for i, row in enumerate(
+        describe_exemplars(exemplars, captioner, processor, progress=False))}  # fmt: skip
+    # Pretend PMI had chosen filler for both units: the test must find the colour, or keep it.
+    for record in described.values():
+        record[schema.DESCRIPTION] = "no clear pattern"
+    settings = VerificationSettings(num_images=8, image_size=48, filler_top=5)
+    verified, cost = verify_layer(settings, model, "colour", exemplars, described,
+                                  captioner, processor, {})  # fmt: skip
+    red = verified[[r[schema.UNIT] for r in exemplars].index(0)]
+    assert red[schema.DESCRIPTION] != "no clear pattern", red
+    assert red["faithfulness_auc"] >= 0.75 and red["pmi_description"] == "no clear pattern"
+    assert cost.units == 2
+    off = VerificationSettings(num_images=8, image_size=48, filler_top=0)
+    kept, _ = verify_layer(off, model, "colour", exemplars, described, captioner, processor, {})
+    assert all(r[schema.DESCRIPTION] == "no clear pattern" for r in kept.values())
+    assert all(not r["verifiable"] for r in kept.values())

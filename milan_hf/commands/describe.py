@@ -105,6 +105,15 @@ def _add_verification_arguments(parser: argparse.ArgumentParser) -> None:
         "Stable Diffusion v1.5, for --method dissect with --model)",
     )
     parser.add_argument(
+        "--verify-filler",
+        type=int,
+        default=5,
+        metavar="N",
+        help="when PMI chooses a no-concept description ('no clear pattern'), check the top N "
+        "concept candidates of the beam; the most faithful with AUC >= 0.75 replaces it "
+        "(default 5; 0 keeps fillers unchecked)",
+    )
+    parser.add_argument(
         "--verify-images",
         type=int,
         default=16,
@@ -119,6 +128,8 @@ def _verification(args: argparse.Namespace, default_on: bool):
 
     if args.verify_rerank < 0:
         raise ValueError(f"--verify-rerank must be 0 or >= 2, got {args.verify_rerank}")
+    if args.verify_filler < 0:
+        raise ValueError(f"--verify-filler must be >= 0, got {args.verify_filler}")
     wanted = args.verify if args.verify is not None else default_on or args.verify_rerank > 0
     if args.verify is False and args.verify_rerank:
         raise ValueError("--verify-rerank needs verification; drop --no-verify")
@@ -128,6 +139,7 @@ def _verification(args: argparse.Namespace, default_on: bool):
         text_to_image=args.text_to_image or "probe-world",
         num_images=args.verify_images,
         rerank_top=args.verify_rerank,
+        filler_top=args.verify_filler,
     )
 
 
