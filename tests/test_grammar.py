@@ -37,6 +37,15 @@ from milan_hf.probe_world.synthetic_units import sample_expression
             "too long",
         ),
         ("", "empty"),
+        # Seen in the default run of one captioner (the class, not only these strings):
+        ("many the left of the image", "a quantifier before an article"),
+        ("pieces of fruit as well as apples and other the yellow", "quantifier before an"),
+        ("the colour in the upper part of the image", "'the colour' names no colour"),
+        ("nothing in the upper part of the image", "says there is nothing, then places it"),
+        ("nothing in particular or white zones", "names a concept and says there is none"),
+        ("apples and other fruit as well as pieces of the image", "an operand names nothing"),
+        ("bright orange objects as well as the picture", "an operand names nothing"),
+        ("ruby sections and red zones", "the same concept on both sides"),
     ],
 )
 def test_defect_check_finds_each_defect(text, defect):
@@ -53,6 +62,13 @@ def test_defect_check_finds_each_defect(text, defect):
         "text labels or brick walls",
         "an orange",
         "circles that are red",
+        "many dots in the lower part",
+        "no consistent object or texture",
+        "balls and rackets or planets",
+        "either letters or white zones",
+        "the colour black in the left of the image",
+        "apples and other fruit",
+        "wheels and cars in the image",
     ],
 )
 def test_defect_check_passes_good_english(text):

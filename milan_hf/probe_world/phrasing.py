@@ -377,7 +377,11 @@ def description_defects(text: str) -> list[str]:
     vertical stripes"); a repeated phrase or content word ("red areas and red areas",
     "horizontal bands as well as horizontal bands", "parts of parts of ..."); "either"
     without a later "or"; a start or an end no noun phrase has ("... in the", "or blue");
-    "a" before a vowel.
+    "a" before a vowel; a quantifier before an article ("many the centre"); "the colour"
+    naming no colour; a no-concept phrase that is then placed or added to ("nothing in the
+    upper part", "nothing as well as fruit"); an operand of "or" / "as well as" that names
+    nothing ("bright orange objects as well as the picture"); one concept on both sides of a
+    conjunction ("ruby sections and red zones").
     """
     tokens = description_tokens(text)
     if not tokens:
@@ -415,19 +419,56 @@ def description_defects(text: str) -> list[str]:
     for joint in ("like", "with"):  # "fruit like the left of the image", "with the top of"
         if re.search(rf"\b{joint} the {places}", lowered):
             defects.append(f"'{joint} the' followed by a place, not a thing")
-    if _NO_CONCEPT_WORDS.search(lowered) and lowered not in NOTHING_PHRASES:
+    for before, article in zip(words, words[1:]):
+        if article in _ARTICLES and before in _NO_ARTICLE_AFTER:
+            defects.append(f"'{before} {article}' (a quantifier before an article)")
+    colour = re.search(r"\bthe colour\b(?: (\w+))?", _canonical_spelling(lowered))
+    if colour and colour.group(1) not in _COLOUR_NAMES:
+        defects.append("'the colour' names no colour")
+    says_nothing = bool(_NO_CONCEPT_WORDS.search(lowered))
+    if says_nothing and lowered not in NOTHING_PHRASES:
         named = named_concepts(text)
         if any(C.concept_family(name) != C.REGION for name in named):
             defects.append("names a concept and says there is none")
+        elif named or re.search(r"\b(?:or|as well as)\b", lowered):
+            defects.append("says there is nothing, then places it or adds to it")
+    elif not says_nothing:
+        for side in _operands(lowered):
+            if not any(C.concept_family(n) != C.REGION for n in named_concepts(side)):
+                defects.append(f"an operand names nothing: {side!r}")
+                break
+        joined = [_things(side) for side in re.split(r"\b(?:or|and|as well as)\b", lowered)]
+        joined = [things for things in joined if things]
+        if len(joined) != len(set(joined)):
+            defects.append("the same concept on both sides of 'or' / 'and'")
     return defects
+
+
+def _things(text: str) -> frozenset[str]:
+    return frozenset(n for n in named_concepts(text) if C.concept_family(n) != C.REGION)
+
+
+def _canonical_spelling(text: str) -> str:
+    return re.sub(r"\b\w+\b", lambda m: _SPELLINGS.get(m.group(0), m.group(0)), text)
+
+
+def _operands(text: str) -> list[str]:
+    """The sides of a description's "or" / "as well as" (not "and", which joins the nouns of
+    one category too: "balls and rackets"); [] when it has neither."""
+    text = re.sub(r"^either ", "", text)
+    sides = [side.strip() for side in re.split(r"\b(?:or|as well as)\b", text)]
+    return sides if len(sides) > 1 else []
 
 
 # "No concept" wording: a contradiction next to a named concept ("slanted lines and no clear
 # pattern").
 _NO_CONCEPT_WORDS = re.compile(
-    r"\b(?:no clear|no consistent|no single|without a common|nothing in particular|"
+    r"\b(?:no clear|no consistent|no single|without a common|nothing|"
     r"unclear|random bits|assorted parts)\b"
 )
+# Quantifiers (and "other") take a bare noun: "many dots", never "many the centre".
+_NO_ARTICLE_AFTER = frozenset({"some", "many", "small", "large", "few", "several", "other"})
+_COLOUR_NAMES = frozenset(concept.name for concept in C.colour_concepts())
 
 
 # ----------------------------------------------------------------------------- naming concepts
