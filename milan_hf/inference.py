@@ -13,6 +13,7 @@ evaluation and the training's BLEU validation all go through here:
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -375,6 +377,8 @@ def decode_units(
             )  # fmt: skip
         if _well_formed_wanted(captioner, generation):
             output = prefer_well_formed(output, processor)
+            output = fluent_fallback(output, features[batch], exemplar_mask[batch], captioner,
+                                     processor, generation)  # fmt: skip
         records += description_records(names[batch], output, processor)
     return records
 
@@ -385,14 +389,29 @@ def _well_formed_wanted(captioner: MilanCaptionerModel, generation: Mapping[str,
                 if given is None else given)  # fmt: skip
 
 
+def fluency_floor(vocab_size: int) -> float:
+    """The least mean log p(d) per token a description may have: that of words drawn
+    uniformly from the vocabulary. A candidate the prior finds less likely than random words
+    is word salad ("duck coal tugboat have cone engine ..."), which PMI rewards for exactly
+    that improbability when the captioner is unsure of a unit."""
+    return -math.log(max(2, vocab_size))
+
+
+def _per_token(log_probs: torch.Tensor, sequences: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Mean log-probability per predicted token (``<eos>`` included, ``<bos>`` and padding not)."""
+    lengths = (sequences[..., 1:] != pad_id).sum(-1).clamp_min(1)
+    return log_probs.float() / lengths
+
+
 def prefer_well_formed(
     output: MilanGenerationOutput, processor: MilanProcessor
 ) -> MilanGenerationOutput:
-    """Per unit, the best-scoring candidate of the final beam that reads as English
-    (``probe_world.phrasing.description_defects`` finds nothing); the chosen one when it does,
-    or when every candidate has a defect. The token-level rule (``no_repeat_words``) cannot see
-    whole-phrase defects such as "fruit like the left of the image" or "slanted lines and no
-    clear pattern"; this is the same rule applied to finished candidates, on by default with it.
+    """Per unit, the best-scoring candidate of the final beam that reads as English: no
+    defect by ``probe_world.phrasing.description_defects``, and (with a prior) a mean log p(d)
+    per token at or above ``fluency_floor``. The chosen one when it reads so, or when no
+    candidate does. The token-level rule (``no_repeat_words``) cannot see whole-phrase defects
+    such as "fruit like the left of the image" or "slanted lines and no clear pattern"; this
+    is the same rule applied to finished candidates, on by default with it.
     """
     from .probe_world.phrasing import description_defects
 
@@ -401,16 +420,29 @@ def prefer_well_formed(
     beam_scores = output.beam_scores
     if beam_scores is None:
         beam_scores = output.beam_captioner_log_probs
+    pad_id = processor.tokenizer.pad_token_id
+    floor = fluency_floor(len(processor.tokenizer))
+    chosen_fluent = beam_fluent = None
+    if output.prior_log_probs is not None and output.beam_prior_log_probs is not None:
+        chosen_fluent = _per_token(output.prior_log_probs, output.sequences, pad_id) >= floor
+        beam_fluent = (
+            _per_token(output.beam_prior_log_probs, output.beam_sequences, pad_id) >= floor
+        )
     chosen_texts = processor.batch_decode(output.sequences)
     picks = []
     for unit, text in enumerate(chosen_texts):
-        if not description_defects(text):
+        fluent = chosen_fluent is None or bool(chosen_fluent[unit])
+        if fluent and not description_defects(text):
             picks.append(None)
             continue
         order = torch.argsort(beam_scores[unit].float(), descending=True).tolist()
         candidates = processor.batch_decode(output.beam_sequences[unit, order])
-        finite = [j for j, b in enumerate(order) if torch.isfinite(beam_scores[unit, b])]
-        picks.append(next((order[j] for j in finite if not description_defects(candidates[j])),
+        readable = [
+            j for j, b in enumerate(order)
+            if torch.isfinite(beam_scores[unit, b])
+            and (beam_fluent is None or bool(beam_fluent[unit, b]))
+        ]  # fmt: skip
+        picks.append(next((order[j] for j in readable if not description_defects(candidates[j])),
                           None))  # fmt: skip
     if all(pick is None for pick in picks):
         return output
@@ -427,6 +459,72 @@ def prefer_well_formed(
             prior[unit] = output.beam_prior_log_probs[unit, pick]
     return replace(output, sequences=sequences, scores=scores, captioner_log_probs=captioner,
                    prior_log_probs=prior)  # fmt: skip
+
+
+#: Weight of the prior as a language model in ``fluent_fallback`` (shallow fusion).
+FLUENCY_FUSION_WEIGHT = 1.0
+
+
+def _readable(output: MilanGenerationOutput, processor: MilanProcessor) -> list[bool]:
+    """Whether each chosen description reads as English (``prefer_well_formed``'s rule)."""
+    from .probe_world.phrasing import description_defects
+
+    texts = processor.batch_decode(output.sequences)
+    fluent = [True] * len(texts)
+    if output.prior_log_probs is not None:
+        floor = fluency_floor(len(processor.tokenizer))
+        per_token = _per_token(output.prior_log_probs, output.sequences,
+                               processor.tokenizer.pad_token_id)  # fmt: skip
+        fluent = (per_token >= floor).tolist()
+    return [ok and not description_defects(text) for ok, text in zip(fluent, texts)]
+
+
+def fluent_fallback(
+    output: MilanGenerationOutput,
+    exemplar_features: torch.Tensor,
+    exemplar_mask: torch.Tensor | None,
+    captioner: MilanCaptionerModel,
+    processor: MilanProcessor,
+    generation: Mapping[str, Any],
+) -> MilanGenerationOutput:
+    """Units whose final beam holds nothing readable are searched again with the prior as a
+    language model: every step scores ``log p(w|E) + log p(w)`` (``pmi_strategy="token"`` at
+    weight ``-FLUENCY_FUSION_WEIGHT``). On units the captioner is unsure of, the p(d|E) beam
+    can lose its way into word salad while fluent strings of higher p(d|E) exist ("no clear
+    concept" at -25 against the salad's -62 on one EfficientNet unit); the fused search finds
+    them. A readable result replaces the choice, scored as the run's PMI score
+    ``log p(d|E) - λ·log p(d)``; otherwise the choice stands. Needs a prior."""
+    if captioner.prior is None or output.prior_log_probs is None:
+        return output
+    rows = [unit for unit, ok in enumerate(_readable(output, processor)) if not ok]
+    if not rows:
+        return output
+    index = torch.tensor(rows, device=exemplar_features.device)
+    settings = {**generation, "pmi_weight": -FLUENCY_FUSION_WEIGHT, "pmi_strategy": "token"}
+    with torch.inference_mode():
+        fused = captioner.generate(
+            exemplar_features=exemplar_features[index],
+            exemplar_mask=None if exemplar_mask is None else exemplar_mask[index],
+            **settings,
+        )
+    weight = generation.get("pmi_weight")
+    if weight is None:
+        weight = getattr(captioner.generation_config, "pmi_weight", None) or 0.0
+    pad_id = processor.tokenizer.pad_token_id
+    length = max(output.sequences.shape[1], fused.sequences.shape[1])
+    sequences = F.pad(output.sequences, (0, length - output.sequences.shape[1]), value=pad_id)
+    fused_sequences = F.pad(fused.sequences, (0, length - fused.sequences.shape[1]), value=pad_id)
+    scores, captioner_log_probs = output.scores.clone(), output.captioner_log_probs.clone()
+    prior = output.prior_log_probs.clone()
+    for position, (unit, ok) in enumerate(zip(rows, _readable(fused, processor))):
+        if not ok:
+            continue
+        sequences[unit] = fused_sequences[position]
+        captioner_log_probs[unit] = fused.captioner_log_probs[position]
+        prior[unit] = fused.prior_log_probs[position]
+        scores[unit] = captioner_log_probs[unit] - float(weight) * prior[unit]
+    return replace(output, sequences=sequences, scores=scores,
+                   captioner_log_probs=captioner_log_probs, prior_log_probs=prior)  # fmt: skip
 
 
 def describe_rows(
