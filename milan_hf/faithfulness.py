@@ -26,6 +26,19 @@ text-to-image stage can show drives the unit; it cannot be rendered, so it is te
 its alternatives: the top ``filler_top`` concept candidates of the PMI beam are checked, and the
 most faithful one with AUC ≥ ``LOW_FAITHFULNESS_AUC`` replaces the filler (``replace_filler``);
 otherwise the filler stands. Only units whose PMI choice is filler pay for it.
+
+**Rerank also composes.** A beam proposes one operand of an OR unit per candidate ("blue
+regions", "red blobs"): each alone drives the unit, neither is the whole story. With
+``compose`` on, the two most faithful single-concept candidates (AUC ≥ ``LOW_FAITHFULNESS_AUC``,
+different concepts) are joined into the grammar's "a or b" (``or_hypothesis``), rendered and
+checked; it replaces the reranked choice only when its AUC is at least every checked
+candidate's (``COMPOSITION_MARGIN`` above it, 0 by default). That keeps single-concept units
+single: half the images of "a or b" show b, which an "a" unit ignores, so its AUC falls well
+below a's (1.0 → 0.77 for a red unit's "red or blue"); for an OR unit, the controls of "a" hold
+b and fire, so each operand's AUC falls instead (0.96 and 0.80 against 1.0 for the
+composition), and the operands must each reach ``LOW_FAITHFULNESS_AUC`` first. Composition
+needs candidates in the probe world's grammar (the embedded captioner's); other candidates are
+never composed.
 """
 
 from __future__ import annotations
@@ -56,6 +69,9 @@ DEFAULT_NUM_IMAGES = 16
 DEFAULT_RERANK_TOP = 5
 DEFAULT_RERANK_WEIGHT = 1.0
 DEFAULT_FILLER_TOP = 5
+#: AUC by which a composed "a or b" must exceed every checked candidate's to replace them
+#: (0: at least as faithful; ties go to the composition, whose operands are both faithful).
+COMPOSITION_MARGIN = 0.0
 
 #: images -> (images, units) spatial-max scores of every unit of one layer.
 Scorer = Callable[[RenderedDescription, Sequence[Image.Image]], np.ndarray]
@@ -304,12 +320,81 @@ def replace_filler(
     return -max(verified)[1] if verified else 0
 
 
+def or_hypothesis(
+    candidates: Sequence[str],
+    checks: Sequence[Faithfulness],
+    threshold: float = LOW_FAITHFULNESS_AUC,
+) -> str | None:
+    """The grammar's "a or b" for the two most faithful single-concept candidates that name
+    different concepts with AUC >= ``threshold``; None when there are not two such, or the
+    candidates are outside the probe world's grammar."""
+    from .probe_world import concepts as C
+    from .probe_world.phrasing import phrase
+    from .text_to_image import CannotRender, parse_description
+
+    if len(candidates) != len(checks):
+        raise ValueError(f"need one check per candidate, got {len(candidates)} candidates and "
+                         f"{len(checks)} checks")  # fmt: skip
+    ranked = sorted(
+        (index for index, check in enumerate(checks)
+         if check.verifiable and not math.isnan(check.auc) and check.auc >= threshold),
+        key=lambda index: (-checks[index].auc, index),
+    )  # fmt: skip
+    operands: list[str] = []
+    for index in ranked:
+        try:
+            expression = parse_description(candidates[index])
+        except CannotRender:
+            continue
+        if expression[0] != "concept" or C.concept_family(expression[1]) == C.REGION:
+            continue
+        if expression[1] not in operands:
+            operands.append(expression[1])
+        if len(operands) == 2:
+            break
+    if len(operands) < 2:
+        return None
+    # The first wording that reads back as this OR (every grammar wording is defect-free).
+    wanted = {("or", *operands), ("or", *reversed(operands))}
+    try:
+        wordings = phrase(("or", *operands), count=8, rng=np.random.default_rng(0))
+    except ValueError:
+        return None
+    for wording in wordings:
+        try:
+            if parse_description(wording) in wanted:
+                return wording
+        except CannotRender:
+            continue
+    return None
+
+
+def composed_choice(
+    verifier: Verifier,
+    unit: int,
+    candidates: Sequence[str],
+    checks: Sequence[Faithfulness],
+    margin: float = COMPOSITION_MARGIN,
+) -> tuple[str, Faithfulness] | None:
+    """The composed "a or b" hypothesis and its check when its AUC reaches every candidate's plus
+    ``margin`` (see the module docstring), else None. Renders at most one description."""
+    composed = or_hypothesis(candidates, checks)
+    if composed is None or composed in candidates:
+        return None
+    check = verifier.check(unit, composed)
+    best = max(c.auc for c in checks if c.verifiable and not math.isnan(c.auc))
+    if check.verifiable and check.auc >= best + margin:
+        return composed, check
+    return None
+
+
 def beam_candidates(
     encoded: dict[str, torch.Tensor],
     captioner: Any,
     processor: Any,
     top: int = DEFAULT_RERANK_TOP,
     distinct: Callable[[str], Any] | None = None,
+    keep: Callable[[str], bool] | None = None,
     **generation: Any,
 ) -> list[list[dict[str, Any]]]:
     """Per unit, the ``top`` distinct candidates of the PMI beam, best PMI score first: records
@@ -317,7 +402,8 @@ def beam_candidates(
 
     ``distinct`` (text -> key) keeps only the best candidate per key, e.g. the set of concepts
     a description names, so that the candidates are different hypotheses rather than
-    paraphrases of one (a beam's top candidates mostly are)."""
+    paraphrases of one (a beam's top candidates mostly are). ``keep`` (text -> bool) drops
+    candidates before that, e.g. ill-formed ones, so a well-formed paraphrase stands in."""
     from . import schema
 
     generation = {key: value for key, value in generation.items() if value is not None}
@@ -344,12 +430,25 @@ def beam_candidates(
             key = distinct(text) if distinct is not None else text
             if scores[beam] == float("-inf") or not text.strip() or key in ranked:
                 continue
+            if keep is not None and not keep(text):
+                continue
             ranked[key] = {schema.DESCRIPTION: text} | {
                 name: None if values is None else float(values[unit, beam])
                 for name, values in columns.items()
             }
         result.append(list(ranked.values())[:top])
     return result
+
+
+def hypothesis_key(description: str) -> Any:
+    """Candidates that name the same concepts are one hypothesis (paraphrases), as are all
+    no-concept fillers; a description naming none of the probe world's concepts (another
+    captioner's vocabulary) is its own."""
+    from .probe_world.phrasing import is_filler, named_concepts
+
+    if is_filler(description):
+        return "no concept"
+    return frozenset(named_concepts(description)) or description
 
 
 @dataclass
@@ -365,6 +464,8 @@ class VerificationSettings:
         filler_top: when the PMI choice names no concept, this many concept candidates of the
             beam are checked and the most faithful with AUC >= ``LOW_FAITHFULNESS_AUC``
             replaces it (0: the filler is kept unchecked).
+        compose: with ``rerank_top``, also check the "a or b" of the two most faithful
+            single-concept candidates (``or_hypothesis``, ``composed_choice``).
         image_size: side of the rendered images (default: the model's input size).
         seed: of the renders.
     """
@@ -374,6 +475,7 @@ class VerificationSettings:
     rerank_top: int = 0
     rerank_weight: float = DEFAULT_RERANK_WEIGHT
     filler_top: int = DEFAULT_FILLER_TOP
+    compose: bool = True
     image_size: int | None = None
     seed: int = 0
     _stage: Any = field(default=None, repr=False)
@@ -395,6 +497,7 @@ class VerificationSettings:
             "rerank_top": self.rerank_top,
             "rerank_weight": self.rerank_weight,
             "filler_top": self.filler_top,
+            "compose": self.compose,
             "image_size": self.image_size,
             "seed": self.seed,
         }
@@ -423,7 +526,7 @@ def verify_layer(
     chosen by verification rerank or by the filler test (``pmi_description`` keeps the PMI
     choice)."""
     from . import schema
-    from .probe_world.phrasing import is_filler
+    from .probe_world.phrasing import description_defects, is_filler
 
     size = settings.image_size or int(model.input_size[0])
     verifier = Verifier(model_scorer(model, layer), settings.stage(), settings.num_images,
@@ -438,33 +541,95 @@ def verify_layer(
     else:
         beamed = [i for i in own if settings.filler_top and is_filler(own[i][schema.DESCRIPTION])]
     candidate_lists = {i: [own[i]] for i in own}
+    encoded = None
     if beamed:
         from .inference import collect_slots, encode_exemplar_sets
 
         chosen_rows = exemplars.select([rows[i] for i in beamed])
         encoded = encode_exemplar_sets(collect_slots(chosen_rows), captioner, processor)
-        # The filler test looks past the beam's other no-concept paraphrases: the whole beam.
-        top = settings.rerank_top or 10**6
-        for i, beam in zip(beamed, beam_candidates(encoded, captioner, processor, top,
-                                                   **generation)):  # fmt: skip
+        # The whole beam, one candidate per hypothesis (paraphrases are one), well-formed
+        # only; the describe choice stays first (PMI rank 0), whatever the beam's order.
+        beams = beam_candidates(
+            encoded,
+            captioner,
+            processor,
+            10**6,
+            hypothesis_key,
+            lambda text: not description_defects(text),
+            **generation,
+        )
+        for i, beam in zip(beamed, beams):
+            first = hypothesis_key(own[i][schema.DESCRIPTION])
+            others = [c for c in beam if hypothesis_key(c[schema.DESCRIPTION]) != first]
             if settings.rerank_top:
-                candidate_lists[i] = beam or [own[i]]
+                candidate_lists[i] = [own[i], *others[: settings.rerank_top - 1]]
             else:
-                concepts = [c for c in beam if not is_filler(c[schema.DESCRIPTION])]
+                concepts = [c for c in others if not is_filler(c[schema.DESCRIPTION])]
                 candidate_lists[i] = [own[i], *concepts[: settings.filler_top]]
     verifier.prepare([c[schema.DESCRIPTION] for lst in candidate_lists.values() for c in lst])
+    checked = {}
+    for position, unit in enumerate(units):
+        texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
+        checked[position] = verifier.check_units([unit] * len(texts), texts)
+        verifier.cost.units -= len(texts) - 1
+    composed: dict[int, tuple[str, Faithfulness]] = {}
+    if settings.rerank_top and settings.compose:
+        hypotheses = {
+            position: or_hypothesis([c[schema.DESCRIPTION] for c in candidate_lists[position]],
+                                    checked[position])
+            for position in checked
+        }  # fmt: skip
+        verifier.prepare([h for h in hypotheses.values() if h is not None])  # one render call
+        for position, unit in enumerate(units):
+            texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
+            found = composed_choice(verifier, unit, texts, checked[position])
+            if found is not None:
+                composed[position] = found
+    pmi_weight = generation.get("pmi_weight")
+    if pmi_weight is None:
+        pmi_weight = getattr(captioner.generation_config, "pmi_weight", 0.0) or 0.0
     result = {}
-    for position, (row, unit) in enumerate(zip(rows, units)):
+    for position, row in enumerate(rows):
         record = dict(described[row])
-        candidates = candidate_lists[position]
-        checks = verifier.check_units([unit] * len(candidates),
-                                      [c[schema.DESCRIPTION] for c in candidates])  # fmt: skip
-        verifier.cost.units -= len(candidates) - 1
+        candidates, checks = candidate_lists[position], checked[position]
         texts = [c[schema.DESCRIPTION] for c in candidates]
-        if settings.rerank_top:
-            chosen = rerank_by_faithfulness(texts, checks, settings.rerank_weight)
+        if position in composed:
+            text, check = composed[position]
+            index = beamed.index(position)
+            choice = description_scores(captioner, processor, encoded, index, text, pmi_weight)
         else:
-            chosen = replace_filler(texts, checks, is_filler) if is_filler(texts[0]) else 0
+            if settings.rerank_top:
+                chosen = rerank_by_faithfulness(texts, checks, settings.rerank_weight)
+            else:
+                chosen = replace_filler(texts, checks, is_filler) if is_filler(texts[0]) else 0
+            choice, check = candidates[chosen], checks[chosen]
         result[row] = {**record, PMI_DESCRIPTION: record[schema.DESCRIPTION],
-                       **candidates[chosen], **checks[chosen].record()}  # fmt: skip
+                       **choice, **check.record()}  # fmt: skip
     return result, verifier.cost
+
+
+def description_scores(
+    captioner: Any,
+    processor: Any,
+    encoded: dict[str, torch.Tensor],
+    index: int,
+    description: str,
+    pmi_weight: float,
+) -> dict[str, Any]:
+    """A description record for a text the beam did not produce (a composed hypothesis):
+    its log p(d|E) for exemplar set ``index`` of ``encoded``, log p(d), and the PMI score
+    ``log p(d|E) - pmi_weight x log p(d)``."""
+    from . import schema
+
+    input_ids = processor(text=[description])["input_ids"]
+    features = encoded["exemplar_features"][index : index + 1]
+    mask = encoded.get("exemplar_mask")
+    mask = None if mask is None else mask[index : index + 1]
+    with torch.inference_mode():
+        captioner_log_prob = float(captioner.sequence_log_probs(input_ids, features, mask)[0])
+        prior = getattr(captioner, "prior", None)
+        prior_log_prob = None if prior is None else float(prior.sequence_log_probs(input_ids)[0])
+    score = captioner_log_prob - pmi_weight * (prior_log_prob or 0.0)
+    return {schema.DESCRIPTION: description, schema.SCORE: score,
+            schema.CAPTIONER_LOG_PROB: captioner_log_prob,
+            schema.PRIOR_LOG_PROB: prior_log_prob}  # fmt: skip

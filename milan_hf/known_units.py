@@ -395,7 +395,12 @@ def _verify_units(
 ) -> list[dict[str, Any]]:
     """One row per unit: its candidates with their faithfulness and correctness, the PMI and
     the reranked choice. ``verifier_for(layer, unit)`` -> (Verifier, channel)."""
-    from .faithfulness import beam_candidates, rerank_by_faithfulness
+    from .faithfulness import (
+        beam_candidates,
+        composed_choice,
+        hypothesis_key,
+        rerank_by_faithfulness,
+    )
     from .inference import collect_slots, encode_exemplar_sets
 
     rows = []
@@ -403,7 +408,8 @@ def _verify_units(
         batch = exemplars.select(range(start, min(start + 16, len(exemplars))))
         encoded = encode_exemplar_sets(collect_slots(batch, probe), captioner, processor)
         beams = beam_candidates(
-            encoded, captioner, processor, settings["top"], _named_concepts_key,
+            encoded, captioner, processor, settings["top"], hypothesis_key,
+            lambda text: not phrasing.description_defects(text),  # as describe keeps them
             no_repeat_ngram_size=3, num_beams=settings.get("num_beams"),
         )  # fmt: skip
         for offset, (record, beam) in enumerate(zip(batch, beams)):
@@ -414,6 +420,11 @@ def _verify_units(
             verifier.cost.units -= len(texts) - 1
             correct = [phrasing.expression_named(t, expression) for t in texts]
             chosen = rerank_by_faithfulness(texts, checks, settings["weight"])
+            # MILAN + verification also composes "a or b" from two faithful operands (its
+            # render is in the cost).
+            composed = composed_choice(verifier, channel, texts, checks)
+            compose_correct = (phrasing.expression_named(composed[0], expression)
+                               if composed is not None else correct[chosen])  # fmt: skip
             rows.append({
                 **where, "layer": record["layer"], "unit": int(record["unit"]),
                 "concept": expression_text(expression),
@@ -421,14 +432,11 @@ def _verify_units(
                                 "verifiable": c.verifiable, "correct": ok}
                                for t, c, ok in zip(texts, checks, correct)],
                 "pmi_correct": bool(correct[0]), "rerank_correct": bool(correct[chosen]),
+                "composed": composed[0] if composed is not None else None,
+                "compose_correct": bool(compose_correct),
                 "any_correct": any(correct),
             })  # fmt: skip
     return rows
-
-
-def _named_concepts_key(description: str) -> frozenset[str]:
-    """Candidates naming the same concepts are one hypothesis (paraphrases)."""
-    return frozenset(phrasing.named_concepts(description))
 
 
 def _verification_tally(rows: Sequence[dict[str, Any]], cost) -> dict[str, Any]:
@@ -452,6 +460,8 @@ def _verification_tally(rows: Sequence[dict[str, Any]], cost) -> dict[str, Any]:
         ),
         "pmi_accuracy": round(sum(r["pmi_correct"] for r in rows) / count, 3),
         "rerank_accuracy": round(sum(r["rerank_correct"] for r in rows) / count, 3),
+        "compose_accuracy": round(sum(r["compose_correct"] for r in rows) / count, 3),
+        "composed_share": round(sum(r["composed"] is not None for r in rows) / count, 3),
         "oracle_accuracy": round(sum(r["any_correct"] for r in rows) / count, 3),
         **(cost.per_unit() if cost is not None else {}),
     }
@@ -599,13 +609,17 @@ def verification_markdown(verification: dict[str, Any]) -> str:
     lines = ["## Verification by synthesis (probe-world text-to-image)", "",
              f"Top {verification['settings']['top']} candidates of the PMI beam per unit, "
              f"{verification['settings']['num_images']} images + as many controls each; rerank: "
-             f"PMI rank + {verification['settings']['weight']} x activation rank.", "",
+             f"PMI rank + {verification['settings']['weight']} x activation rank; + compose: "
+             "the two most faithful single concepts' \"a or b\" replaces the choice when its AUC "
+             "is at least every candidate's (`faithfulness.composed_choice`).", "",
              "| part | units | faithfulness AUROC (correct vs incorrect candidates) | "
              "AUROC (PMI choices) | unrenderable | PMI accuracy | rerank accuracy | "
-             "correct in top | images rendered / unit | forward images / unit | s / unit |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "rerank + compose accuracy | composed | correct in top | images rendered / unit | "
+             "forward images / unit | s / unit |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     keys = ["units", "faithfulness_auroc", "auroc_pmi_choice", "unrenderable_share",
-            "pmi_accuracy", "rerank_accuracy", "oracle_accuracy", "images_rendered_per_unit",
+            "pmi_accuracy", "rerank_accuracy", "compose_accuracy", "composed_share",
+            "oracle_accuracy", "images_rendered_per_unit",
             "forward_images_per_unit", "seconds_per_unit"]  # fmt: skip
     for part, tally in verification["by_part"].items():
         lines.append(f"| {part} | " + " | ".join(_cell(tally.get(k)) for k in keys) + " |")

@@ -237,3 +237,61 @@ def test_a_filler_description_of_a_red_unit_is_replaced_by_a_verified_concept(tm
     kept, _ = verify_layer(off, model, "colour", exemplars, described, captioner, processor, {})
     assert all(r[schema.DESCRIPTION] == "no clear pattern" for r in kept.values())
     assert all(not r["verifiable"] for r in kept.values())
+
+
+def test_or_hypothesis_joins_the_two_most_faithful_single_concepts():
+    from milan_hf.faithfulness import or_hypothesis
+    from milan_hf.probe_world.phrasing import description_defects
+    from milan_hf.text_to_image import parse_description
+
+    def check(auc):
+        return Faithfulness(auc, 1.0, not math.isnan(auc))
+
+    texts = ["blue areas", "crimson blobs", "circles in the image", "no clear pattern"]
+    composed = or_hypothesis(texts, [check(0.96), check(0.8), check(0.7), check(math.nan)])
+    assert parse_description(composed) in {("or", "blue", "red"), ("or", "red", "blue")}
+    assert description_defects(composed) == []
+    # One faithful operand only; paraphrases of one concept; a composition is not an operand.
+    assert or_hypothesis(texts, [check(0.96), check(0.7), check(0.6), check(math.nan)]) is None
+    assert or_hypothesis(["blue areas", "navy regions"], [check(0.96), check(0.9)]) is None
+    assert or_hypothesis(["red circles", "blue areas"], [check(0.96), check(0.9)]) is None
+    with pytest.raises(ValueError, match="one check per candidate"):
+        or_hypothesis(texts, [])
+
+
+def test_composition_names_an_or_unit_and_leaves_single_units_alone():
+    """Units of known functions: red OR blue, red alone, blue alone. The composed "red or
+    blue" replaces the candidates only for the OR unit."""
+    from milan_hf.faithfulness import composed_choice
+    from milan_hf.text_to_image import parse_description
+
+    expressions = [("or", "red", "blue"), ("concept", "red"), ("concept", "blue")]
+    verifier = Verifier(expression_scorer(expressions), ProbeWorldTextToImage(stamps=()),
+                        num_images=16, image_size=96)  # fmt: skip
+    texts = ["blue areas", "red areas", "circles in the image"]
+    found = composed_choice(verifier, 0, texts, verifier.check_units([0] * 3, texts))
+    assert found is not None
+    assert parse_description(found[0]) in {("or", "blue", "red"), ("or", "red", "blue")}
+    assert found[1].auc >= 0.95
+    for unit in (1, 2):
+        assert (
+            composed_choice(verifier, unit, texts, verifier.check_units([unit] * 3, texts)) is None
+        )
+
+
+def test_description_scores_match_the_beam_for_a_beam_candidate():
+    from milan_hf import schema
+    from milan_hf.faithfulness import beam_candidates, description_scores
+    from milan_hf.inference import collect_slots, encode_exemplar_sets, load_captioner
+    from milan_hf.probe_world.synthetic_units import SyntheticUnitSettings, iter_synthetic_units
+
+    captioner, processor = load_captioner()
+    units = list(iter_synthetic_units(777, 2, SyntheticUnitSettings(image_size=64)))
+    encoded = encode_exemplar_sets(collect_slots(units), captioner, processor)
+    beams = beam_candidates(encoded, captioner, processor, 3, pmi_weight=0.5, num_beams=4)
+    for index, beam in enumerate(beams):
+        candidate = beam[0]
+        record = description_scores(captioner, processor, encoded, index,
+                                    candidate[schema.DESCRIPTION], 0.5)  # fmt: skip
+        for column in (schema.CAPTIONER_LOG_PROB, schema.PRIOR_LOG_PROB, schema.SCORE):
+            assert record[column] == pytest.approx(candidate[column], abs=1e-3), column
