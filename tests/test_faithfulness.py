@@ -137,9 +137,10 @@ def test_describe_command_verify_flags():
 
     from milan_hf.commands.describe import _verification
 
-    def flags(verify=None, rerank=0, images=8, filler=5):
+    def flags(verify=None, rerank=0, images=8, filler=5, compose=True):
         return Namespace(verify=verify, verify_rerank=rerank, verify_images=images,
-                         verify_filler=filler, text_to_image="probe-world")  # fmt: skip
+                         verify_filler=filler, verify_compose=compose,
+                         text_to_image="probe-world")  # fmt: skip
 
     assert _verification(flags(), default_on=False) is False
     assert _verification(flags(), default_on=True).rerank_top == 0  # the embedded default
@@ -151,6 +152,8 @@ def test_describe_command_verify_flags():
     with pytest.raises(ValueError, match="rerank top must be 0 \\(off\\) or >= 2, got 1"):
         _verification(flags(rerank=1), default_on=False)
     assert _verification(flags(filler=0), default_on=True).filler_top == 0
+    assert _verification(flags(rerank=3), default_on=False).compose
+    assert not _verification(flags(rerank=3, compose=False), default_on=False).compose
     with pytest.raises(ValueError, match="--verify-filler must be >= 0, got -1"):
         _verification(flags(filler=-1), default_on=True)
 

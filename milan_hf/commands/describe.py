@@ -99,6 +99,13 @@ def _add_verification_arguments(parser: argparse.ArgumentParser) -> None:
         "PMI rank + activation rank (implies --verify; default 0: keep the PMI choice)",
     )
     parser.add_argument(
+        "--verify-compose",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --verify-rerank, also check 'a or b' of the two most faithful single-concept "
+        "candidates and keep it when its AUC is at least every candidate's (default: on)",
+    )
+    parser.add_argument(
         "--text-to-image",
         help="text-to-image stage of --verify and of --method dissect: probe-world "
         "(offline), 'diffusers' or a diffusers model id (default: probe-world; diffusers, "
@@ -140,6 +147,7 @@ def _verification(args: argparse.Namespace, default_on: bool):
         num_images=args.verify_images,
         rerank_top=args.verify_rerank,
         filler_top=args.verify_filler,
+        compose=args.verify_compose,
     )
 
 
