@@ -585,9 +585,9 @@ def verify_layer(
             found = composed_choice(verifier, unit, texts, checked[position])
             if found is not None:
                 composed[position] = found
-    pmi_weight = generation.get("pmi_weight")
-    if pmi_weight is None:
-        pmi_weight = getattr(captioner.generation_config, "pmi_weight", 0.0) or 0.0
+    from .inference import resolved_pmi_weight
+
+    pmi_weight = resolved_pmi_weight(captioner, generation)
     result = {}
     for position, row in enumerate(rows):
         record = dict(described[row])
@@ -595,8 +595,9 @@ def verify_layer(
         texts = [c[schema.DESCRIPTION] for c in candidates]
         if position in composed:
             text, check = composed[position]
-            index = beamed.index(position)
-            choice = description_scores(captioner, processor, encoded, index, text, pmi_weight)
+            # Composition runs with rerank only, where every unit is beamed: row = position.
+            choice = description_scores(captioner, processor, encoded, position, text,
+                                        pmi_weight)  # fmt: skip
         else:
             if settings.rerank_top:
                 chosen = rerank_by_faithfulness(texts, checks, settings.rerank_weight)

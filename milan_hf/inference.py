@@ -420,19 +420,14 @@ def prefer_well_formed(
     beam_scores = output.beam_scores
     if beam_scores is None:
         beam_scores = output.beam_captioner_log_probs
-    pad_id = processor.tokenizer.pad_token_id
-    floor = fluency_floor(len(processor.tokenizer))
-    chosen_fluent = beam_fluent = None
-    if output.prior_log_probs is not None and output.beam_prior_log_probs is not None:
-        chosen_fluent = _per_token(output.prior_log_probs, output.sequences, pad_id) >= floor
-        beam_fluent = (
-            _per_token(output.beam_prior_log_probs, output.beam_sequences, pad_id) >= floor
-        )
-    chosen_texts = processor.batch_decode(output.sequences)
+    beam_fluent = None
+    if output.beam_prior_log_probs is not None:
+        per_token = _per_token(output.beam_prior_log_probs, output.beam_sequences,
+                               processor.tokenizer.pad_token_id)  # fmt: skip
+        beam_fluent = per_token >= fluency_floor(len(processor.tokenizer))
     picks = []
-    for unit, text in enumerate(chosen_texts):
-        fluent = chosen_fluent is None or bool(chosen_fluent[unit])
-        if fluent and not description_defects(text):
+    for unit, readable_choice in enumerate(readable_choices(output, processor)):
+        if readable_choice:
             picks.append(None)
             continue
         order = torch.argsort(beam_scores[unit].float(), descending=True).tolist()
@@ -461,12 +456,22 @@ def prefer_well_formed(
                    prior_log_probs=prior)  # fmt: skip
 
 
+def resolved_pmi_weight(captioner: MilanCaptionerModel, generation: Mapping[str, Any]) -> float:
+    """The λ a decoding run uses: the one given in ``generation``, else the captioner's."""
+    weight = generation.get("pmi_weight")
+    if weight is None:
+        weight = getattr(captioner.generation_config, "pmi_weight", None)
+    return float(weight or 0.0)
+
+
 #: Weight of the prior as a language model in ``fluent_fallback`` (shallow fusion).
 FLUENCY_FUSION_WEIGHT = 1.0
 
 
-def _readable(output: MilanGenerationOutput, processor: MilanProcessor) -> list[bool]:
-    """Whether each chosen description reads as English (``prefer_well_formed``'s rule)."""
+def readable_choices(output: MilanGenerationOutput, processor: MilanProcessor) -> list[bool]:
+    """Whether each chosen description reads as English: no defect by
+    ``probe_world.phrasing.description_defects`` and (with a prior) a mean log p(d) per token
+    at or above ``fluency_floor``."""
     from .probe_world.phrasing import description_defects
 
     texts = processor.batch_decode(output.sequences)
@@ -496,7 +501,7 @@ def fluent_fallback(
     ``log p(d|E) - λ·log p(d)``; otherwise the choice stands. Needs a prior."""
     if captioner.prior is None or output.prior_log_probs is None:
         return output
-    rows = [unit for unit, ok in enumerate(_readable(output, processor)) if not ok]
+    rows = [unit for unit, ok in enumerate(readable_choices(output, processor)) if not ok]
     if not rows:
         return output
     index = torch.tensor(rows, device=exemplar_features.device)
@@ -507,22 +512,20 @@ def fluent_fallback(
             exemplar_mask=None if exemplar_mask is None else exemplar_mask[index],
             **settings,
         )
-    weight = generation.get("pmi_weight")
-    if weight is None:
-        weight = getattr(captioner.generation_config, "pmi_weight", None) or 0.0
+    weight = resolved_pmi_weight(captioner, generation)
     pad_id = processor.tokenizer.pad_token_id
     length = max(output.sequences.shape[1], fused.sequences.shape[1])
     sequences = F.pad(output.sequences, (0, length - output.sequences.shape[1]), value=pad_id)
     fused_sequences = F.pad(fused.sequences, (0, length - fused.sequences.shape[1]), value=pad_id)
     scores, captioner_log_probs = output.scores.clone(), output.captioner_log_probs.clone()
     prior = output.prior_log_probs.clone()
-    for position, (unit, ok) in enumerate(zip(rows, _readable(fused, processor))):
+    for position, (unit, ok) in enumerate(zip(rows, readable_choices(fused, processor))):
         if not ok:
             continue
         sequences[unit] = fused_sequences[position]
         captioner_log_probs[unit] = fused.captioner_log_probs[position]
         prior[unit] = fused.prior_log_probs[position]
-        scores[unit] = captioner_log_probs[unit] - float(weight) * prior[unit]
+        scores[unit] = captioner_log_probs[unit] - weight * prior[unit]
     return replace(output, sequences=sequences, scores=scores,
                    captioner_log_probs=captioner_log_probs, prior_log_probs=prior)  # fmt: skip
 

@@ -51,7 +51,6 @@ def test_prefer_well_formed_takes_the_best_candidate_without_a_defect():
     import torch
 
     from milan_hf.inference import prefer_well_formed
-    from milan_hf.modeling_milan import MilanGenerationOutput
     from milan_hf.processing_milan import MilanProcessor
     from tests.captioner_fixtures import tiny_captioner, tiny_tokenizer
 
@@ -65,11 +64,7 @@ def test_prefer_well_formed_takes_the_best_candidate_without_a_defect():
                           [ids("blue squares"), ids("red red"), ids("red squares")]])  # fmt: skip
     scores = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -0.5, -4.0]])
     prior = scores / 4  # fluent: above the floor of random words, -log(vocabulary size)
-    output = MilanGenerationOutput(
-        sequences=beams[:, 0], scores=scores[:, 0], captioner_log_probs=scores[:, 0],
-        prior_log_probs=prior[:, 0], beam_sequences=beams, beam_scores=scores,
-        beam_captioner_log_probs=scores, beam_prior_log_probs=prior,
-    )  # fmt: skip
+    output = _beam_output(beams, scores, prior)
     chosen = prefer_well_formed(output, processor)
     # Unit 0: "red red" has a doubled word; the next best, "red squares", is taken with its
     # scores. Unit 1: its choice has no defect, so it stays (a better-scored defective one
@@ -87,7 +82,6 @@ def test_prefer_well_formed_refuses_word_salad_below_the_fluency_floor():
     import torch
 
     from milan_hf.inference import fluency_floor, prefer_well_formed
-    from milan_hf.modeling_milan import MilanGenerationOutput
     from milan_hf.processing_milan import MilanProcessor
     from tests.captioner_fixtures import tiny_captioner, tiny_tokenizer
 
@@ -102,11 +96,7 @@ def test_prefer_well_formed_refuses_word_salad_below_the_fluency_floor():
     beams = torch.tensor([[ids("blue squares"), ids("red squares")]])  # 2 tokens each
     scores = torch.tensor([[5.0, 1.0]])
     prior = torch.tensor([[4 * floor, floor / 2]])  # per token: 2x below the floor; above it
-    output = MilanGenerationOutput(
-        sequences=beams[:, 0], scores=scores[:, 0], captioner_log_probs=scores[:, 0],
-        prior_log_probs=prior[:, 0], beam_sequences=beams, beam_scores=scores,
-        beam_captioner_log_probs=scores, beam_prior_log_probs=prior,
-    )  # fmt: skip
+    output = _beam_output(beams, scores, prior)
     chosen = prefer_well_formed(output, processor)
     assert processor.batch_decode(chosen.sequences) == ["red squares"]
     assert chosen.prior_log_probs.tolist() == pytest.approx([floor / 2])
@@ -151,3 +141,15 @@ def test_fluent_fallback_searches_again_with_the_prior_as_a_language_model():
     input_ids = processor(text=[texts[1]])["input_ids"]
     assert math.isclose(float(captioner.prior.sequence_log_probs(input_ids)[0]),
                         float(fixed.prior_log_probs[1]), abs_tol=1e-3)  # fmt: skip
+
+
+def _beam_output(beams, scores, prior):
+    """A generate output whose choice is each unit's first beam candidate (scores serve as
+    both the PMI score and log p(d|E))."""
+    from milan_hf.modeling_milan import MilanGenerationOutput
+
+    return MilanGenerationOutput(
+        sequences=beams[:, 0], scores=scores[:, 0], captioner_log_probs=scores[:, 0],
+        prior_log_probs=prior[:, 0], beam_sequences=beams, beam_scores=scores,
+        beam_captioner_log_probs=scores, beam_prior_log_probs=prior,
+    )  # fmt: skip
