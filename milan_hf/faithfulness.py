@@ -10,13 +10,22 @@ scores the unit as exemplars do (the spatial maximum of its activation map). Two
 - ``faithfulness_ratio``: mean score on description images / mean score on controls (NaN when
   the controls' mean is not positive, where a ratio means nothing).
 
-A description the text-to-image stage cannot render gets NaN for both, ``verifiable`` False and
-the reason. Every distinct description is rendered and forwarded once per layer, for all of its
-units together; ``VerificationCost`` counts what that cost.
+- ``contrastive_auc``: the same AUC over the pooled renders of every candidate checked for the
+  unit (``Verifier.contrast``): a scene counts as a positive of a description when it shows
+  it, as a negative when it shows none of it, whichever description it was rendered for.
+  Own controls only hold what a description is not; the pool also holds what its rivals are,
+  so a partial description ("red" for red on the left), an over-specific one or one operand
+  of an OR scores below the whole. Probe world only (it knows what each scene shows); NaN
+  with a stage that keeps no scenes, and for a description checked alone it equals the AUC.
+
+A description the text-to-image stage cannot render gets NaN for all three, ``verifiable``
+False and the reason. Every distinct description is rendered and forwarded once per layer,
+for all of its units together; ``VerificationCost`` counts what that cost.
 
 **Verification rerank** (Describe-and-Dissect's best-concept selection): among the ``top``
 candidates of the PMI beam, choose the one with the lowest ``PMI rank + weight x activation
-rank`` (activation rank: by faithfulness AUC, best first; unrenderable candidates rank last),
+rank`` (activation rank: by contrastive AUC, else the AUC, best first; unrenderable
+candidates rank last),
 ties to the better PMI rank. With ``weight`` 1, candidate ``i`` (PMI rank ``i``) replaces the
 PMI choice only when its activation rank is more than ``i`` places better
 (``rerank_by_faithfulness``); the verification cost is ``top`` renders per unit instead of one.
@@ -31,8 +40,9 @@ otherwise the filler stands. Only units whose PMI choice is filler pay for it.
 regions", "red blobs"): each alone drives the unit, neither is the whole story. With
 ``compose`` on, the two most faithful single-concept candidates (AUC ≥ ``LOW_FAITHFULNESS_AUC``,
 different concepts) are joined into the grammar's "a or b" (``or_hypothesis``), rendered and
-checked; it replaces the reranked choice only when its AUC is at least every checked
-candidate's (``COMPOSITION_MARGIN`` above it, 0 by default). That keeps single-concept units
+checked; it replaces the reranked choice only when its contrastive AUC (on the pool of the
+candidates and the composition) is at least every checked candidate's
+(``COMPOSITION_MARGIN`` above it, 0 by default). That keeps single-concept units
 single: half the images of "a or b" show b, which an "a" unit ignores, so its AUC falls well
 below a's (1.0 → 0.77 for a red unit's "red or blue"); for an OR unit, the controls of "a" hold
 b and fire, so each operand's AUC falls instead (0.96 and 0.80 against 1.0 for the
@@ -57,12 +67,13 @@ from .text_to_image import RenderedDescription, TextToImage
 
 FAITHFULNESS_AUC = "faithfulness_auc"
 FAITHFULNESS_RATIO = "faithfulness_ratio"
+CONTRASTIVE_AUC = "contrastive_auc"
 VERIFIABLE = "verifiable"
 VERIFY_REASON = "verify_reason"
 #: Columns verification adds to the descriptions dataset and ``descriptions.csv``.
 PMI_DESCRIPTION = "pmi_description"
-VERIFICATION_COLUMNS = (FAITHFULNESS_AUC, FAITHFULNESS_RATIO, VERIFIABLE, VERIFY_REASON,
-                        PMI_DESCRIPTION)  # fmt: skip
+VERIFICATION_COLUMNS = (FAITHFULNESS_AUC, FAITHFULNESS_RATIO, CONTRASTIVE_AUC, VERIFIABLE,
+                        VERIFY_REASON, PMI_DESCRIPTION)  # fmt: skip
 #: Below this AUC the report flags a description as not faithful to its unit.
 LOW_FAITHFULNESS_AUC = 0.75
 DEFAULT_NUM_IMAGES = 16
@@ -81,14 +92,14 @@ def verification_features() -> dict[str, Any]:
     """``datasets`` types of the verification columns."""
     from datasets import Value
 
-    types = ("float32", "float32", "bool", "string", "string")
+    types = ("float32", "float32", "float32", "bool", "string", "string")
     return {name: Value(kind) for name, kind in zip(VERIFICATION_COLUMNS, types)}
 
 
 def unverified_record(reason: str) -> dict[str, Any]:
     """The verification columns of a unit that was not checked (dead): NaN and the reason."""
-    return {FAITHFULNESS_AUC: math.nan, FAITHFULNESS_RATIO: math.nan, VERIFIABLE: False,
-            VERIFY_REASON: reason, PMI_DESCRIPTION: None}  # fmt: skip
+    return {FAITHFULNESS_AUC: math.nan, FAITHFULNESS_RATIO: math.nan, CONTRASTIVE_AUC: math.nan,
+            VERIFIABLE: False, VERIFY_REASON: reason, PMI_DESCRIPTION: None}  # fmt: skip
 
 
 def roc_auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
@@ -116,11 +127,24 @@ class Faithfulness:
     ratio: float
     verifiable: bool
     reason: str = ""
+    #: AUC on the pooled renders of every candidate checked with it (``Verifier.contrast``);
+    #: NaN when not pooled (alone, or a text-to-image stage without scenes).
+    contrast_auc: float = math.nan
+
+    @property
+    def score(self) -> float:
+        """What verification ranks by: the contrastive AUC where there is one, else the AUC
+        against the description's own controls; -1 when it could not be rendered."""
+        if not self.verifiable:
+            return -1.0
+        value = self.auc if math.isnan(self.contrast_auc) else self.contrast_auc
+        return -1.0 if math.isnan(value) else value
 
     def record(self) -> dict[str, Any]:
         return {
             FAITHFULNESS_AUC: self.auc,
             FAITHFULNESS_RATIO: self.ratio,
+            CONTRASTIVE_AUC: self.contrast_auc,
             VERIFIABLE: self.verifiable,
             VERIFY_REASON: self.reason,
         }
@@ -229,6 +253,8 @@ class Verifier:
     cost: VerificationCost = field(default_factory=VerificationCost)
     render_cache: dict[str, RenderedDescription] = field(default_factory=dict, repr=False)
     _cache: dict[str, _Scored] = field(default_factory=dict, repr=False)
+    # (expression, id(scene)) -> pixels of the scene that show the expression.
+    _coverage: dict[tuple, int] = field(default_factory=dict, repr=False)
 
     def prepare(self, descriptions: Sequence[str]) -> None:
         """Render and score every description not seen yet, in one render call."""
@@ -279,6 +305,60 @@ class Verifier:
         self.cost.units += len(units)
         return [self.check(int(u), str(d)) for u, d in zip(units, descriptions)]
 
+    def check_candidates(self, unit: int, descriptions: Sequence[str]) -> list[Faithfulness]:
+        """The checks of one unit's competing descriptions, each with its contrastive AUC on
+        the renders of all of them (``contrast``). Counts as one unit in the cost."""
+        checks = self.check_units([unit] * len(descriptions), descriptions)
+        self.cost.units -= len(descriptions) - 1
+        for check, contrast in zip(checks, self.contrast(unit, descriptions)):
+            check.contrast_auc = contrast
+        return checks
+
+    def contrast(self, unit: int, descriptions: Sequence[str]) -> list[float]:
+        """Per description, the AUC of ``unit`` on every rendered scene of ``descriptions``
+        (images and controls, pooled) that shows it against those that show none of it.
+
+        A description's own controls only hold what it is not; the pool also holds what the
+        other hypotheses are. A partial description ("red" for a unit of red on the left)
+        then meets red scenes the unit ignores, an over-specific one ("red circles" for a red
+        unit) meets red squares that fire among its negatives, and one operand of an OR meets
+        the other operand's scenes. Scenes that show a description in fewer than
+        ``min_expression_pixels`` pixels count on neither side. NaN for descriptions without
+        a parsed expression and where the stage keeps no scenes (diffusers)."""
+        from .probe_world.synthetic_units import expression_mask
+        from .text_to_image import min_expression_pixels
+
+        self.prepare(descriptions)
+        pool: dict[int, tuple[Any, float]] = {}  # one entry per scene (controls are shared)
+        for description in dict.fromkeys(descriptions):
+            scored = self._cache[description]
+            rendered = scored.rendered
+            if not rendered.renderable or len(rendered.scenes) != (
+                len(scored.images) + len(scored.controls)
+            ):
+                continue
+            scores = np.concatenate([scored.images[:, unit], scored.controls[:, unit]])
+            for scene, value in zip(rendered.scenes, scores):
+                pool.setdefault(id(scene), (scene, float(value)))
+        result = []
+        for description in descriptions:
+            expression = self._cache[description].rendered.expression
+            if expression is None or not pool:
+                result.append(math.nan)
+                continue
+            positives, negatives = [], []
+            for key, (scene, value) in pool.items():
+                cache_key = (expression, key)
+                if cache_key not in self._coverage:
+                    self._coverage[cache_key] = int(expression_mask(expression, scene).sum())
+                covered = self._coverage[cache_key]
+                if covered >= min_expression_pixels(scene.image.shape[0]):
+                    positives.append(value)
+                elif covered == 0:
+                    negatives.append(value)
+            result.append(roc_auc(positives, negatives))
+        return result
+
 
 def rerank_by_faithfulness(
     candidates: Sequence[str],
@@ -287,14 +367,15 @@ def rerank_by_faithfulness(
 ) -> int:
     """Index of the chosen candidate: lowest ``PMI rank + weight x activation rank``.
 
-    ``candidates`` are in PMI order (best first) with one check each. Activation rank: by AUC,
-    best first (ties share the better rank; unrenderable candidates rank after every rendered
-    one). Ties of the sum go to the better PMI rank, so nothing verified keeps the PMI choice.
+    ``candidates`` are in PMI order (best first) with one check each. Activation rank: by
+    ``Faithfulness.score`` (the contrastive AUC where there is one), best first (ties share the
+    better rank; unrenderable candidates rank after every rendered one). Ties of the sum go to
+    the better PMI rank, so nothing verified keeps the PMI choice.
     """
     if len(candidates) != len(checks) or not candidates:
         raise ValueError(f"need one check per candidate, got {len(candidates)} candidates and "
                          f"{len(checks)} checks")  # fmt: skip
-    aucs = [c.auc if c.verifiable and not math.isnan(c.auc) else -1.0 for c in checks]
+    aucs = [c.score for c in checks]
     activation_rank = [sum(other > auc for other in aucs) for auc in aucs]
     combined = [pmi + weight * act for pmi, act in enumerate(activation_rank)]
     return min(range(len(candidates)), key=lambda i: (combined[i], i))
@@ -307,13 +388,14 @@ def replace_filler(
     threshold: float = LOW_FAITHFULNESS_AUC,
 ) -> int:
     """Index of the chosen candidate when the PMI choice (index 0) names no concept: the most
-    faithful concept candidate whose AUC reaches ``threshold`` (ties to the better PMI rank),
-    else 0 (the filler stands: nothing renderable was shown to drive the unit)."""
+    faithful concept candidate (by ``Faithfulness.score``) whose AUC against its own controls
+    reaches ``threshold`` (ties to the better PMI rank), else 0 (the filler stands: nothing
+    renderable was shown to drive the unit)."""
     if len(candidates) != len(checks) or not candidates:
         raise ValueError(f"need one check per candidate, got {len(candidates)} candidates and "
                          f"{len(checks)} checks")  # fmt: skip
     verified = [
-        (check.auc, -index)
+        (check.score, -index)
         for index, (text, check) in enumerate(zip(candidates, checks))
         if not is_filler(text) and check.verifiable and check.auc >= threshold
     ]
@@ -329,7 +411,6 @@ def or_hypothesis(
     different concepts with AUC >= ``threshold``; None when there are not two such, or the
     candidates are outside the probe world's grammar."""
     from .probe_world import concepts as C
-    from .probe_world.phrasing import phrase
     from .text_to_image import CannotRender, parse_description
 
     if len(candidates) != len(checks):
@@ -354,10 +435,22 @@ def or_hypothesis(
             break
     if len(operands) < 2:
         return None
-    # The first wording that reads back as this OR (every grammar wording is defect-free).
-    wanted = {("or", *operands), ("or", *reversed(operands))}
+    return expression_wording(("or", *operands))
+
+
+def expression_wording(expression: Sequence[str]) -> str | None:
+    """The first of the grammar's wordings of a concept expression that reads back as it
+    (``parse_description``; operand order aside for AND and OR), or None. Every grammar
+    wording is defect-free."""
+    from .probe_world.phrasing import phrase
+    from .text_to_image import CannotRender, parse_description
+
+    expression = tuple(expression)
+    wanted = {expression}
+    if expression[0] in ("and", "or"):
+        wanted.add((expression[0], *reversed(expression[1:])))
     try:
-        wordings = phrase(("or", *operands), count=8, rng=np.random.default_rng(0))
+        wordings = phrase(expression, count=8, rng=np.random.default_rng(0))
     except ValueError:
         return None
     for wording in wordings:
@@ -376,14 +469,19 @@ def composed_choice(
     checks: Sequence[Faithfulness],
     margin: float = COMPOSITION_MARGIN,
 ) -> tuple[str, Faithfulness] | None:
-    """The composed "a or b" hypothesis and its check when its AUC reaches every candidate's plus
-    ``margin`` (see the module docstring), else None. Renders at most one description."""
+    """The composed "a or b" hypothesis and its check when its score reaches every candidate's
+    plus ``margin`` (see the module docstring), else None. Renders at most one description;
+    the comparison is contrastive (``Verifier.contrast``) on the pool of the candidates and the
+    composition where the stage keeps scenes, else by each one's own AUC."""
     composed = or_hypothesis(candidates, checks)
     if composed is None or composed in candidates:
         return None
-    check = verifier.check(unit, composed)
-    best = max(c.auc for c in checks if c.verifiable and not math.isnan(c.auc))
-    if check.verifiable and check.auc >= best + margin:
+    texts = [*candidates, composed]
+    pooled = verifier.check_candidates(unit, texts)
+    verifier.cost.units -= 1  # the unit was counted with its candidates
+    check = pooled[-1]
+    best = max(c.score for c in pooled[:-1])
+    if check.verifiable and check.score >= best + margin:
         return composed, check
     return None
 
@@ -570,8 +668,7 @@ def verify_layer(
     checked = {}
     for position, unit in enumerate(units):
         texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
-        checked[position] = verifier.check_units([unit] * len(texts), texts)
-        verifier.cost.units -= len(texts) - 1
+        checked[position] = verifier.check_candidates(unit, texts)
     composed: dict[int, tuple[str, Faithfulness]] = {}
     if settings.rerank_top and settings.compose:
         hypotheses = {

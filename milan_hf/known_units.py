@@ -390,18 +390,63 @@ def run_known_unit_benchmark(
 # PMI choice against the verification rerank's, and the cost per unit.
 
 
+def _states_exactly(description: str, expression: Sequence[str]) -> bool:
+    """Whether ``description`` says what the unit computes, no more and no less: it parses
+    (``text_to_image.parse_description``, synonyms included) to the unit's expression, operand
+    order aside for AND and OR. "White text" is not exact for a text unit, nor "red" for red
+    on the left, though both name the unit's concept."""
+    from .text_to_image import CannotRender, parse_description
+
+    def canonical(expr: Sequence[str]) -> tuple[str, ...]:
+        expr = tuple(expr)
+        return (expr[0], *sorted(expr[1:])) if expr[0] in ("and", "or") else expr
+
+    try:
+        return canonical(parse_description(description)) == canonical(expression)
+    except CannotRender:
+        return False
+
+
 def _verify_units(
-    exemplars, expressions, captioner, processor, verifier_for, where, settings, probe=None
+    exemplars,
+    expressions,
+    captioner,
+    processor,
+    verifier_for,
+    where,
+    settings,
+    probe=None,
+    check_labels=False,
 ) -> list[dict[str, Any]]:
     """One row per unit: its candidates with their faithfulness and correctness, the PMI and
-    the reranked choice. ``verifier_for(layer, unit)`` -> (Verifier, channel)."""
+    the reranked choice. ``verifier_for(layer, unit)`` -> (Verifier, channel).
+
+    ``check_labels``: also render a wording of each unit's own label and record its AUC
+    (``label_auc``), for labels that are themselves inferred (the corpus's IoU annotations),
+    as the planted units' concepts are checked before use. Not part of the cost."""
     from .faithfulness import (
+        Verifier,
         beam_candidates,
         composed_choice,
+        expression_wording,
         hypothesis_key,
         rerank_by_faithfulness,
     )
     from .inference import collect_slots, encode_exemplar_sets
+
+    label_verifiers: dict[int, Verifier] = {}
+
+    def label_auc(verifier: Verifier, channel: int, expression) -> float | None:
+        wording = expression_wording(expression)
+        if wording is None:
+            return None
+        if id(verifier) not in label_verifiers:  # own cost and renders: not verification's
+            label_verifiers[id(verifier)] = Verifier(
+                verifier.scorer, verifier.text_to_image, verifier.num_images, verifier.seed,
+                verifier.image_size,
+            )  # fmt: skip
+        check = label_verifiers[id(verifier)].check(channel, wording)
+        return check.auc if check.verifiable else None
 
     rows = []
     for start in range(0, len(exemplars), 16):
@@ -416,9 +461,9 @@ def _verify_units(
             expression = expressions[start + offset]
             verifier, channel = verifier_for(record["layer"], int(record["unit"]))
             texts = [c["description"] for c in beam]
-            checks = verifier.check_units([channel] * len(texts), texts)
-            verifier.cost.units -= len(texts) - 1
+            checks = verifier.check_candidates(channel, texts)
             correct = [phrasing.expression_named(t, expression) for t in texts]
+            exact = [_states_exactly(t, expression) for t in texts]
             chosen = rerank_by_faithfulness(texts, checks, settings["weight"])
             # MILAN + verification also composes "a or b" from two faithful operands (its
             # render is in the cost).
@@ -429,12 +474,15 @@ def _verify_units(
                 **where, "layer": record["layer"], "unit": int(record["unit"]),
                 "concept": expression_text(expression),
                 "candidates": [{"description": t, "auc": c.auc, "ratio": c.ratio,
-                                "verifiable": c.verifiable, "correct": ok}
-                               for t, c, ok in zip(texts, checks, correct)],
+                                "contrast_auc": c.contrast_auc, "score": c.score,
+                                "verifiable": c.verifiable, "correct": ok, "exact": same}
+                               for t, c, ok, same in zip(texts, checks, correct, exact)],
                 "pmi_correct": bool(correct[0]), "rerank_correct": bool(correct[chosen]),
                 "composed": composed[0] if composed is not None else None,
                 "compose_correct": bool(compose_correct),
                 "any_correct": any(correct),
+                **({"label_auc": label_auc(verifier, channel, expression)}
+                   if check_labels else {}),
             })  # fmt: skip
     return rows
 
@@ -445,11 +493,20 @@ def _verification_tally(rows: Sequence[dict[str, Any]], cost) -> dict[str, Any]:
     checked = [c for r in rows for c in r["candidates"] if c["verifiable"]]
     good = [c["auc"] for c in checked if c["correct"]]
     bad = [c["auc"] for c in checked if not c["correct"]]
+    scored_good = [c["score"] for c in checked if c["correct"]]
+    scored_bad = [c["score"] for c in checked if not c["correct"]]
+    exact_good = [c["score"] for c in checked if c["exact"]]
+    exact_bad = [c["score"] for c in checked if not c["exact"]]
     first = [r["candidates"][0] for r in rows]
     count = max(1, len(rows))
     return {
         "units": len(rows),
         "faithfulness_auroc": round(roc_auc(good, bad), 3) if good and bad else None,
+        "contrastive_auroc": round(roc_auc(scored_good, scored_bad), 3) if good and bad else None,
+        "exact_auroc": round(roc_auc(exact_good, exact_bad), 3)
+        if exact_good and exact_bad
+        else None,
+        "exact_candidates": len(exact_good),
         "auroc_pmi_choice": round(roc_auc(*_split_first(first)), 3)
         if len(set(c["correct"] for c in first if c["verifiable"])) == 2
         else None,
@@ -598,7 +655,7 @@ def verification_corpus(corpus_dir, captioner, processor, max_units, settings, t
         where = {"part": CORPUS, "architecture": network["name"]}
         expressions = [annotations[i].expression for i in known]
         rows += _verify_units(exemplars.select(known), expressions, captioner, processor,
-                              verifier_for, where, settings)  # fmt: skip
+                              verifier_for, where, settings, check_labels=True)  # fmt: skip
         for verifier in verifiers.values():
             cost.add(verifier.cost)
     return rows, cost
@@ -609,15 +666,24 @@ def verification_markdown(verification: dict[str, Any]) -> str:
     lines = ["## Verification by synthesis (probe-world text-to-image)", "",
              f"Top {verification['settings']['top']} candidates of the PMI beam per unit, "
              f"{verification['settings']['num_images']} images + as many controls each; rerank: "
-             f"PMI rank + {verification['settings']['weight']} x activation rank; + compose: "
-             "the two most faithful single concepts' \"a or b\" replaces the choice when its AUC "
-             "is at least every candidate's (`faithfulness.composed_choice`).", "",
-             "| part | units | faithfulness AUROC (correct vs incorrect candidates) | "
-             "AUROC (PMI choices) | unrenderable | PMI accuracy | rerank accuracy | "
+             f"PMI rank + {verification['settings']['weight']} x activation rank (by contrastive "
+             "AUC: each candidate on the pooled renders of all of them, `Verifier.contrast`); "
+             "+ compose: the two most faithful single concepts' \"a or b\" replaces the choice "
+             "when its contrastive AUC is at least every candidate's "
+             "(`faithfulness.composed_choice`). AUROC of faithfulness separating correct from "
+             "incorrect candidates: *named* labels a candidate correct when it names the unit's "
+             "concept (the accuracy rule), *exact* when it states the unit's expression, no more "
+             "and no less (\"white text\" is named, not exact, for a text unit); *own* scores "
+             "each candidate by its AUC against its own controls (CoSy), *contrastive* by its "
+             "AUC on the pooled renders.", "",
+             "| part | units | AUROC named, own | AUROC named, contrastive | "
+             "AUROC exact, contrastive | AUROC (PMI choices) | unrenderable | PMI accuracy | "
+             "rerank accuracy | "
              "rerank + compose accuracy | composed | correct in top | images rendered / unit | "
              "forward images / unit | s / unit |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    keys = ["units", "faithfulness_auroc", "auroc_pmi_choice", "unrenderable_share",
+             "|---|" + "---:|" * 14]  # fmt: skip
+    keys = ["units", "faithfulness_auroc", "contrastive_auroc", "exact_auroc", "auroc_pmi_choice",
+            "unrenderable_share",
             "pmi_accuracy", "rerank_accuracy", "compose_accuracy", "composed_share",
             "oracle_accuracy", "images_rendered_per_unit",
             "forward_images_per_unit", "seconds_per_unit"]  # fmt: skip
@@ -641,6 +707,7 @@ def run_verification(
 ) -> dict[str, Any]:
     """Verification on ``units`` synthetic units, the planted units (when the planted part ran
     in ``output_dir``/planted) and up to ``units`` units per held-out corpus network."""
+    from .faithfulness import LOW_FAITHFULNESS_AUC
     from .text_to_image import ProbeWorldTextToImage
 
     settings = {"top": top, "num_images": num_images, "weight": weight, "image_size": 128}
@@ -664,5 +731,13 @@ def run_verification(
         for name in architectures if len(architectures) > 1 else []:
             selected = [r for r in rows if r["architecture"] == name]
             verification["by_part"][f"{part} / {name}"] = _verification_tally(selected, None)
+    if CORPUS in parts:
+        # IoU labels are inferred from natural probe images, where concepts co-occur (white
+        # dots): only labels the unit itself responds to, rendered alone, are known meaning.
+        threshold = LOW_FAITHFULNESS_AUC
+        trusted = [r for r in parts[CORPUS][0] if (r.get("label_auc") or 0.0) >= threshold]
+        verification["by_part"][f"{CORPUS}, label AUC >= {threshold}"] = (
+            _verification_tally(trusted, None)
+        )
     verification["units"] = [row for rows, _ in parts.values() for row in rows]
     return verification

@@ -184,6 +184,11 @@ def _attribute_first(pair: Sequence[str]) -> tuple[str, str]:
     return first, second
 
 
+def min_expression_pixels(size: int) -> int:
+    """Pixels an expression must cover for a ``size`` px scene to show it (0.5%, at least 4)."""
+    return max(4, size * size // 200)
+
+
 def _render_seed(seed: int, key: str) -> int:
     return zlib.crc32(f"text-to-image/{seed}/{key}".encode())
 
@@ -243,7 +248,7 @@ class ProbeWorldTextToImage:
 
     def _positives(self, expression: tuple, count: int, seed: int, size: int) -> list[Scene]:
         render_seed = _render_seed(seed, repr(expression))
-        min_pixels = max(4, size * size // 200)
+        min_pixels = min_expression_pixels(size)
         scenes: list[Scene] = []
         for index in range(count * self.max_attempts):
             scene = _render_positive(expression, render_seed, index, size, self.stamps, index)

@@ -86,6 +86,30 @@ def test_expression_scorer_units_know_their_concept():
     assert verifier.check(1, "squares in the image").auc > 0.9
 
 
+def test_contrastive_auc_pools_the_candidates_renders():
+    """Units of known functions: red on the left, red OR blue. On the pooled renders of all
+    candidates, the whole description beats a partial one and each operand of the OR."""
+    expressions = [("and", "red", "left"), ("or", "red", "blue")]
+    verifier = Verifier(expression_scorer(expressions), ProbeWorldTextToImage(stamps=()),
+                        num_images=16, image_size=96)  # fmt: skip
+    texts = ["red areas", "red on the left side", "blue areas", "red or blue areas",
+             "no clear pattern"]  # fmt: skip
+    left = verifier.check_candidates(0, texts)
+    assert left[1].contrast_auc >= 0.95 and left[1].contrast_auc > left[0].contrast_auc + 0.1
+    assert left[2].contrast_auc < 0.6
+    either = verifier.check_candidates(1, texts)
+    assert either[3].contrast_auc >= 0.95
+    # Alone, "blue areas" looks faithful to the OR unit; pooled, the red scenes it calls
+    # negatives fire.
+    assert either[2].auc > 0.9 and either[2].contrast_auc < 0.85
+    assert not either[4].verifiable and math.isnan(either[4].contrast_auc)
+    assert either[4].score == -1.0 and either[3].score == either[3].contrast_auc
+    assert verifier.cost.units == 2  # one per unit, however many candidates
+    # Without the pool (one description), there is nothing to contrast but its own renders.
+    alone = verifier.check_candidates(0, ["red on the left side"])[0]
+    assert alone.contrast_auc == pytest.approx(alone.auc, abs=0.1)
+
+
 def test_rerank_combines_pmi_rank_and_activation_rank():
     def check(auc):
         return Faithfulness(auc, 1.0, not math.isnan(auc))
@@ -190,7 +214,28 @@ def test_benchmark_verification_on_synthetic_units(tmp_path):
     for row in verification["units"]:
         assert 1 <= len(row["candidates"]) <= 2
         assert row["pmi_correct"] == row["candidates"][0]["correct"]
+        for candidate in row["candidates"]:
+            assert candidate["correct"] or not candidate["exact"]  # exact implies named
+            if candidate["verifiable"]:
+                assert -1.0 < candidate["score"] <= 1.0
     assert "| synthetic | 3 |" in verification_markdown(verification)
+
+
+def test_exact_statement_and_expression_wording():
+    from milan_hf.faithfulness import expression_wording
+    from milan_hf.known_units import _states_exactly
+    from milan_hf.text_to_image import parse_description
+
+    assert _states_exactly("bright letters", ("concept", "text"))
+    assert not _states_exactly("text labels that are bright white", ("concept", "text"))
+    assert _states_exactly("red on the left side", ("and", "left", "red"))
+    assert not _states_exactly("red areas", ("and", "red", "left"))
+    assert not _states_exactly("no clear pattern", ("concept", "red"))
+    for expression in [("concept", "blue"), ("and", "red", "circle"), ("or", "dots", "text"),
+                       ("and", "green", "top")]:  # fmt: skip
+        wording = expression_wording(expression)
+        assert wording is not None and _states_exactly(wording, expression), wording
+        assert parse_description(wording)[0] == expression[0]
 
 
 def test_replace_filler_needs_a_verified_concept():
