@@ -344,7 +344,7 @@ class _LayerRun:
         layer = exemplars[0][schema.LAYER]
         verified, cost = verify_layer(
             self.verification, self.inputs.model, layer, exemplars, described,
-            self.captioner, self.processor, self.generation,
+            self.captioner, self.processor, self.generation, self.progress,
         )  # fmt: skip
         logger.info("verified %s: %s", layer, cost.per_unit())
         return verified

@@ -33,29 +33,39 @@ PMI choice only when its activation rank is more than ``i`` places better
 **A no-concept description is tested too.** "No clear pattern" claims that nothing the
 text-to-image stage can show drives the unit; it cannot be rendered, so it is tested through
 its alternatives: the top ``filler_top`` concept candidates of the PMI beam are checked, and the
-most faithful one with AUC ≥ ``LOW_FAITHFULNESS_AUC`` replaces the filler (``replace_filler``);
-otherwise the filler stands. Only units whose PMI choice is filler pay for it.
+most faithful one with AUC ≥ ``LOW_FAITHFULNESS_AUC`` replaces the filler (``replace_filler``).
+Where none does, the probe world's concept survey (``ConceptSurvey``: every single concept
+rendered once per layer, on its own seed) proposes the concept whose images drive the unit
+most, checked like the beam's candidates on fresh renders; otherwise the filler stands. Only
+units whose PMI choice is filler pay for it, and the survey only where the beam found nothing.
 
 **Rerank also composes.** A beam proposes one operand of an OR unit per candidate ("blue
 regions", "red blobs"): each alone drives the unit, neither is the whole story. With
-``compose`` on, the two most faithful single-concept candidates (AUC ≥ ``LOW_FAITHFULNESS_AUC``,
-different concepts) are joined into the grammar's "a or b" (``or_hypothesis``), rendered and
-checked; it replaces the reranked choice only when its contrastive AUC (on the pool of the
-candidates and the composition) is at least every checked candidate's
-(``COMPOSITION_MARGIN`` above it, 0 by default). That keeps single-concept units
+``compose`` on, the two most faithful single-concept candidates (AUC ≥
+``LOW_FAITHFULNESS_AUC``, different concepts) are joined into the grammar's "a or b"
+(``or_hypothesis``), rendered and checked; so are the compositions the concept survey points to
+for the most faithful single concept ``a`` (``ConceptSurvey.compositions``): "a or b" for the
+concept ``b`` that best separates the survey scenes without ``a`` by the unit's response (an
+operand no candidate named, among the concepts the whole beam names: what the captioner saw in
+the exemplars, so that a unit of a real network that also fires on static noise is not "a or
+static"), and "a in r" for the region ``r`` that best separates the scenes with ``a`` (a gated
+concept the beam named without its region). The best composition replaces the reranked choice
+only when its contrastive AUC (on the pool of the candidates and the compositions) is above
+every checked candidate's by more than ``COMPOSITION_MARGIN`` (0.05: a tie, or a gain within
+the noise of the renders, keeps the simpler description). That keeps single-concept units
 single: half the images of "a or b" show b, which an "a" unit ignores, so its AUC falls well
-below a's (1.0 → 0.77 for a red unit's "red or blue"); for an OR unit, the controls of "a" hold
-b and fire, so each operand's AUC falls instead (0.96 and 0.80 against 1.0 for the
-composition), and the operands must each reach ``LOW_FAITHFULNESS_AUC`` first. Composition
-needs candidates in the probe world's grammar (the embedded captioner's); other candidates are
-never composed.
+below a's (1.0 → 0.77 for a red unit's "red or blue"); for an OR unit, b's scenes fire among
+the negatives of "a", so each operand's AUC falls instead, and the operands must each reach
+``LOW_FAITHFULNESS_AUC`` first; a red unit's "red on the left" meets red scenes on the right
+that fire. Composition needs candidates in the probe world's grammar (the embedded
+captioner's); other candidates are never composed.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -80,9 +90,12 @@ DEFAULT_NUM_IMAGES = 16
 DEFAULT_RERANK_TOP = 5
 DEFAULT_RERANK_WEIGHT = 1.0
 DEFAULT_FILLER_TOP = 5
-#: AUC by which a composed "a or b" must exceed every checked candidate's to replace them
-#: (0: at least as faithful; ties go to the composition, whose operands are both faithful).
-COMPOSITION_MARGIN = 0.0
+#: AUC by which a composition must exceed every checked candidate's to replace them: a tie,
+#: or a gain within the noise of 16-image renders, keeps the simpler description. Set on
+#: validation units (synthetic seed 500000), whose true compositions gained 0.108 to 0.145.
+COMPOSITION_MARGIN = 0.05
+#: Images per concept (and as many controls) of ``ConceptSurvey``.
+DEFAULT_SURVEY_IMAGES = 8
 
 #: images -> (images, units) spatial-max scores of every unit of one layer.
 Scorer = Callable[[RenderedDescription, Sequence[Image.Image]], np.ndarray]
@@ -325,11 +338,23 @@ class Verifier:
         the other operand's scenes. Scenes that show a description in fewer than
         ``min_expression_pixels`` pixels count on neither side. NaN for descriptions without
         a parsed expression and where the stage keeps no scenes (diffusers)."""
-        from .probe_world.synthetic_units import expression_mask
-        from .text_to_image import min_expression_pixels
+        pool = self.pooled_scenes(unit, descriptions)
+        result = []
+        for description in descriptions:
+            expression = self._cache[description].rendered.expression
+            if expression is None or not pool:
+                result.append(math.nan)
+                continue
+            positives, negatives = self.split_by_expression(pool, expression)
+            result.append(roc_auc([pool[k][1] for k in positives], [pool[k][1] for k in negatives]))
+        return result
 
+    def pooled_scenes(self, unit: int, descriptions: Sequence[str]) -> dict[int, tuple[Any, float]]:
+        """id(scene) -> (scene, ``unit``'s score) over the images and controls of every
+        rendered ``descriptions`` (controls shared between descriptions appear once); empty
+        where the stage keeps no scenes."""
         self.prepare(descriptions)
-        pool: dict[int, tuple[Any, float]] = {}  # one entry per scene (controls are shared)
+        pool: dict[int, tuple[Any, float]] = {}
         for description in dict.fromkeys(descriptions):
             scored = self._cache[description]
             rendered = scored.rendered
@@ -340,24 +365,28 @@ class Verifier:
             scores = np.concatenate([scored.images[:, unit], scored.controls[:, unit]])
             for scene, value in zip(rendered.scenes, scores):
                 pool.setdefault(id(scene), (scene, float(value)))
-        result = []
-        for description in descriptions:
-            expression = self._cache[description].rendered.expression
-            if expression is None or not pool:
-                result.append(math.nan)
-                continue
-            positives, negatives = [], []
-            for key, (scene, value) in pool.items():
-                cache_key = (expression, key)
-                if cache_key not in self._coverage:
-                    self._coverage[cache_key] = int(expression_mask(expression, scene).sum())
-                covered = self._coverage[cache_key]
-                if covered >= min_expression_pixels(scene.image.shape[0]):
-                    positives.append(value)
-                elif covered == 0:
-                    negatives.append(value)
-            result.append(roc_auc(positives, negatives))
-        return result
+        return pool
+
+    def split_by_expression(
+        self, pool: dict[int, tuple[Any, float]], expression: tuple
+    ) -> tuple[list[int], list[int]]:
+        """The keys of the pool's scenes where ``expression`` shows (at least
+        ``min_expression_pixels``) and of those where none of it does; scenes in between
+        count on neither side."""
+        from .probe_world.synthetic_units import expression_mask
+        from .text_to_image import min_expression_pixels
+
+        positives, negatives = [], []
+        for key, (scene, _) in pool.items():
+            cache_key = (expression, key)
+            if cache_key not in self._coverage:
+                self._coverage[cache_key] = int(expression_mask(expression, scene).sum())
+            covered = self._coverage[cache_key]
+            if covered >= min_expression_pixels(scene.image.shape[0]):
+                positives.append(key)
+            elif covered == 0:
+                negatives.append(key)
+        return positives, negatives
 
 
 def rerank_by_faithfulness(
@@ -410,6 +439,20 @@ def or_hypothesis(
     """The grammar's "a or b" for the two most faithful single-concept candidates that name
     different concepts with AUC >= ``threshold``; None when there are not two such, or the
     candidates are outside the probe world's grammar."""
+
+    operands = faithful_single_concepts(candidates, checks, threshold)[:2]
+    if len(operands) < 2:
+        return None
+    return expression_wording(("or", *operands))
+
+
+def faithful_single_concepts(
+    candidates: Sequence[str],
+    checks: Sequence[Faithfulness],
+    threshold: float = LOW_FAITHFULNESS_AUC,
+) -> list[str]:
+    """The concepts of the single-concept candidates (regions aside) whose AUC reaches
+    ``threshold``, most faithful (own AUC) first, each once."""
     from .probe_world import concepts as C
     from .text_to_image import CannotRender, parse_description
 
@@ -431,11 +474,7 @@ def or_hypothesis(
             continue
         if expression[1] not in operands:
             operands.append(expression[1])
-        if len(operands) == 2:
-            break
-    if len(operands) < 2:
-        return None
-    return expression_wording(("or", *operands))
+    return operands
 
 
 def expression_wording(expression: Sequence[str]) -> str | None:
@@ -462,28 +501,161 @@ def expression_wording(expression: Sequence[str]) -> str | None:
     return None
 
 
+class ConceptSurvey:
+    """Every single concept of the probe world rendered for one layer (``num_images`` images
+    and as many controls each, every unit scored at once): where a unit fires beyond what a
+    candidate says, which no candidate of the beam may name (the other operand of an OR, the
+    region a colour is gated to).
+
+    ``compositions(unit, concept)`` proposes, for a unit whose most faithful candidate names
+    ``concept`` alone: ``concept or b`` for the concept ``b`` that best separates the survey
+    scenes *without* ``concept`` (AUC >= ``threshold``, at least ``min_scenes`` scenes on
+    each side), and ``concept in r`` for the region ``r`` that best separates the scenes with
+    ``concept`` by where it lies. Proposals only: ``composed_choice`` renders and keeps one
+    when it beats every candidate contrastively. ``best_concepts`` proposes single concepts
+    for a unit whose beam names nothing faithful (the filler test). Probe world only (it needs
+    the scenes).
+    """
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        num_images: int = DEFAULT_SURVEY_IMAGES,
+        render_cache: dict[str, RenderedDescription] | None = None,
+        threshold: float = LOW_FAITHFULNESS_AUC,
+        min_scenes: int = 3,
+    ) -> None:
+        from .probe_world import concepts as C
+
+        stamps = tuple(getattr(verifier.text_to_image, "stamps", ()))
+        names = [name for name in C.all_concepts(stamps) if C.concept_family(name) != C.REGION]
+        self.wordings = [w for w in map(expression_wording, (("concept", n) for n in names)) if w]
+        self.regions = [n for n in C.all_concepts() if C.concept_family(n) == C.REGION]
+        # Same scorer and cost, its own renders (another seed): what it selects out of dozens
+        # of concepts is then checked on fresh images, not on the ones it was selected by.
+        self.verifier = Verifier(
+            verifier.scorer, verifier.text_to_image, num_images, verifier.seed + 1,
+            verifier.image_size, cost=verifier.cost,
+            render_cache={} if render_cache is None else render_cache,
+        )  # fmt: skip
+        self.threshold, self.min_scenes = threshold, min_scenes
+
+    def best_concepts(self, unit: int, count: int = 1, exclude: Sequence[str] = ()) -> list[str]:
+        """Wordings of the ``count`` single concepts whose survey images drive ``unit`` most
+        (AUC against their controls >= the threshold), best first; ``exclude``: concept names
+        already proposed. Candidates for a unit whose beam names nothing faithful."""
+        from .text_to_image import parse_description
+
+        self.verifier.prepare(self.wordings)
+        scored = []
+        for wording in self.wordings:
+            check = self.verifier.check(unit, wording)
+            concept = parse_description(wording)[1]
+            if check.verifiable and check.auc >= self.threshold and concept not in exclude:
+                scored.append((-check.auc, wording))
+        return [wording for _, wording in sorted(scored)[:count]]
+
+    def compositions(
+        self, unit: int, concept: str, partners: Collection[str] | None = None
+    ) -> list[str]:
+        """Wordings of the compositions of ``concept`` the survey points to (may be empty);
+        ``partners``: the concepts an OR may join it with (None: any)."""
+        pool = self.verifier.pooled_scenes(unit, self.wordings)
+        if not pool:
+            return []
+        present, absent = self.verifier.split_by_expression(pool, ("concept", concept))
+        found = []
+        # Where it fires without the concept: the other operand of an OR.
+        rest = {key: pool[key] for key in absent}
+        others = sorted({name for scene, _ in rest.values() for name in scene.masks} - {concept})
+        others = [name for name in others if partners is None or name in partners]
+        best = self._best(rest, [("concept", name) for name in others])
+        if best is not None:
+            found.append(("or", concept, best[1]))
+        # Where the concept lies when it fires: its region (negatives show it elsewhere).
+        holding = {key: pool[key] for key in present}
+        best = self._best(holding, [("and", concept, region) for region in self.regions])
+        if best is not None:
+            found.append(best)
+        return [w for w in map(expression_wording, found) if w is not None]
+
+    def _best(self, pool: dict[int, tuple[Any, float]], expressions: list[tuple]) -> tuple | None:
+        """The expression whose scenes in ``pool`` score highest against those without it
+        (AUC), when it reaches the threshold with ``min_scenes`` on each side."""
+        best, best_auc = None, self.threshold
+        for expression in expressions:
+            positives, negatives = self.verifier.split_by_expression(pool, expression)
+            if min(len(positives), len(negatives)) < self.min_scenes:
+                continue
+            auc = roc_auc([pool[k][1] for k in positives], [pool[k][1] for k in negatives])
+            if auc > best_auc:
+                best, best_auc = expression, auc
+        return best
+
+
+def composition_hypotheses(
+    candidates: Sequence[str],
+    checks: Sequence[Faithfulness],
+    survey: ConceptSurvey | None = None,
+    unit: int | None = None,
+    partners: Collection[str] | None = None,
+) -> list[str]:
+    """The compositions worth checking for one unit: the "a or b" of its two most faithful
+    single-concept candidates (``or_hypothesis``) and, with a ``survey``, what the survey
+    points to for the most faithful one (``ConceptSurvey.compositions``, an OR only with
+    ``partners``: the concepts the unit's whole beam names); none a candidate."""
+    hypotheses = [or_hypothesis(candidates, checks)]
+    singles = faithful_single_concepts(candidates, checks)
+    if survey is not None and singles:
+        hypotheses += survey.compositions(int(unit), singles[0], partners)
+    return [h for h in dict.fromkeys(hypotheses) if h is not None and h not in candidates]
+
+
 def composed_choice(
     verifier: Verifier,
     unit: int,
     candidates: Sequence[str],
     checks: Sequence[Faithfulness],
     margin: float = COMPOSITION_MARGIN,
+    hypotheses: Sequence[str] | None = None,
 ) -> tuple[str, Faithfulness] | None:
-    """The composed "a or b" hypothesis and its check when its score reaches every candidate's
-    plus ``margin`` (see the module docstring), else None. Renders at most one description;
-    the comparison is contrastive (``Verifier.contrast``) on the pool of the candidates and the
-    composition where the stage keeps scenes, else by each one's own AUC."""
-    composed = or_hypothesis(candidates, checks)
-    if composed is None or composed in candidates:
+    """The best composed hypothesis and its check when its score is above every candidate's
+    by more than ``margin`` (see the module docstring), else None. ``hypotheses``: the
+    compositions to check (default: the "a or b" of ``or_hypothesis``). The comparison is
+    contrastive (``Verifier.contrast``) on the pool of the candidates and the compositions
+    where the stage keeps scenes, else by each one's own AUC."""
+    best = best_composition(verifier, unit, candidates, checks, hypotheses)
+    if best is None:
         return None
-    texts = [*candidates, composed]
+    text, check, gain = best
+    return (text, check) if gain > margin else None
+
+
+def best_composition(
+    verifier: Verifier,
+    unit: int,
+    candidates: Sequence[str],
+    checks: Sequence[Faithfulness],
+    hypotheses: Sequence[str] | None = None,
+) -> tuple[str, Faithfulness, float] | None:
+    """The most faithful of the composed ``hypotheses`` (default: ``or_hypothesis``), its
+    check, and its gain: its score minus the best candidate's, both on the pool of all of
+    them. None when there is nothing to compose or nothing composed renders."""
+    if hypotheses is None:
+        hypotheses = [h for h in [or_hypothesis(candidates, checks)] if h is not None]
+    hypotheses = [h for h in dict.fromkeys(hypotheses) if h not in candidates]
+    if not hypotheses:
+        return None
+    texts = [*candidates, *hypotheses]
     pooled = verifier.check_candidates(unit, texts)
     verifier.cost.units -= 1  # the unit was counted with its candidates
-    check = pooled[-1]
-    best = max(c.score for c in pooled[:-1])
-    if check.verifiable and check.score >= best + margin:
-        return composed, check
-    return None
+    best = max(c.score for c in pooled[: len(candidates)])
+    checked = zip(hypotheses, pooled[len(candidates) :])
+    composed = [(c.score, -i, text, c) for i, (text, c) in enumerate(checked) if c.verifiable]
+    if not composed:
+        return None
+    score, _, text, check = max(composed)
+    return text, check, score - best
 
 
 def beam_candidates(
@@ -618,13 +790,14 @@ def verify_layer(
     captioner: Any,
     processor: Any,
     generation: dict[str, Any],
+    progress: bool = False,
 ) -> tuple[dict[int, dict[str, Any]], VerificationCost]:
     """``described`` (row index -> description record of ``exemplars``, one layer's live
     units) with the verification columns added and, with ``rerank_top``, the description
     chosen by verification rerank or by the filler test (``pmi_description`` keeps the PMI
     choice)."""
     from . import schema
-    from .probe_world.phrasing import description_defects, is_filler
+    from .probe_world.phrasing import description_defects, is_filler, named_concepts
 
     size = settings.image_size or int(model.input_size[0])
     verifier = Verifier(model_scorer(model, layer), settings.stage(), settings.num_images,
@@ -639,6 +812,7 @@ def verify_layer(
     else:
         beamed = [i for i in own if settings.filler_top and is_filler(own[i][schema.DESCRIPTION])]
     candidate_lists = {i: [own[i]] for i in own}
+    seen: dict[int, set[str]] = {}
     encoded = None
     if beamed:
         from .inference import collect_slots, encode_exemplar_sets
@@ -657,6 +831,9 @@ def verify_layer(
             **generation,
         )
         for i, beam in zip(beamed, beams):
+            # What the captioner saw in the exemplars: the concepts of its whole beam (the
+            # partners a survey-proposed OR may take).
+            seen[i] = set().union(*(named_concepts(c[schema.DESCRIPTION]) for c in beam))
             first = hypothesis_key(own[i][schema.DESCRIPTION])
             others = [c for c in beam if hypothesis_key(c[schema.DESCRIPTION]) != first]
             if settings.rerank_top:
@@ -664,27 +841,62 @@ def verify_layer(
             else:
                 concepts = [c for c in others if not is_filler(c[schema.DESCRIPTION])]
                 candidate_lists[i] = [own[i], *concepts[: settings.filler_top]]
-    verifier.prepare([c[schema.DESCRIPTION] for lst in candidate_lists.values() for c in lst])
+    texts = [c[schema.DESCRIPTION] for lst in candidate_lists.values() for c in lst]
+    _prepare(verifier, texts, f"verifying {layer}: candidates", progress)
     checked = {}
     for position, unit in enumerate(units):
         texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
         checked[position] = verifier.check_candidates(unit, texts)
-    composed: dict[int, tuple[str, Faithfulness]] = {}
-    if settings.rerank_top and settings.compose:
-        hypotheses = {
-            position: or_hypothesis([c[schema.DESCRIPTION] for c in candidate_lists[position]],
-                                    checked[position])
-            for position in checked
-        }  # fmt: skip
-        verifier.prepare([h for h in hypotheses.values() if h is not None])  # one render call
-        for position, unit in enumerate(units):
-            texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
-            found = composed_choice(verifier, unit, texts, checked[position])
-            if found is not None:
-                composed[position] = found
     from .inference import resolved_pmi_weight
+    from .text_to_image import PROBE_WORLD
 
     pmi_weight = resolved_pmi_weight(captioner, generation)
+    # The concept survey needs the scenes (a diffusers stage keeps none); made when needed.
+    keeps_scenes = getattr(verifier.text_to_image, "name", None) == PROBE_WORLD
+    survey = None
+    if not settings.rerank_top and settings.filler_top and keeps_scenes:
+        # Filler units whose beam names nothing faithful: the survey's most driving concept
+        # is a candidate too, checked on fresh renders like the others.
+        unresolved = [
+            position for position in beamed
+            if replace_filler([c[schema.DESCRIPTION] for c in candidate_lists[position]],
+                              checked[position], is_filler) == 0
+        ]  # fmt: skip
+        if unresolved:
+            survey = ConceptSurvey(verifier)
+            _prepare(survey.verifier, survey.wordings, f"verifying {layer}: concept survey",
+                     progress)  # fmt: skip
+            for position in unresolved:
+                texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
+                named = set().union(*map(named_concepts, texts))
+                for wording in survey.best_concepts(units[position], exclude=sorted(named)):
+                    candidate_lists[position].append(description_scores(
+                        captioner, processor, encoded, beamed.index(position), wording,
+                        pmi_weight,
+                    ))  # fmt: skip
+                texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
+                checked[position] = verifier.check_candidates(units[position], texts)
+                verifier.cost.units -= 1  # counted with its first candidates
+    composed: dict[int, tuple[str, Faithfulness]] = {}
+    if settings.rerank_top and settings.compose:
+        survey = ConceptSurvey(verifier) if keeps_scenes else None
+        if survey is not None:
+            _prepare(survey.verifier, survey.wordings, f"verifying {layer}: concept survey",
+                     progress)  # fmt: skip
+        hypotheses = {
+            position: composition_hypotheses(
+                [c[schema.DESCRIPTION] for c in candidate_lists[position]], checked[position],
+                survey, unit, seen.get(position, set()),
+            )
+            for position, unit in enumerate(units)
+        }  # fmt: skip
+        verifier.prepare([h for found in hypotheses.values() for h in found])  # one render call
+        for position, unit in enumerate(units):
+            texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
+            found = composed_choice(verifier, unit, texts, checked[position],
+                                    hypotheses=hypotheses[position])  # fmt: skip
+            if found is not None:
+                composed[position] = found
     result = {}
     for position, row in enumerate(rows):
         record = dict(described[row])
@@ -704,6 +916,16 @@ def verify_layer(
         result[row] = {**record, PMI_DESCRIPTION: record[schema.DESCRIPTION],
                        **choice, **check.record()}  # fmt: skip
     return result, verifier.cost
+
+
+def _prepare(verifier: Verifier, texts: Sequence[str], desc: str, progress: bool) -> None:
+    """``verifier.prepare`` in chunks, with a progress bar (rendering is the slow part)."""
+    from tqdm.auto import tqdm
+
+    texts = list(dict.fromkeys(texts))
+    for start in tqdm(range(0, len(texts), 8), desc=desc, unit="x8 descriptions",
+                      disable=not progress or not texts):  # fmt: skip
+        verifier.prepare(texts[start : start + 8])
 
 
 def description_scores(

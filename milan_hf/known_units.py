@@ -105,6 +105,8 @@ def planted_part(
         del model
         aucs = check_planted_units(name, checkpoint, units, num_images=auc_images)
         kept = [u for u in units if aucs[u.unit] >= min_auc]
+        # Verification (run_verification) checks the same units.
+        (work_dir / f"{name}.kept.json").write_text(json.dumps([u.unit for u in kept]))
         dropped = [f"{u.unit} ({expression_text(u.expression)}, AUC {aucs[u.unit]:.2f})"
                    for u in units if u not in kept]  # fmt: skip
         if dropped:
@@ -425,9 +427,12 @@ def _verify_units(
     (``label_auc``), for labels that are themselves inferred (the corpus's IoU annotations),
     as the planted units' concepts are checked before use. Not part of the cost."""
     from .faithfulness import (
+        COMPOSITION_MARGIN,
+        ConceptSurvey,
         Verifier,
         beam_candidates,
-        composed_choice,
+        best_composition,
+        composition_hypotheses,
         expression_wording,
         hypothesis_key,
         rerank_by_faithfulness,
@@ -435,6 +440,16 @@ def _verify_units(
     from .inference import collect_slots, encode_exemplar_sets
 
     label_verifiers: dict[int, Verifier] = {}
+    # One survey per layer; synthetic units (one verifier each, one render cache) share its
+    # renders, each scoring them for its own unit.
+    survey_renders: dict[int, dict] = {}
+    surveys: dict[int, tuple[Verifier, ConceptSurvey]] = {}  # holds the verifier: ids stay
+
+    def survey_for(verifier: Verifier) -> ConceptSurvey:
+        if id(verifier) not in surveys:
+            renders = survey_renders.setdefault(id(verifier.render_cache), {})
+            surveys[id(verifier)] = (verifier, ConceptSurvey(verifier, render_cache=renders))
+        return surveys[id(verifier)][1]
 
     def label_auc(verifier: Verifier, channel: int, expression) -> float | None:
         wording = expression_wording(expression)
@@ -453,33 +468,49 @@ def _verify_units(
         batch = exemplars.select(range(start, min(start + 16, len(exemplars))))
         encoded = encode_exemplar_sets(collect_slots(batch, probe), captioner, processor)
         beams = beam_candidates(
-            encoded, captioner, processor, settings["top"], hypothesis_key,
+            encoded, captioner, processor, 10**6, hypothesis_key,
             lambda text: not phrasing.description_defects(text),  # as describe keeps them
             no_repeat_ngram_size=3, num_beams=settings.get("num_beams"),
         )  # fmt: skip
-        for offset, (record, beam) in enumerate(zip(batch, beams)):
+        for offset, (record, whole_beam) in enumerate(zip(batch, beams)):
             expression = expressions[start + offset]
             verifier, channel = verifier_for(record["layer"], int(record["unit"]))
+            beam = whole_beam[: settings["top"]]
             texts = [c["description"] for c in beam]
+            # What the exemplars show, by the captioner: every concept of its whole beam.
+            seen = set().union(*(phrasing.named_concepts(c["description"]) for c in whole_beam))
             checks = verifier.check_candidates(channel, texts)
             correct = [phrasing.expression_named(t, expression) for t in texts]
             exact = [_states_exactly(t, expression) for t in texts]
             chosen = rerank_by_faithfulness(texts, checks, settings["weight"])
-            # MILAN + verification also composes "a or b" from two faithful operands (its
-            # render is in the cost).
-            composed = composed_choice(verifier, channel, texts, checks)
+            # MILAN + verification also composes: "a or b" from two faithful operands, and
+            # what the concept survey points to (their renders are in the cost).
+            survey = survey_for(verifier) if settings.get("survey", True) else None
+            grounded = seen if settings.get("grounded", True) else None
+            hypotheses = composition_hypotheses(texts, checks, survey, channel, grounded)
+            best = best_composition(verifier, channel, texts, checks, hypotheses)
+            margin = settings.get("margin", COMPOSITION_MARGIN)
+            composed = best[:2] if best is not None and best[2] > margin else None
             compose_correct = (phrasing.expression_named(composed[0], expression)
                                if composed is not None else correct[chosen])  # fmt: skip
+            compose_exact = (_states_exactly(composed[0], expression)
+                             if composed is not None else exact[chosen])  # fmt: skip
             rows.append({
                 **where, "layer": record["layer"], "unit": int(record["unit"]),
                 "concept": expression_text(expression),
+                "family": expression_family(expression),
                 "candidates": [{"description": t, "auc": c.auc, "ratio": c.ratio,
                                 "contrast_auc": c.contrast_auc, "score": c.score,
                                 "verifiable": c.verifiable, "correct": ok, "exact": same}
                                for t, c, ok, same in zip(texts, checks, correct, exact)],
                 "pmi_correct": bool(correct[0]), "rerank_correct": bool(correct[chosen]),
                 "composed": composed[0] if composed is not None else None,
+                # The best composition checked, chosen or not, and its AUC gain over the
+                # best candidate (what COMPOSITION_MARGIN is set against).
+                "best_composition": best[0] if best is not None else None,
+                "composition_gain": round(best[2], 4) if best is not None else None,
                 "compose_correct": bool(compose_correct),
+                "pmi_exact": bool(exact[0]), "compose_exact": bool(compose_exact),
                 "any_correct": any(correct),
                 **({"label_auc": label_auc(verifier, channel, expression)}
                    if check_labels else {}),
@@ -499,6 +530,7 @@ def _verification_tally(rows: Sequence[dict[str, Any]], cost) -> dict[str, Any]:
     exact_bad = [c["score"] for c in checked if not c["exact"]]
     first = [r["candidates"][0] for r in rows]
     count = max(1, len(rows))
+    composed_rows = [r for r in rows if r["family"] == "composition"]
     return {
         "units": len(rows),
         "faithfulness_auroc": round(roc_auc(good, bad), 3) if good and bad else None,
@@ -519,9 +551,17 @@ def _verification_tally(rows: Sequence[dict[str, Any]], cost) -> dict[str, Any]:
         "rerank_accuracy": round(sum(r["rerank_correct"] for r in rows) / count, 3),
         "compose_accuracy": round(sum(r["compose_correct"] for r in rows) / count, 3),
         "composed_share": round(sum(r["composed"] is not None for r in rows) / count, 3),
+        "pmi_composition_accuracy": _share(composed_rows, "pmi_correct"),
+        "compose_composition_accuracy": _share(composed_rows, "compose_correct"),
+        "pmi_exact_accuracy": round(sum(r["pmi_exact"] for r in rows) / count, 3),
+        "compose_exact_accuracy": round(sum(r["compose_exact"] for r in rows) / count, 3),
         "oracle_accuracy": round(sum(r["any_correct"] for r in rows) / count, 3),
         **(cost.per_unit() if cost is not None else {}),
     }
+
+
+def _share(rows: Sequence[dict[str, Any]], key: str) -> float | None:
+    return round(sum(bool(r[key]) for r in rows) / len(rows), 3) if rows else None
 
 
 def _split_first(first: Sequence[dict]) -> tuple[list[float], list[float]]:
@@ -594,7 +634,10 @@ def verification_planted(work_dir, captioner, processor, settings, text_to_image
             continue
         _, exemplars = load_description_outputs(output)
         _, units = plant_units(name)
-        known = {u.unit: u.expression for u in units}
+        kept_file = Path(work_dir) / f"{name}.kept.json"
+        kept = set(json.loads(kept_file.read_text())) if kept_file.is_file() else None
+        # Only the units the benchmark kept: those checked to fire on their concept.
+        known = {u.unit: u.expression for u in units if kept is None or u.unit in kept}
         keep = [i for i, u in enumerate(exemplars["unit"]) if u in known]
         exemplars = exemplars.select(keep)
         checkpoint = Path(work_dir) / f"{name}.safetensors"
@@ -624,8 +667,11 @@ def _corpus_model(network: dict[str, Any], stamps):
     return load_vision_model(module.eval(), transform=probe_transform(size), input_size=size)
 
 
-def verification_corpus(corpus_dir, captioner, processor, max_units, settings, text_to_image):
-    """The corpus's held-out networks: IoU-annotated units, their trained models verified."""
+def verification_corpus(
+    corpus_dir, captioner, processor, max_units, settings, text_to_image, networks=None
+):
+    """The corpus's held-out networks (or the ``networks`` named, e.g. training ones for
+    validation): IoU-annotated units, their trained models verified."""
     from .faithfulness import VerificationCost
     from .milannotations import load_milannotations
     from .probe_world import SceneMasks, build_scene_dataset, describe_by_iou
@@ -636,7 +682,8 @@ def verification_corpus(corpus_dir, captioner, processor, max_units, settings, t
     stamps = load_stamps() if corpus.get("object_categories") else ()
     rows, cost = [], VerificationCost()
     for network in corpus["networks"]:
-        if network["set"] not in corpus.get("held_out", []):
+        wanted = corpus.get("held_out", []) if networks is None else networks
+        if network["set"] not in wanted and network["name"] not in wanted:
             continue
         exemplars = load_milannotations(network["set"], data_dir=corpus_dir, split="all")
         scene_set = build_scene_dataset(
@@ -668,9 +715,12 @@ def verification_markdown(verification: dict[str, Any]) -> str:
              f"{verification['settings']['num_images']} images + as many controls each; rerank: "
              f"PMI rank + {verification['settings']['weight']} x activation rank (by contrastive "
              "AUC: each candidate on the pooled renders of all of them, `Verifier.contrast`); "
-             "+ compose: the two most faithful single concepts' \"a or b\" replaces the choice "
-             "when its contrastive AUC is at least every candidate's "
-             "(`faithfulness.composed_choice`). AUROC of faithfulness separating correct from "
+             "+ compose: the \"a or b\" of the two most faithful single concepts and what the "
+             "concept survey points to (the other operand of an OR, the region of a gated "
+             "concept: `faithfulness.ConceptSurvey`) replace the choice when their contrastive "
+             "AUC is above every candidate's by more than `COMPOSITION_MARGIN` "
+             "(`faithfulness.composed_choice`). *Exact* accuracy: the choice states the unit's "
+             "expression, no more and no less. AUROC of faithfulness separating correct from "
              "incorrect candidates: *named* labels a candidate correct when it names the unit's "
              "concept (the accuracy rule), *exact* when it states the unit's expression, no more "
              "and no less (\"white text\" is named, not exact, for a text unit); *own* scores "
@@ -679,14 +729,15 @@ def verification_markdown(verification: dict[str, Any]) -> str:
              "| part | units | AUROC named, own | AUROC named, contrastive | "
              "AUROC exact, contrastive | AUROC (PMI choices) | unrenderable | PMI accuracy | "
              "rerank accuracy | "
-             "rerank + compose accuracy | composed | correct in top | images rendered / unit | "
-             "forward images / unit | s / unit |",
-             "|---|" + "---:|" * 14]  # fmt: skip
+             "rerank + compose accuracy | composed | compositions: PMI | compositions: rerank "
+             "+ compose | exact: PMI | exact: rerank + compose | "
+             "correct in top | images rendered / unit | forward images / unit | s / unit |",
+             "|---|" + "---:|" * 18]  # fmt: skip
     keys = ["units", "faithfulness_auroc", "contrastive_auroc", "exact_auroc", "auroc_pmi_choice",
-            "unrenderable_share",
-            "pmi_accuracy", "rerank_accuracy", "compose_accuracy", "composed_share",
-            "oracle_accuracy", "images_rendered_per_unit",
-            "forward_images_per_unit", "seconds_per_unit"]  # fmt: skip
+            "unrenderable_share", "pmi_accuracy", "rerank_accuracy", "compose_accuracy",
+            "composed_share", "pmi_composition_accuracy", "compose_composition_accuracy",
+            "pmi_exact_accuracy", "compose_exact_accuracy", "oracle_accuracy",
+            "images_rendered_per_unit", "forward_images_per_unit", "seconds_per_unit"]  # fmt: skip
     for part, tally in verification["by_part"].items():
         lines.append(f"| {part} | " + " | ".join(_cell(tally.get(k)) for k in keys) + " |")
     return "\n".join(lines) + "\n"

@@ -214,6 +214,8 @@ def test_benchmark_verification_on_synthetic_units(tmp_path):
     for row in verification["units"]:
         assert 1 <= len(row["candidates"]) <= 2
         assert row["pmi_correct"] == row["candidates"][0]["correct"]
+        assert row["pmi_exact"] == row["candidates"][0]["exact"]
+        assert row["compose_correct"] or not row["compose_exact"]
         for candidate in row["candidates"]:
             assert candidate["correct"] or not candidate["exact"]  # exact implies named
             if candidate["verifiable"]:
@@ -262,6 +264,7 @@ def test_a_filler_description_of_a_red_unit_is_replaced_by_a_verified_concept(tm
     from milan_hf.faithfulness import verify_layer
     from milan_hf.inference import describe_exemplars, load_captioner
     from milan_hf.probe_world import build_scene_dataset
+    from milan_hf.probe_world.phrasing import named_concepts
     from milan_hf.vision_models import load_vision_model
 
     model = load_vision_model(RedDetector(), transform=_to_tensor, input_size=48)
@@ -281,6 +284,14 @@ def test_a_filler_description_of_a_red_unit_is_replaced_by_a_verified_concept(tm
     assert red[schema.DESCRIPTION] != "no clear pattern", red
     assert red["faithfulness_auc"] >= 0.75 and red["pmi_description"] == "no clear pattern"
     assert cost.units == 2
+    # One beam alternative only: where it fails, the concept survey still finds the colour.
+    settings = VerificationSettings(num_images=8, image_size=48, filler_top=1)
+    verified, _ = verify_layer(settings, model, "colour", exemplars, described,
+                               captioner, processor, {})  # fmt: skip
+    for unit, colour in ((0, "red"), (1, "blue")):
+        record = verified[[r[schema.UNIT] for r in exemplars].index(unit)]
+        assert colour in named_concepts(record[schema.DESCRIPTION]), record
+        assert record["faithfulness_auc"] >= 0.75
     off = VerificationSettings(num_images=8, image_size=48, filler_top=0)
     kept, _ = verify_layer(off, model, "colour", exemplars, described, captioner, processor, {})
     assert all(r[schema.DESCRIPTION] == "no clear pattern" for r in kept.values())
@@ -325,6 +336,53 @@ def test_composition_names_an_or_unit_and_leaves_single_units_alone():
         assert (
             composed_choice(verifier, unit, texts, verifier.check_units([unit] * 3, texts)) is None
         )
+
+
+def test_concept_survey_proposes_what_no_candidate_names():
+    """Units of known functions whose beam names only "red": red OR blue, red on the left, red
+    alone. The survey proposes the missing operand and the region; the contrastive check
+    keeps each only where it is the unit's function."""
+    from milan_hf.faithfulness import ConceptSurvey, composed_choice, composition_hypotheses
+    from milan_hf.text_to_image import parse_description
+
+    expressions = [("or", "red", "blue"), ("and", "red", "left"), ("concept", "red")]
+    verifier = Verifier(expression_scorer(expressions), ProbeWorldTextToImage(stamps=()),
+                        num_images=16, image_size=96)  # fmt: skip
+    survey = ConceptSurvey(verifier)
+    assert len(survey.wordings) == 29 and "left" in survey.regions  # every non-region concept
+    texts = ["red areas", "circles in the image"]
+    chosen = []
+    for unit in range(3):
+        checks = verifier.check_candidates(unit, texts)
+        hypotheses = composition_hypotheses(texts, checks, survey, unit)
+        assert all(h not in texts for h in hypotheses)
+        found = composed_choice(verifier, unit, texts, checks, hypotheses=hypotheses)
+        chosen.append(None if found is None else parse_description(found[0]))
+    assert chosen[0] in {("or", "red", "blue"), ("or", "blue", "red")}
+    # An OR only with a partner the captioner saw (a concept its whole beam names).
+    checks = verifier.check_candidates(0, texts)
+    unseen = composition_hypotheses(texts, checks, survey, 0, partners={"circle"})
+    assert all(parse_description(h)[0] != "or" for h in unseen)
+    assert chosen[1] == ("and", "red", "left")
+    assert chosen[2] is None
+    # The survey's renders are paid once, in the verifier's cost.
+    assert verifier.cost.images_rendered >= 2 * 8 * len(survey.wordings)
+
+
+def test_concept_survey_best_concepts_for_units_the_beam_missed():
+    from milan_hf.faithfulness import ConceptSurvey
+    from milan_hf.text_to_image import parse_description
+
+    expressions = [("concept", "blue"), ("concept", "checkerboard"), ("and", "red", "right")]
+    verifier = Verifier(expression_scorer(expressions), ProbeWorldTextToImage(stamps=()),
+                        num_images=8, image_size=96)  # fmt: skip
+    survey = ConceptSurvey(verifier)
+    assert [parse_description(w) for w in survey.best_concepts(0)] == [("concept", "blue")]
+    assert parse_description(survey.best_concepts(1)[0]) == ("concept", "checkerboard")
+    assert survey.best_concepts(0, exclude=["blue"]) != survey.best_concepts(0)
+    # Its renders are its own (another seed): a selected concept is confirmed on fresh images.
+    assert survey.verifier.seed == verifier.seed + 1
+    assert survey.verifier.render_cache is not verifier.render_cache
 
 
 def test_description_scores_match_the_beam_for_a_beam_candidate():

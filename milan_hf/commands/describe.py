@@ -102,8 +102,10 @@ def _add_verification_arguments(parser: argparse.ArgumentParser) -> None:
         "--verify-compose",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="with --verify-rerank, also check 'a or b' of the two most faithful single-concept "
-        "candidates and keep it when its AUC is at least every candidate's (default: on)",
+        help="with --verify-rerank, also check compositions: 'a or b' of the two most faithful "
+        "single-concept candidates and, in the probe world, what the concept survey points to "
+        "('a or b', 'a in <region>'); the best is kept when its contrastive AUC is above every "
+        "candidate's (default: on)",
     )
     parser.add_argument(
         "--text-to-image",
@@ -117,8 +119,8 @@ def _add_verification_arguments(parser: argparse.ArgumentParser) -> None:
         default=5,
         metavar="N",
         help="when PMI chooses a no-concept description ('no clear pattern'), check the top N "
-        "concept candidates of the beam; the most faithful with AUC >= 0.75 replaces it "
-        "(default 5; 0 keeps fillers unchecked)",
+        "concept candidates of the beam, then (probe world) the concept survey's best concept; "
+        "the most faithful with AUC >= 0.75 replaces it (default 5; 0 keeps fillers unchecked)",
     )
     parser.add_argument(
         "--verify-images",
