@@ -49,16 +49,20 @@ concept ``b`` that best separates the survey scenes without ``a`` by the unit's 
 operand no candidate named, among the concepts the whole beam names: what the captioner saw in
 the exemplars, so that a unit of a real network that also fires on static noise is not "a or
 static"), and "a in r" for the region ``r`` that best separates the scenes with ``a`` (a gated
-concept the beam named without its region). The best composition replaces the reranked choice
-only when its contrastive AUC (on the pool of the candidates and the compositions) is above
-every checked candidate's by more than ``COMPOSITION_MARGIN`` (0.05: a tie, or a gain within
-the noise of the renders, keeps the simpler description). That keeps single-concept units
-single: half the images of "a or b" show b, which an "a" unit ignores, so its AUC falls well
-below a's (1.0 → 0.77 for a red unit's "red or blue"); for an OR unit, b's scenes fire among
-the negatives of "a", so each operand's AUC falls instead, and the operands must each reach
-``LOW_FAITHFULNESS_AUC`` first; a red unit's "red on the left" meets red scenes on the right
-that fire. Composition needs candidates in the probe world's grammar (the embedded
-captioner's); other candidates are never composed.
+concept the beam named without its region); and each operand alone of the most faithful
+candidate when it is an AND (the beam often adds a region or an attribute the unit does not
+need). Then the most faithful of the candidates and these hypotheses, on one pool, replaces the
+reranked choice when its contrastive AUC is above the choice's by more than
+``COMPOSITION_MARGIN`` (0.05: a tie, or a gain within the noise of the renders, keeps the
+choice; a choice that cannot be rendered is only replaced by a hypothesis). The rank sum alone
+cannot do that: with weight 1 the second of two candidates never outranks the first, however
+much more faithful ("large words on the left half", 0.77, against "large inscriptions", 1.0,
+for a text unit). The pool keeps single-concept units single: half the images of "a or b" show b,
+which an "a" unit ignores, so its AUC falls well below a's (1.0 → 0.77 for a red unit's "red or
+blue"); for an OR unit, b's scenes fire among the negatives of "a", so each operand's AUC falls
+instead, and the operands must each reach ``LOW_FAITHFULNESS_AUC`` first; a red unit's "red on
+the left" meets red scenes on the right that fire. Composition needs candidates in the probe
+world's grammar (the embedded captioner's); other candidates are never composed.
 """
 
 from __future__ import annotations
@@ -90,9 +94,10 @@ DEFAULT_NUM_IMAGES = 16
 DEFAULT_RERANK_TOP = 5
 DEFAULT_RERANK_WEIGHT = 1.0
 DEFAULT_FILLER_TOP = 5
-#: AUC by which a composition must exceed every checked candidate's to replace them: a tie,
-#: or a gain within the noise of 16-image renders, keeps the simpler description. Set on
-#: validation units (synthetic seed 500000), whose true compositions gained 0.108 to 0.145.
+#: Contrastive AUC by which a rival (another candidate, a composed hypothesis) must exceed the
+#: reranked choice to replace it: a tie, or a gain within the noise of 16-image renders, keeps
+#: the choice. Set on validation units (synthetic seed 500000), where every replacement that
+#: made a description right gained 0.108 or more.
 COMPOSITION_MARGIN = 0.05
 #: Images per concept (and as many controls) of ``ConceptSurvey``.
 DEFAULT_SURVEY_IMAGES = 8
@@ -600,11 +605,26 @@ def composition_hypotheses(
     unit: int | None = None,
     partners: Collection[str] | None = None,
 ) -> list[str]:
-    """The compositions worth checking for one unit: the "a or b" of its two most faithful
-    single-concept candidates (``or_hypothesis``) and, with a ``survey``, what the survey
-    points to for the most faithful one (``ConceptSurvey.compositions``, an OR only with
-    ``partners``: the concepts the unit's whole beam names); none a candidate."""
+    """The hypotheses worth checking for one unit that no candidate states: the "a or b" of
+    its two most faithful single-concept candidates (``or_hypothesis``), each operand alone of
+    the most faithful candidate when it is an AND ("red" for "red on the left", "circles" and
+    "red" for "red circles": the beam often adds a region or an attribute the unit does not
+    need) and, with a ``survey``, what the survey points to for the most faithful single
+    concept (``ConceptSurvey.compositions``, an OR only with ``partners``: the concepts the
+    unit's whole beam names)."""
+    from .probe_world import concepts as C
+    from .text_to_image import CannotRender, parse_description
+
     hypotheses = [or_hypothesis(candidates, checks)]
+    verified = [i for i, check in enumerate(checks) if check.verifiable]
+    if verified:
+        try:
+            expression = parse_description(candidates[max(verified, key=lambda i: checks[i].score)])
+        except CannotRender:
+            expression = ()
+        if expression and expression[0] == "and":
+            hypotheses += [expression_wording(("concept", name)) for name in expression[1:]
+                           if C.concept_family(name) != C.REGION]  # fmt: skip
     singles = faithful_single_concepts(candidates, checks)
     if survey is not None and singles:
         hypotheses += survey.compositions(int(unit), singles[0], partners)
@@ -618,13 +638,17 @@ def composed_choice(
     checks: Sequence[Faithfulness],
     margin: float = COMPOSITION_MARGIN,
     hypotheses: Sequence[str] | None = None,
+    chosen: int | None = None,
 ) -> tuple[str, Faithfulness] | None:
-    """The best composed hypothesis and its check when its score is above every candidate's
-    by more than ``margin`` (see the module docstring), else None. ``hypotheses``: the
-    compositions to check (default: the "a or b" of ``or_hypothesis``). The comparison is
-    contrastive (``Verifier.contrast``) on the pool of the candidates and the compositions
-    where the stage keeps scenes, else by each one's own AUC."""
-    best = best_composition(verifier, unit, candidates, checks, hypotheses)
+    """What replaces the current choice, and its check, or None (see the module docstring).
+
+    ``hypotheses``: descriptions no candidate states (default: the "a or b" of
+    ``or_hypothesis``; ``composition_hypotheses``). All are checked on one pool with the
+    candidates (``Verifier.contrast`` where the stage keeps scenes, else each one's own AUC).
+    With ``chosen`` (the index of the reranked choice) the most faithful of the candidates and
+    hypotheses replaces it when its score is above the choice's by more than ``margin``;
+    without, only a hypothesis can, when above every candidate's by more than ``margin``."""
+    best = best_composition(verifier, unit, candidates, checks, hypotheses, chosen)
     if best is None:
         return None
     text, check, gain = best
@@ -637,25 +661,36 @@ def best_composition(
     candidates: Sequence[str],
     checks: Sequence[Faithfulness],
     hypotheses: Sequence[str] | None = None,
+    chosen: int | None = None,
 ) -> tuple[str, Faithfulness, float] | None:
-    """The most faithful of the composed ``hypotheses`` (default: ``or_hypothesis``), its
-    check, and its gain: its score minus the best candidate's, both on the pool of all of
-    them. None when there is nothing to compose or nothing composed renders."""
+    """The most faithful rival of the current choice on the pool of the candidates and the
+    ``hypotheses`` (default: ``or_hypothesis``), its check and its gain: its score minus the
+    ``chosen`` candidate's (None, or a choice that cannot be rendered: only hypotheses
+    compete, against the best candidate). Ties go to the earlier (PMI order, then
+    hypotheses). None when nothing competes."""
     if hypotheses is None:
         hypotheses = [h for h in [or_hypothesis(candidates, checks)] if h is not None]
     hypotheses = [h for h in dict.fromkeys(hypotheses) if h not in candidates]
-    if not hypotheses:
+    if not hypotheses and chosen is None:
         return None
     texts = [*candidates, *hypotheses]
     pooled = verifier.check_candidates(unit, texts)
     verifier.cost.units -= 1  # the unit was counted with its candidates
-    best = max(c.score for c in pooled[: len(candidates)])
-    checked = zip(hypotheses, pooled[len(candidates) :])
-    composed = [(c.score, -i, text, c) for i, (text, c) in enumerate(checked) if c.verifiable]
-    if not composed:
+    if chosen is not None and not pooled[chosen].verifiable:
+        chosen = None  # nothing speaks against a choice that cannot be rendered
+        if not hypotheses:
+            return None
+    if chosen is None:
+        reference = max(c.score for c in pooled[: len(candidates)])
+        rivals = range(len(candidates), len(texts))
+    else:
+        reference = pooled[chosen].score
+        rivals = [i for i in range(len(texts)) if i != chosen]
+    ranked = [(pooled[i].score, -i) for i in rivals if pooled[i].verifiable]
+    if not ranked:
         return None
-    score, _, text, check = max(composed)
-    return text, check, score - best
+    score, index = max(ranked)
+    return texts[-index], pooled[-index], score - reference
 
 
 def beam_candidates(
@@ -893,8 +928,9 @@ def verify_layer(
         verifier.prepare([h for found in hypotheses.values() for h in found])  # one render call
         for position, unit in enumerate(units):
             texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
+            reranked = rerank_by_faithfulness(texts, checked[position], settings.rerank_weight)
             found = composed_choice(verifier, unit, texts, checked[position],
-                                    hypotheses=hypotheses[position])  # fmt: skip
+                                    hypotheses=hypotheses[position], chosen=reranked)  # fmt: skip
             if found is not None:
                 composed[position] = found
     result = {}
@@ -904,9 +940,10 @@ def verify_layer(
         texts = [c[schema.DESCRIPTION] for c in candidates]
         if position in composed:
             text, check = composed[position]
-            # Composition runs with rerank only, where every unit is beamed: row = position.
-            choice = description_scores(captioner, processor, encoded, position, text,
-                                        pmi_weight)  # fmt: skip
+            # A candidate keeps its beam scores; a hypothesis is scored here (composition runs
+            # with rerank only, where every unit is beamed: row = position).
+            choice = (candidates[texts.index(text)] if text in texts else description_scores(
+                captioner, processor, encoded, position, text, pmi_weight))  # fmt: skip
         else:
             if settings.rerank_top:
                 chosen = rerank_by_faithfulness(texts, checks, settings.rerank_weight)

@@ -488,7 +488,7 @@ def _verify_units(
             survey = survey_for(verifier) if settings.get("survey", True) else None
             grounded = seen if settings.get("grounded", True) else None
             hypotheses = composition_hypotheses(texts, checks, survey, channel, grounded)
-            best = best_composition(verifier, channel, texts, checks, hypotheses)
+            best = best_composition(verifier, channel, texts, checks, hypotheses, chosen)
             margin = settings.get("margin", COMPOSITION_MARGIN)
             composed = best[:2] if best is not None and best[2] > margin else None
             compose_correct = (phrasing.expression_named(composed[0], expression)
@@ -715,11 +715,13 @@ def verification_markdown(verification: dict[str, Any]) -> str:
              f"{verification['settings']['num_images']} images + as many controls each; rerank: "
              f"PMI rank + {verification['settings']['weight']} x activation rank (by contrastive "
              "AUC: each candidate on the pooled renders of all of them, `Verifier.contrast`); "
-             "+ compose: the \"a or b\" of the two most faithful single concepts and what the "
-             "concept survey points to (the other operand of an OR, the region of a gated "
-             "concept: `faithfulness.ConceptSurvey`) replace the choice when their contrastive "
-             "AUC is above every candidate's by more than `COMPOSITION_MARGIN` "
-             "(`faithfulness.composed_choice`). *Exact* accuracy: the choice states the unit's "
+             "+ compose: the \"a or b\" of the two most faithful single concepts, the operands "
+             "alone of an AND, and what the concept survey points to (the other operand of an "
+             "OR, the region of a gated concept: `faithfulness.ConceptSurvey`) are checked on "
+             "one pool with the candidates, and the most faithful replaces the reranked choice "
+             "when its contrastive AUC is above the choice's by more than `COMPOSITION_MARGIN` "
+             "(`faithfulness.composed_choice`; *composed*: the share replaced). *Exact* "
+             "accuracy: the choice states the unit's "
              "expression, no more and no less. AUROC of faithfulness separating correct from "
              "incorrect candidates: *named* labels a candidate correct when it names the unit's "
              "concept (the accuracy rule), *exact* when it states the unit's expression, no more "

@@ -369,6 +369,29 @@ def test_concept_survey_proposes_what_no_candidate_names():
     assert verifier.cost.images_rendered >= 2 * 8 * len(survey.wordings)
 
 
+def test_a_clearly_more_faithful_rival_replaces_the_reranked_choice():
+    """A red unit described over-specifically: the rank sum keeps "red circles" (PMI first,
+    activation second of two), the pool shows "red areas" (a candidate) or "red" alone (the
+    AND's operand, a hypothesis) is far more faithful; a red-circle unit keeps its choice."""
+    from milan_hf.faithfulness import composed_choice, composition_hypotheses
+    from milan_hf.text_to_image import parse_description
+
+    expressions = [("concept", "red"), ("and", "red", "circle")]
+    verifier = Verifier(expression_scorer(expressions), ProbeWorldTextToImage(stamps=()),
+                        num_images=16, image_size=96)  # fmt: skip
+    texts = ["red circles", "red areas"]
+    checks = verifier.check_candidates(0, texts)
+    assert rerank_by_faithfulness(texts, checks) == 0
+    found = composed_choice(verifier, 0, texts, checks, hypotheses=[], chosen=0)
+    assert found is not None and found[0] == "red areas"
+    alone = composition_hypotheses(texts[:1], checks[:1])
+    assert {parse_description(h) for h in alone} == {("concept", "red"), ("concept", "circle")}
+    found = composed_choice(verifier, 0, texts[:1], checks[:1], hypotheses=alone, chosen=0)
+    assert found is not None and parse_description(found[0]) == ("concept", "red")
+    checks = verifier.check_candidates(1, texts[:1])
+    assert composed_choice(verifier, 1, texts[:1], checks, hypotheses=alone, chosen=0) is None
+
+
 def test_concept_survey_best_concepts_for_units_the_beam_missed():
     from milan_hf.faithfulness import ConceptSurvey
     from milan_hf.text_to_image import parse_description

@@ -102,10 +102,11 @@ def _add_verification_arguments(parser: argparse.ArgumentParser) -> None:
         "--verify-compose",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="with --verify-rerank, also check compositions: 'a or b' of the two most faithful "
-        "single-concept candidates and, in the probe world, what the concept survey points to "
-        "('a or b', 'a in <region>'); the best is kept when its contrastive AUC is above every "
-        "candidate's (default: on)",
+        help="with --verify-rerank, also check hypotheses no candidate states ('a or b' of the "
+        "two most faithful single concepts, the operands alone of an AND and, in the probe "
+        "world, what the concept survey points to: 'a or b', 'a in <region>'); the most faithful "
+        "candidate or hypothesis replaces the reranked choice when its contrastive AUC is above "
+        "it by more than 0.05 (default: on)",
     )
     parser.add_argument(
         "--text-to-image",
