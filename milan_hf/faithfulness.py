@@ -88,6 +88,17 @@ VERIFY_REASON = "verify_reason"
 PMI_DESCRIPTION = "pmi_description"
 VERIFICATION_COLUMNS = (FAITHFULNESS_AUC, FAITHFULNESS_RATIO, CONTRASTIVE_AUC, VERIFIABLE,
                         VERIFY_REASON, PMI_DESCRIPTION)  # fmt: skip
+#: What each verification column means (the descriptions dataset card lists them).
+VERIFICATION_COLUMN_MEANINGS = {
+    FAITHFULNESS_AUC: "AUC of the unit's spatial-max activation on images of the description "
+    "against controls (verification by synthesis; 0.5 chance)",
+    FAITHFULNESS_RATIO: "mean activation on the description's images / on the controls",
+    CONTRASTIVE_AUC: "the AUC on the pooled renders of every description checked for the unit "
+    "(a rival's scenes count too)",
+    VERIFIABLE: "whether the description could be rendered",
+    VERIFY_REASON: "why not, when it could not",
+    PMI_DESCRIPTION: "what PMI decoding chose, before verification replaced it",
+}
 #: Below this AUC the report flags a description as not faithful to its unit.
 LOW_FAITHFULNESS_AUC = 0.75
 DEFAULT_NUM_IMAGES = 16

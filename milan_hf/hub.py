@@ -131,6 +131,7 @@ def descriptions_card(
     examples: int = 10,
 ) -> str:
     """The dataset card of a descriptions dataset, with a table of example descriptions."""
+    from .faithfulness import VERIFICATION_COLUMN_MEANINGS
     from .hub_cards import render_card
 
     metadata = schema.exemplar_metadata(exemplars)
@@ -152,6 +153,11 @@ def descriptions_card(
         num_images=metadata.get("num_images", "?"),
         probe_source=source.get("id") or source.get("path") or source.get("kind", "unknown"),
         examples=table,
+        verification_rows="".join(
+            f"\n  | `{name}` | {meaning} |"
+            for name, meaning in VERIFICATION_COLUMN_MEANINGS.items()
+            if name in descriptions.column_names
+        ),
     )
 
 

@@ -307,3 +307,10 @@ def test_hub_folder_is_what_load_dataset_reads_and_push_is_one_commit(tmp_path, 
     )
     card = descriptions_card(descriptions, descriptions, captioner="x/y")
     assert "| `l` | 0 | (dead unit) | – |" in card and "| nan |" not in card
+    assert "faithfulness_auc" not in card
+    # Verification's columns are documented when the dataset has them.
+    verified = descriptions.add_column("faithfulness_auc", [0.9]).add_column("verifiable", [True])
+    card = descriptions_card(verified, descriptions, captioner="x/y")
+    assert "| `described_by` | the method and models that produced the description |\n" \
+        "  | `faithfulness_auc` | AUC of" in card
+    assert "`verifiable`" in card and "`contrastive_auc`" not in card
