@@ -510,7 +510,8 @@ def _verify_units(
                 "best_composition": best[0] if best is not None else None,
                 "composition_gain": round(best[2], 4) if best is not None else None,
                 "compose_correct": bool(compose_correct),
-                "pmi_exact": bool(exact[0]), "compose_exact": bool(compose_exact),
+                "pmi_exact": bool(exact[0]), "rerank_exact": bool(exact[chosen]),
+                "compose_exact": bool(compose_exact),
                 "any_correct": any(correct),
                 **({"label_auc": label_auc(verifier, channel, expression)}
                    if check_labels else {}),
