@@ -424,3 +424,21 @@ def test_description_scores_match_the_beam_for_a_beam_candidate():
                                     candidate[schema.DESCRIPTION], 0.5)  # fmt: skip
         for column in (schema.CAPTIONER_LOG_PROB, schema.PRIOR_LOG_PROB, schema.SCORE):
             assert record[column] == pytest.approx(candidate[column], abs=1e-3), column
+
+
+def test_choose_composition_margin_script_runs_on_validation_seeds_only(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / "choose_composition_margin.py"
+    spec = importlib.util.spec_from_file_location("choose_composition_margin", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit):
+        script.main(["--seed", "1000000"])  # a benchmark seed
+    assert "is a benchmark seed" in capsys.readouterr().err
+    assert script.main(["--units", "2", "--threads", "1", "--json", str(tmp_path / "g.json")]) == 0
+    assert "COMPOSITION_MARGIN = 0.05" in capsys.readouterr().out
+    gains = json.loads((tmp_path / "g.json").read_text())
+    assert all({"gain", "rival", "rival_right", "choice_exact"} <= set(g) for g in gains)
