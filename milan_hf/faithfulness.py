@@ -77,6 +77,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import schema
 from .text_to_image import RenderedDescription, TextToImage
 
 FAITHFULNESS_AUC = "faithfulness_auc"
@@ -85,7 +86,7 @@ CONTRASTIVE_AUC = "contrastive_auc"
 VERIFIABLE = "verifiable"
 VERIFY_REASON = "verify_reason"
 #: Columns verification adds to the descriptions dataset and ``descriptions.csv``.
-PMI_DESCRIPTION = "pmi_description"
+PMI_DESCRIPTION = schema.PMI_DESCRIPTION
 VERIFICATION_COLUMNS = (FAITHFULNESS_AUC, FAITHFULNESS_RATIO, CONTRASTIVE_AUC, VERIFIABLE,
                         VERIFY_REASON, PMI_DESCRIPTION)  # fmt: skip
 #: What each verification column means (the descriptions dataset card lists them).
@@ -721,7 +722,6 @@ def beam_candidates(
     a description names, so that the candidates are different hypotheses rather than
     paraphrases of one (a beam's top candidates mostly are). ``keep`` (text -> bool) drops
     candidates before that, e.g. ill-formed ones, so a well-formed paraphrase stands in."""
-    from . import schema
 
     generation = {key: value for key, value in generation.items() if value is not None}
     with torch.inference_mode():
@@ -843,7 +843,6 @@ def verify_layer(
     units) with the verification columns added and, with ``rerank_top``, the description
     chosen by verification rerank or by the filler test (``pmi_description`` keeps the PMI
     choice)."""
-    from . import schema
     from .probe_world.phrasing import description_defects, is_filler, named_concepts
 
     size = settings.image_size or int(model.input_size[0])
@@ -988,7 +987,6 @@ def description_scores(
     """A description record for a text the beam did not produce (a composed hypothesis):
     its log p(d|E) for exemplar set ``index`` of ``encoded``, log p(d), and the PMI score
     ``log p(d|E) - pmi_weight x log p(d)``."""
-    from . import schema
 
     input_ids = processor(text=[description])["input_ids"]
     features = encoded["exemplar_features"][index : index + 1]

@@ -69,7 +69,10 @@ _STRIP_NAME = re.compile(r"L\d{3}-U\d+\.jpg")
 _STAGING_NAME = re.compile(r"\.[0-9a-f]{12}\.partial-.*")
 
 _DESCRIPTION = schema.DESCRIPTION
+_PMI_DESCRIPTION = schema.PMI_DESCRIPTION
 _KEY_COLUMNS = (schema.LAYER, schema.UNIT)
+#: A unit's description, its numeric scores, and what PMI chose when verification replaced it.
+_Described = tuple[str | None, tuple[float | None, ...], str | None]
 _BATCH_SIZE = 64
 
 
@@ -85,6 +88,8 @@ class _UnitEntry:
     threshold: float | None = None
     activations: tuple[float | None, ...] = ()
     human_descriptions: tuple[str, ...] = ()
+    # What PMI decoding chose when verification replaced it (None: it did not).
+    replaced_description: str | None = None
     thumbnail: str | None = None
     thumbnail_width: int = 0
     thumbnail_height: int = 0
@@ -101,6 +106,8 @@ class _UnitEntry:
         }
         if self.human_descriptions:
             entry["h"] = list(self.human_descriptions)
+        if self.replaced_description is not None:
+            entry["p"] = self.replaced_description
         if self.thumbnail is not None:
             entry["t"] = self.thumbnail
             entry["w"] = self.thumbnail_width
@@ -220,7 +227,8 @@ def _remove_stale_builds(output_dir: Path, keep: str) -> None:
 def _index_descriptions(
     descriptions: datasets.Dataset | Sequence[dict],
 ) -> tuple[list[str], dict[tuple[str, int], tuple[str | None, tuple[float | None, ...]]]]:
-    """Return the numeric score columns and ``{(layer, unit): (description, scores)}``."""
+    """Return the numeric score columns and ``{(layer, unit): (description, scores, what
+    PMI chose when verification replaced it)}``."""
     if isinstance(descriptions, datasets.Dataset):
         missing = [column for column in _KEY_COLUMNS if column not in descriptions.column_names]
         if missing:
@@ -233,8 +241,7 @@ def _index_descriptions(
             if name not in (*_KEY_COLUMNS, _DESCRIPTION) and _is_numeric_feature(feature)
         ]
         columns = [*_KEY_COLUMNS, *score_names]
-        if _DESCRIPTION in descriptions.column_names:
-            columns.append(_DESCRIPTION)
+        columns += [c for c in (_DESCRIPTION, _PMI_DESCRIPTION) if c in descriptions.column_names]
         rows: Iterator[dict] | Sequence[dict] = descriptions.select_columns(columns).to_list()
     elif isinstance(descriptions, Sequence) and not isinstance(descriptions, (str, bytes)):
         rows = descriptions
@@ -245,7 +252,7 @@ def _index_descriptions(
             f"{type(descriptions).__name__}"
         )
 
-    described: dict[tuple[str, int], tuple[str | None, tuple[float | None, ...]]] = {}
+    described: dict[tuple[str, int], _Described] = {}
     for position, row in enumerate(rows):
         if not isinstance(row, dict) or any(column not in row for column in _KEY_COLUMNS):
             raise ValueError(
@@ -257,8 +264,11 @@ def _index_descriptions(
                 f"descriptions has more than one row for layer {key[0]!r} unit {key[1]}"
             )
         description = row.get(_DESCRIPTION)
+        description = None if description is None else str(description)
         scores = tuple(_float_or_none(row.get(name)) for name in score_names)
-        described[key] = (None if description is None else str(description), scores)
+        pmi = row.get(_PMI_DESCRIPTION)
+        replaced = str(pmi) if pmi is not None and str(pmi) != description else None
+        described[key] = (description, scores, replaced)
     return score_names, described
 
 
@@ -309,7 +319,7 @@ def _finite_or_none(value: float | None) -> float | None:
 
 def _write_thumbnails(
     exemplars: datasets.Dataset,
-    described: dict[tuple[str, int], tuple[str | None, tuple[float | None, ...]]],
+    described: dict[tuple[str, int], _Described],
     thumbs_dir: Path,
     thumbs_url: str,
     thumbnail_size: int,
@@ -362,17 +372,19 @@ def _write_thumbnails(
     progress.close()
 
     # Described units without exemplars still get a card.
-    for (layer, unit), (description, scores) in described.items():
+    for (layer, unit), (description, scores, replaced) in described.items():
         if (layer, unit) not in entries:
             index = layer_index.setdefault(layer, len(layer_index))
-            entries[(layer, unit)] = _UnitEntry(index, unit, description, scores)
+            entries[(layer, unit)] = _UnitEntry(
+                index, unit, description, scores, replaced_description=replaced
+            )
     ordered = sorted(entries.values(), key=lambda entry: (entry.layer_index, entry.unit))
     return list(layer_index), ordered
 
 
 def _unit_entry(
     row: dict,
-    described: dict[tuple[str, int], tuple[str | None, tuple[float | None, ...]]],
+    described: dict[tuple[str, int], _Described],
     layer_index: dict[str, int],
     entries: dict[tuple[str, int], _UnitEntry],
 ) -> _UnitEntry:
@@ -380,7 +392,7 @@ def _unit_entry(
     layer, unit = str(row[schema.LAYER]), int(row[schema.UNIT])
     if (layer, unit) in entries:
         raise ValueError(f"exemplars has more than one row for layer {layer!r} unit {unit}")
-    description, scores = described.get((layer, unit), (None, ()))
+    description, scores, replaced = described.get((layer, unit), (None, (), None))
     entry = _UnitEntry(
         layer_index=layer_index.setdefault(layer, len(layer_index)),
         unit=unit,
@@ -390,6 +402,7 @@ def _unit_entry(
         threshold=_float_or_none(row.get(schema.THRESHOLD)),
         activations=tuple(map(_float_or_none, row.get(schema.ACTIVATIONS) or ())),
         human_descriptions=tuple(str(text) for text in row.get(schema.DESCRIPTIONS) or ()),
+        replaced_description=replaced,
     )
     entries[(layer, unit)] = entry
     return entry

@@ -43,6 +43,8 @@ PRIOR_LOG_PROB = "prior_log_prob"
 DESCRIPTION_COLUMNS = (LAYER, UNIT, DESCRIPTION, SCORE, CAPTIONER_LOG_PROB, PRIOR_LOG_PROB)
 #: Which describer and models produced a description, e.g. "milan (captioner: embedded)".
 DESCRIBED_BY = "described_by"
+#: What PMI decoding chose, where verification replaced it (``milan_hf.faithfulness``).
+PMI_DESCRIPTION = "pmi_description"
 #: A ``describe`` run also says which units are dead (constant, NaN or inf over the probe set)
 #: and what described each unit.
 RUN_DESCRIPTION_COLUMNS = (*DESCRIPTION_COLUMNS, DEAD, DESCRIBED_BY)

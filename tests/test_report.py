@@ -210,6 +210,26 @@ def test_score_columns_come_from_a_descriptions_dataset(tmp_path):
     assert index["units"][0]["w"] == 2 * 96 + STRIP_GAP
 
 
+def test_a_description_verification_replaced_says_what_pmi_chose(tmp_path):
+    exemplars = exemplar_set({"features.3": 3}, k=2)
+    descriptions = datasets.Dataset.from_dict(
+        {
+            "layer": ["features.3"] * 3,
+            "unit": [0, 1, 2],
+            "description": ["red areas", "grass", "text <b>"],
+            "pmi_description": ["red areas on the left", "grass", "no clear <i>pattern</i>"],
+            "faithfulness_auc": [0.9, 0.8, 0.95],
+        }
+    )
+    page = write_report(exemplars, descriptions, tmp_path / "out")
+    units = embedded_index(page)["units"]
+    assert [entry.get("p") for entry in units] == [
+        "red areas on the left", None, "no clear <i>pattern</i>"
+    ]
+    assert "<i>pattern</i>" not in page.read_text()  # embedded as data, escaped
+    assert "verification replaced the PMI choice" in page.read_text()  # the inlined script
+
+
 def test_human_descriptions_are_shown_and_larger_images_are_scaled_to_their_masks(tmp_path):
     features = exemplar_features(SIZE, with_images=True, with_descriptions=True)
     big_image = {"bytes": png_bytes(np.kron(stripes_image(0), np.ones((2, 2, 1), np.uint8)))}

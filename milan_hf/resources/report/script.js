@@ -103,6 +103,9 @@
       head.appendChild(el("p", "description missing", "no description"));
     }
     if (unit.x) head.appendChild(el("span", "badge", "dead"));
+    // Verification replaced what PMI decoding chose: say what it was.
+    if (unit.p) head.appendChild(el("span", "replaced", "verification replaced the PMI choice \u201c"
+      + unit.p + "\u201d"));
     // Verification: a description its unit barely responds to is flagged (faithfulness AUC).
     var faithful = scoreNames.indexOf("faithfulness_auc");
     var auc = faithful >= 0 && unit.s.length ? unit.s[faithful] : null;
