@@ -457,7 +457,6 @@ def or_hypothesis(
     """The grammar's "a or b" for the two most faithful single-concept candidates that name
     different concepts with AUC >= ``threshold``; None when there are not two such, or the
     candidates are outside the probe world's grammar."""
-
     operands = faithful_single_concepts(candidates, checks, threshold)[:2]
     if len(operands) < 2:
         return None
@@ -547,7 +546,9 @@ class ConceptSurvey:
 
         stamps = tuple(getattr(verifier.text_to_image, "stamps", ()))
         names = [name for name in C.all_concepts(stamps) if C.concept_family(name) != C.REGION]
-        self.wordings = [w for w in map(expression_wording, (("concept", n) for n in names)) if w]
+        # wording -> the concept it renders (parsed once, not per unit)
+        self.concepts = {w: n for n in names if (w := expression_wording(("concept", n)))}
+        self.wordings = list(self.concepts)
         self.regions = [n for n in C.all_concepts() if C.concept_family(n) == C.REGION]
         # Same scorer and cost, its own renders (another seed): what it selects out of dozens
         # of concepts is then checked on fresh images, not on the ones it was selected by.
@@ -562,13 +563,10 @@ class ConceptSurvey:
         """Wordings of the ``count`` single concepts whose survey images drive ``unit`` most
         (AUC against their controls >= the threshold), best first; ``exclude``: concept names
         already proposed. Candidates for a unit whose beam names nothing faithful."""
-        from .text_to_image import parse_description
-
         self.verifier.prepare(self.wordings)
         scored = []
-        for wording in self.wordings:
+        for wording, concept in self.concepts.items():
             check = self.verifier.check(unit, wording)
-            concept = parse_description(wording)[1]
             if check.verifiable and check.auc >= self.threshold and concept not in exclude:
                 scored.append((-check.auc, wording))
         return [wording for _, wording in sorted(scored)[:count]]
@@ -909,6 +907,7 @@ def verify_layer(
                               checked[position], is_filler) == 0
         ]  # fmt: skip
         if unresolved:
+            encoded_row = {position: row for row, position in enumerate(beamed)}
             survey = ConceptSurvey(verifier)
             _prepare(survey.verifier, survey.wordings, f"verifying {layer}: concept survey",
                      progress)  # fmt: skip
@@ -917,12 +916,17 @@ def verify_layer(
                 named = set().union(*map(named_concepts, texts))
                 for wording in survey.best_concepts(units[position], exclude=sorted(named)):
                     candidate_lists[position].append(description_scores(
-                        captioner, processor, encoded, beamed.index(position), wording,
+                        captioner, processor, encoded, encoded_row[position], wording,
                         pmi_weight,
                     ))  # fmt: skip
                 texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
                 checked[position] = verifier.check_candidates(units[position], texts)
                 verifier.cost.units -= 1  # counted with its first candidates
+    reranked = {
+        position: rerank_by_faithfulness([c[schema.DESCRIPTION] for c in candidate_lists[position]],
+                                         checked[position], settings.rerank_weight)
+        for position in checked
+    } if settings.rerank_top else {}  # fmt: skip
     composed: dict[int, tuple[str, Faithfulness]] = {}
     if settings.rerank_top and settings.compose:
         survey = ConceptSurvey(verifier) if keeps_scenes else None
@@ -939,9 +943,9 @@ def verify_layer(
         verifier.prepare([h for found in hypotheses.values() for h in found])  # one render call
         for position, unit in enumerate(units):
             texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
-            reranked = rerank_by_faithfulness(texts, checked[position], settings.rerank_weight)
             found = composed_choice(verifier, unit, texts, checked[position],
-                                    hypotheses=hypotheses[position], chosen=reranked)  # fmt: skip
+                                    hypotheses=hypotheses[position],
+                                    chosen=reranked[position])  # fmt: skip
             if found is not None:
                 composed[position] = found
     result = {}
@@ -957,7 +961,7 @@ def verify_layer(
                 captioner, processor, encoded, position, text, pmi_weight))  # fmt: skip
         else:
             if settings.rerank_top:
-                chosen = rerank_by_faithfulness(texts, checks, settings.rerank_weight)
+                chosen = reranked[position]
             else:
                 chosen = replace_filler(texts, checks, is_filler) if is_filler(texts[0]) else 0
             choice, check = candidates[chosen], checks[chosen]
