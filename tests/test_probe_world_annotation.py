@@ -115,6 +115,23 @@ def test_grammar_vocabulary_has_real_variety():
     assert len(words) >= (400 if C.load_stamps() else 200)
 
 
+def test_grammar_vocabulary_covers_every_synthetic_description():
+    """The tokenizer learns its words from grammar_vocabulary: a word missing there becomes
+    <unk> in training ("text <unk> grass"), and the captioner can never say it."""
+    from milan_hf.probe_world.synthetic_units import sample_expression
+
+    words = grammar_vocabulary()
+    generator = np.random.default_rng(3)
+    operators, missing = set(), set()
+    for _ in range(600):
+        expression = sample_expression(generator)
+        operators.add(expression[0])
+        for text in phrase(expression, 3, generator):
+            missing.update(set(text.split()) - words)
+    assert operators == {"concept", "and", "or", "above"}
+    assert not missing, sorted(missing)
+
+
 def test_annotator_recovers_planted_units(tmp_path):
     """Extraction (milan_hf.exemplars) + annotation on a fixed seed: >= 90% of planted units."""
     size = 48

@@ -332,7 +332,11 @@ def grammar_vocabulary(stamps: Sequence[C.Stamp] = ()) -> set[str]:
             if other != name:
                 for text in candidate_phrases(("and", name, other), vocab)[:200]:
                     words.update(text.split())
-    for text in candidate_phrases(("or", "red", "blue")) + list(NOTHING_PHRASES):
+    # Every operator's own words ("either", "above", "placed", ...), whatever its operands.
+    for operator in ("or", "above"):
+        for text in candidate_phrases((operator, "red", "blue")):
+            words.update(text.split())
+    for text in NOTHING_PHRASES:
         words.update(text.split())
     for stamp in stamps:
         words.update(stamp.caption.split())
