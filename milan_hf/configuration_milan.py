@@ -106,6 +106,11 @@ class MilanCaptionerConfig(PretrainedConfig):
             exemplar image) and append it, so the decoder sees what surrounds the unit's region
             ("text above insects": the insects lie outside the mask). Off (default): the
             original encoder.
+        mask_below_context: also average the deepest stage in the band below each mask (rows
+            weighted by the share of the mask above them, the mask itself left out) and append
+            it, so the decoder sees which side of the region the rest lies on: what is *below*
+            "a above b" is b, which the whole outside average dilutes with everything above and
+            beside it. Off (default): the original encoder.
         exemplar_feature_norm: layer-normalise each exemplar's features (learned scale and
             shift) before the decoder uses them, so the few location and context numbers are
             on the same footing as the backbone's hundreds of channels. Off (default): the
@@ -133,6 +138,7 @@ class MilanCaptionerConfig(PretrainedConfig):
         backbone_out_indices: list[int] | None = None,
         mask_location_grid: int = 0,
         mask_context_pooling: bool = False,
+        mask_below_context: bool = False,
         exemplar_feature_norm: bool = False,
         feature_size: int | None = None,
         image_size: int = 224,
@@ -189,6 +195,7 @@ class MilanCaptionerConfig(PretrainedConfig):
         self.backbone_out_indices = list(backbone_out_indices) if backbone_out_indices else None
         self.mask_location_grid = mask_location_grid
         self.mask_context_pooling = bool(mask_context_pooling)
+        self.mask_below_context = bool(mask_below_context)
         self.exemplar_feature_norm = bool(exemplar_feature_norm)
         self.feature_size = feature_size
         self.image_size = image_size

@@ -71,6 +71,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="append the deepest stage averaged outside each mask (default: on)",
     )
     parser.add_argument(
+        "--mask-below-context",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="append the deepest stage averaged in the band below each mask (default: on)",
+    )
+    parser.add_argument(
         "--exemplar-feature-norm",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -231,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--synthetic-composition-share", str(args.synthetic_composition_share),
             "--mask-location-grid", str(args.mask_location_grid),
             *(["--mask-context-pooling"] if args.mask_context_pooling else []),
+            *(["--mask-below-context"] if args.mask_below_context else []),
             *(["--exemplar-feature-norm"] if args.exemplar_feature_norm else []),
             "--threads", str(args.threads),
             "--embedding-size", str(args.embedding_size),
@@ -308,6 +315,11 @@ def encoder_extras(config: Any) -> str:
         parts.append(
             "the deepest stage averaged outside the mask (`mask_context_pooling`), so what "
             'surrounds the unit\'s region (the other side of "above") reaches the decoder'
+        )
+    if getattr(config, "mask_below_context", False):
+        parts.append(
+            "the deepest stage averaged in the band below the mask (`mask_below_context`), so "
+            'the decoder sees which side the rest lies on ("a above b": b is below)'
         )
     if getattr(config, "exemplar_feature_norm", False):
         parts.append(

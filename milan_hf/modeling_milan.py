@@ -518,6 +518,17 @@ def mask_location_features(masks: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.cat([cells, summary], dim=1)
 
 
+def below_mask_weights(masks: torch.Tensor) -> torch.Tensor:
+    """Where the band below each mask lies: (n, 1, h, w) masks in [0, 1] → weights of the
+    same shape. Each row weighs the share of the mask's mass in the rows above it (0 above
+    the mask, 1 wholly below it), the mask itself left out; an empty mask, or one on the
+    bottom row, has no band (zeros)."""
+    rows = masks.sum(dim=-1, keepdim=True)  # (n, 1, h, 1)
+    above = rows.cumsum(dim=-2) - rows  # mass in the rows strictly above each row
+    share = above / rows.sum(dim=-2, keepdim=True).clamp_min(1e-8)
+    return share * (1.0 - masks)
+
+
 def mask_location_size(grid: int) -> int:
     """Numbers ``mask_location_features`` gives per mask (0 when the grid is off)."""
     return grid * grid + 5 if grid else 0
@@ -527,8 +538,9 @@ class MilanExemplarEncoder(nn.Module):
     """Frozen timm backbone; each exemplar image's features at every stage are averaged under
     its mask (resized to the stage, normalised to sum 1) and the stages concatenated, followed,
     when ``config.mask_location_grid`` is set, by where the mask lies
-    (``mask_location_features``) and, when ``config.mask_context_pooling`` is set, by the
-    deepest stage averaged outside the mask."""
+    (``mask_location_features``), when ``config.mask_context_pooling`` is set, by the
+    deepest stage averaged outside the mask and, when ``config.mask_below_context`` is set, by
+    the deepest stage averaged in the band below the mask (``below_mask_weights``)."""
 
     def __init__(self, config: MilanCaptionerConfig) -> None:
         super().__init__()
@@ -545,11 +557,13 @@ class MilanExemplarEncoder(nn.Module):
             ) from error
         self.location_grid = config.mask_location_grid
         self.context_pooling = getattr(config, "mask_context_pooling", False)
+        self.below_context = getattr(config, "mask_below_context", False)
         channels = self.backbone.feature_info.channels()
         self.feature_size = (
             sum(channels)
             + mask_location_size(self.location_grid)
             + (channels[-1] if self.context_pooling else 0)
+            + (channels[-1] if self.below_context else 0)
         )
         self.images_per_pass = 16
         self.backbone.requires_grad_(False)
@@ -618,15 +632,21 @@ class MilanExemplarEncoder(nn.Module):
             pooled.append((feature_map[image_index] * stage_masks).sum(dim=(-1, -2)))
         if location is not None:
             pooled.append(location.to(pooled[0].dtype))
-        if self.context_pooling:
-            # The rest of the image: the deepest stage averaged outside the mask (all of it
-            # for an empty mask), where a relation's other side ("above insects") lies.
+        if self.context_pooling or self.below_context:
             deepest = feature_maps[-1]
-            outside = 1.0 - F.interpolate(
+            stage_masks = F.interpolate(
                 masks, size=deepest.shape[-2:], mode="bilinear", antialias=True
             ).clamp(0.0, 1.0)
-            outside = outside / outside.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-8)
-            pooled.append((deepest[image_index] * outside).sum(dim=(-1, -2)))
+            contexts = []
+            if self.context_pooling:
+                # The rest of the image (all of it for an empty mask), where a relation's
+                # other side ("above insects") lies.
+                contexts.append(1.0 - stage_masks)
+            if self.below_context:
+                contexts.append(below_mask_weights(stage_masks))
+            for weights in contexts:
+                weights = weights / weights.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-8)
+                pooled.append((deepest[image_index] * weights).sum(dim=(-1, -2)))
         return torch.cat(pooled, dim=-1)
 
 

@@ -157,6 +157,8 @@ def encoder_digest(model: MilanCaptionerModel) -> str:
     settings = f"grid={model.config.mask_location_grid}"
     if getattr(model.config, "mask_context_pooling", False):
         settings += ";context=1"
+    if getattr(model.config, "mask_below_context", False):
+        settings += ";below=1"
     digest = hashlib.sha256(settings.encode())
     for tensor in model.encoder.state_dict().values():
         digest.update(tensor.detach().cpu().numpy().tobytes())
@@ -672,6 +674,7 @@ def build_model(args: argparse.Namespace, tokenizer: MilanTokenizer) -> MilanCap
         image_size=args.image_size,
         mask_location_grid=getattr(args, "mask_location_grid", 0),
         mask_context_pooling=getattr(args, "mask_context_pooling", False),
+        mask_below_context=getattr(args, "mask_below_context", False),
         exemplar_feature_norm=getattr(args, "exemplar_feature_norm", False),
         embedding_size=args.embedding_size,
         hidden_size=args.hidden_size,

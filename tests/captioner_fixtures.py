@@ -39,6 +39,7 @@ def tiny_captioner(
     hidden_size: int = 16,
     mask_location_grid: int = 0,
     mask_context_pooling: bool = False,
+    mask_below_context: bool = False,
     exemplar_feature_norm: bool = False,
 ) -> MilanCaptionerModel:
     torch.manual_seed(seed)
@@ -58,6 +59,7 @@ def tiny_captioner(
         dropout=0.0,
         mask_location_grid=mask_location_grid,
         mask_context_pooling=mask_context_pooling,
+        mask_below_context=mask_below_context,
         exemplar_feature_norm=exemplar_feature_norm,
         prior_config=prior_config,
     )

@@ -7,7 +7,11 @@ import torch
 
 from milan_hf.configuration_milan import MilanCaptionerConfig
 from milan_hf.inference import encode_exemplar_sets
-from milan_hf.modeling_milan import MilanCaptionerModel, mask_location_features
+from milan_hf.modeling_milan import (
+    MilanCaptionerModel,
+    below_mask_weights,
+    mask_location_features,
+)
 from milan_hf.processing_milan import MilanProcessor
 from tests.captioner_fixtures import random_rows, single_thread, tiny_captioner, tiny_tokenizer
 
@@ -119,6 +123,53 @@ def test_context_pooling_appends_what_lies_outside_the_mask(single_thread):
     shared = encode_exemplar_sets(rows, context, processor, images_per_pass=2)
     pairwise = context.encode_exemplars(inputs["pixel_values"], inputs["masks"])
     assert torch.allclose(shared["exemplar_features"], pairwise, atol=1e-5)
+
+
+def test_below_mask_weights_cover_the_band_under_the_mask():
+    mask = torch.zeros(1, 1, 6, 6)
+    mask[0, 0, 1:3, 2:4] = 1  # rows 1-2
+    weights = below_mask_weights(mask)[0, 0]
+    assert weights[:2].abs().max() == 0  # above the mask and its first row: nothing
+    assert torch.allclose(weights[2, :2], torch.full((2,), 0.5))  # half the mask is above
+    assert weights[2, 2:4].abs().max() == 0  # the mask itself is left out
+    assert torch.allclose(weights[3:], torch.ones(3, 6))  # wholly below: the full row
+    empty, bottom = torch.zeros(1, 1, 6, 6), torch.zeros(1, 1, 6, 6)
+    bottom[..., 5, :] = 1
+    assert below_mask_weights(empty).abs().max() == 0
+    assert below_mask_weights(bottom).abs().max() == 0
+
+
+def test_below_context_pools_under_the_mask_and_round_trips(tmp_path, single_thread):
+    tokenizer = tiny_tokenizer()
+    context = tiny_captioner(tokenizer, mask_location_grid=2, mask_context_pooling=True)
+    below = tiny_captioner(
+        tokenizer, mask_location_grid=2, mask_context_pooling=True, mask_below_context=True
+    )
+    deepest = context.encoder.backbone.feature_info.channels()[-1]
+    assert below.encoder.feature_size == context.encoder.feature_size + deepest
+    # 128 px: a 4×4 deepest stage, and a mask drawn at that resolution (no resampling).
+    torch.manual_seed(0)
+    with torch.no_grad():
+        feature_maps = below.encoder.backbone(torch.randn(1, 3, 128, 128))
+        deepest = feature_maps[-1]
+        top = _half("top", deepest.shape[-1]).unsqueeze(0)
+        pooled = below.encoder.pool(feature_maps, torch.tensor([0]), top)
+        before = context.encoder.pool(feature_maps, torch.tensor([0]), top)
+    assert deepest.shape[-1] == 4
+    assert torch.allclose(pooled[:, : context.encoder.feature_size], before)
+    # A mask on the top half: the band below it is the bottom half of the deepest stage.
+    bottom_half = deepest[0, :, 2:].mean(dim=(-1, -2))
+    assert torch.allclose(pooled[0, context.encoder.feature_size :], bottom_half, atol=1e-5)
+    rows = random_rows(2, k=2)
+    processor = MilanProcessor.from_model_config(below.config, tokenizer)
+    inputs = processor(rows)
+    shared = encode_exemplar_sets(rows, below, processor, images_per_pass=2)
+    pairwise = below.encode_exemplars(inputs["pixel_values"], inputs["masks"])
+    assert torch.allclose(shared["exemplar_features"], pairwise, atol=1e-5)
+    below.save_pretrained(tmp_path)
+    loaded = MilanCaptionerModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.mask_below_context
+    assert loaded.encoder.feature_size == below.encoder.feature_size
 
 
 def test_feature_norm_is_off_by_default_and_round_trips(tmp_path, single_thread):

@@ -95,6 +95,12 @@ def add_data_and_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="append the deepest stage averaged outside each mask (what surrounds the region)",
     )
     model.add_argument(
+        "--mask-below-context",
+        action="store_true",
+        help="append the deepest stage averaged in the band below each mask (what lies under "
+        "the region: the other side of 'a above b')",
+    )
+    model.add_argument(
         "--exemplar-feature-norm",
         action="store_true",
         help="layer-normalise exemplar features before the decoder",
