@@ -46,6 +46,11 @@ from milan_hf.probe_world.synthetic_units import sample_expression
         ("apples and other fruit as well as pieces of the image", "an operand names nothing"),
         ("bright orange objects as well as the picture", "an operand names nothing"),
         ("ruby sections and red zones", "the same concept on both sides"),
+        # Decoding splices the no-concept wordings together:
+        ("many no clear concept", "a no-concept wording the grammar never writes"),
+        ("no consistent object texture", "a no-concept wording the grammar never writes"),
+        ("mixed regions with a common theme", "a no-concept wording the grammar never writes"),
+        ("nothing located in particular located in the picture", "repeated word 'located'"),
     ],
 )
 def test_defect_check_finds_each_defect(text, defect):

@@ -357,6 +357,9 @@ FUNCTION_WORDS = frozenset(
     "a an the of in on at with and or as well that are to near along toward around across "
     "located either like filled next without no into over under by for from above".split()
 )
+# Function words a description may repeat ("the top of the image"); a placing word may not
+# ("nothing located in particular located in the picture").
+_REPEATABLE_WORDS = FUNCTION_WORDS - {"located", "either", "like", "filled", "next", "without"}
 # A noun phrase never ends with these (a cut-off description does: "... equipments in the").
 _DANGLING_ENDS = FUNCTION_WORDS - {"well"}
 _BAD_STARTS = frozenset("and or of with as that are to".split())
@@ -401,7 +404,7 @@ def description_defects(text: str) -> list[str]:
         defects.append("parts of parts")
     counts: dict[str, int] = {}
     for word in words:
-        if word not in FUNCTION_WORDS:
+        if word not in _REPEATABLE_WORDS:
             counts[_word_key(word)] = counts.get(_word_key(word), 0) + 1
     defects += [f"repeated word {word!r}" for word, count in counts.items() if count > 1]
     bigrams = [pair for pair in zip(words, words[1:]) if not set(pair) <= FUNCTION_WORDS]
@@ -430,12 +433,17 @@ def description_defects(text: str) -> list[str]:
     if colour and colour.group(1) not in _COLOUR_NAMES:
         defects.append("'the colour' names no colour")
     says_nothing = bool(_NO_CONCEPT_WORDS.search(lowered))
-    if says_nothing and lowered not in NOTHING_PHRASES:
+    if says_nothing and lowered not in _NOTHING_WORDINGS:
         named = named_concepts(text)
         if any(C.concept_family(name) != C.REGION for name in named):
             defects.append("names a concept and says there is none")
         elif named or re.search(r"\b(?:or|as well as)\b", lowered):
             defects.append("says there is nothing, then places it or adds to it")
+        else:
+            # Decoding splices the fixed wordings ("many no clear concept", "no consistent
+            # object texture", "mixed regions with a common theme"): only the grammar's own
+            # no-concept wordings read as English and mean what they should.
+            defects.append("a no-concept wording the grammar never writes")
     elif not says_nothing:
         for side in _operands(lowered):
             if not any(C.concept_family(n) != C.REGION for n in named_concepts(side)):
@@ -467,9 +475,11 @@ def _operands(text: str) -> list[str]:
 # "No concept" wording: a contradiction next to a named concept ("slanted lines and no clear
 # pattern").
 _NO_CONCEPT_WORDS = re.compile(
-    r"\b(?:no clear|no consistent|no single|without a common|nothing|"
-    r"unclear|random bits|assorted parts)\b"
+    r"\b(?:no clear|no consistent|no single|a common theme|nothing|"
+    r"unclear|random bits|assorted|different scenes|varied content)\b"
 )
+# The no-concept wordings as ``description_defects`` compares them (words only).
+_NOTHING_WORDINGS = frozenset(re.sub(r"[^\w\s]", "", text) for text in NOTHING_PHRASES)
 # Quantifiers (and "other") take a bare noun: "many dots", never "many the centre".
 _NO_ARTICLE_AFTER = frozenset({"some", "many", "small", "large", "few", "several", "other"})
 _COLOUR_NAMES = frozenset(concept.name for concept in C.colour_concepts())
