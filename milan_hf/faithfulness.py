@@ -35,8 +35,9 @@ text-to-image stage can show drives the unit; it cannot be rendered, so it is te
 its alternatives: the top ``filler_top`` concept candidates of the PMI beam are checked, and the
 most faithful one with AUC ≥ ``LOW_FAITHFULNESS_AUC`` replaces the filler (``replace_filler``).
 Where none does, the probe world's concept survey (``ConceptSurvey``: every single concept
-rendered once per layer, on its own seed) proposes the concept whose images drive the unit
-most, checked like the beam's candidates on fresh renders; otherwise the filler stands. Only
+rendered once per layer, on its own seed) proposes the ``SURVEY_FILLER_PROPOSALS`` concepts
+whose images drive the unit most, checked like the beam's candidates on fresh renders;
+otherwise the filler stands. Only
 units whose PMI choice is filler pay for it, and the survey only where the beam found nothing.
 
 **Rerank also composes.** A beam proposes one operand of an OR unit per candidate ("blue
@@ -114,6 +115,12 @@ DEFAULT_FILLER_TOP = 5
 COMPOSITION_MARGIN = 0.05
 #: Images per concept (and as many controls) of ``ConceptSurvey``.
 DEFAULT_SURVEY_IMAGES = 8
+#: Concepts the survey proposes for a filler unit, each then checked on fresh renders. With 8
+#: images the survey's best AUC is mostly selection noise (on the default run, 60 of 77 filler
+#: units had a concept at >= 0.75 there, 11 confirmed on fresh renders, and for most of those
+#: not the top one); 3 fresh checks at 16 images keep the chance that a unit driven by
+#: nothing passes one near 2%.
+SURVEY_FILLER_PROPOSALS = 3
 
 #: images -> (images, units) spatial-max scores of every unit of one layer.
 Scorer = Callable[[RenderedDescription, Sequence[Image.Image]], np.ndarray]
@@ -913,8 +920,12 @@ def verify_layer(
                      progress)  # fmt: skip
             for position in unresolved:
                 texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
-                named = set().union(*map(named_concepts, texts))
-                for wording in survey.best_concepts(units[position], exclude=sorted(named)):
+                # Concepts already checked alone; one the beam only placed or composed ("birds
+                # in the upper left") is still worth checking by itself.
+                checked_alone = set(faithful_single_concepts(texts, checked[position], 0.0))
+                for wording in survey.best_concepts(
+                    units[position], SURVEY_FILLER_PROPOSALS, exclude=sorted(checked_alone)
+                ):
                     candidate_lists[position].append(description_scores(
                         captioner, processor, encoded, encoded_row[position], wording,
                         pmi_weight,
