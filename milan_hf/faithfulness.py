@@ -616,6 +616,20 @@ class ConceptSurvey:
         return best
 
 
+def filler_proposals(
+    survey: ConceptSurvey,
+    unit: int,
+    candidates: Sequence[str],
+    checks: Sequence[Faithfulness],
+    count: int = SURVEY_FILLER_PROPOSALS,
+) -> list[str]:
+    """The survey's ``count`` most driving concepts for a unit whose candidates were all
+    filler or unfaithful, leaving out concepts a candidate already checked alone: one the beam
+    only placed or composed ("birds in the upper left") is still worth checking by itself."""
+    checked_alone = faithful_single_concepts(candidates, checks, threshold=0.0)
+    return survey.best_concepts(unit, count, exclude=checked_alone)
+
+
 def composition_hypotheses(
     candidates: Sequence[str],
     checks: Sequence[Faithfulness],
@@ -920,12 +934,8 @@ def verify_layer(
                      progress)  # fmt: skip
             for position in unresolved:
                 texts = [c[schema.DESCRIPTION] for c in candidate_lists[position]]
-                # Concepts already checked alone; one the beam only placed or composed ("birds
-                # in the upper left") is still worth checking by itself.
-                checked_alone = set(faithful_single_concepts(texts, checked[position], 0.0))
-                for wording in survey.best_concepts(
-                    units[position], SURVEY_FILLER_PROPOSALS, exclude=sorted(checked_alone)
-                ):
+                for wording in filler_proposals(survey, units[position], texts,
+                                                checked[position]):  # fmt: skip
                     candidate_lists[position].append(description_scores(
                         captioner, processor, encoded, encoded_row[position], wording,
                         pmi_weight,

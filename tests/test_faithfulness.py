@@ -403,6 +403,18 @@ def test_concept_survey_best_concepts_for_units_the_beam_missed():
     assert [parse_description(w) for w in survey.best_concepts(0)] == [("concept", "blue")]
     assert parse_description(survey.best_concepts(1)[0]) == ("concept", "checkerboard")
     assert survey.best_concepts(0, exclude=["blue"]) != survey.best_concepts(0)
+    # For a filler unit: a concept the beam only placed is still proposed alone; one it
+    # already checked alone is not proposed again.
+    from milan_hf.faithfulness import expression_wording, filler_proposals
+
+    placed = expression_wording(("and", "blue", "left"))
+    alone = expression_wording(("concept", "blue"))
+    checks = verifier.check_candidates(0, [placed])
+    assert ("concept", "blue") in [parse_description(w) for w in
+                                   filler_proposals(survey, 0, [placed], checks)]  # fmt: skip
+    checks = verifier.check_candidates(0, [alone])
+    proposed = [parse_description(w) for w in filler_proposals(survey, 0, [alone], checks)]
+    assert ("concept", "blue") not in proposed and len(proposed) <= 3
     # Its renders are its own (another seed): a selected concept is confirmed on fresh images.
     assert survey.verifier.seed == verifier.seed + 1
     assert survey.verifier.render_cache is not verifier.render_cache
