@@ -110,3 +110,24 @@ def test_bad_settings_are_named():
         SyntheticUnitSettings(negative_share=(0.5, 0.2))
     with pytest.raises(ValueError, match="num_units"):
         synthetic_unit_dataset(None)
+
+
+def test_or_units_show_each_operand_in_half_their_positives():
+    """Drawn from the pool at random, a common operand (text) filled every positive and the
+    unit's exemplars never showed the other: an "a or b" unit that looks like an "a" unit."""
+    from milan_hf.probe_world.synthetic_units import _block, _exemplar_scenes
+
+    settings = SyntheticUnitSettings(k=10, image_size=48, negative_share=(0.2, 0.2))
+    block = _block(4, 0, settings, ())
+    min_pixels = settings.image_size**2 // 200
+    for expression in (("or", "text", "circle"), ("or", "red", "checkerboard")):
+        _, scenes, positives = _exemplar_scenes(
+            expression, block, 0, settings, (), np.random.default_rng(1)
+        )
+        assert positives == 8
+        for operand in expression[1:]:
+            showing = [expression_mask(("concept", operand), s).sum() >= min_pixels
+                       for s in scenes[:positives]]  # fmt: skip
+            assert sum(showing) >= positives // 2, (expression, operand)
+            # Interleaved: the top exemplars are not all one operand.
+            assert any(showing[: positives // 2 + 1])

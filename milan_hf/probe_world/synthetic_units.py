@@ -224,20 +224,40 @@ def _exemplar_scenes(
     positives = k - negatives
     min_pixels = max(4, settings.image_size**2 // 200)
     areas = [int(expression_mask(expression, scene).sum()) for scene in block.scenes]
-    with_it = [i for i, area in enumerate(areas) if area >= min_pixels]
     without = [i for i, area in enumerate(areas) if area == 0]
     negatives = min(negatives, len(without))  # a concept in almost every scene
     positives = k - negatives
-    chosen = [int(i) for i in rng.permutation(with_it)[:positives]]
-    ids = [block.first_id + i for i in chosen]
-    scenes = [block.scenes[i] for i in chosen]
-    for extra in range(positives - len(chosen)):
-        # A rare expression: render the rest, and keep them in the pool for later units.
-        index = len(block.scenes)
-        scene = _render_positive(expression, block.seed, index, settings.image_size, stamps, extra)
-        block.scenes.append(scene)
-        ids.append(block.first_id + index)
-        scenes.append(scene)
+    if expression[0] == "or":
+        # Each operand shows in half the positives: the top exemplars of an OR unit show both
+        # (drawn from the pool at random, a common operand such as text filled all of them,
+        # and a unit whose exemplars never show b is, by what it shows, an "a" unit).
+        first = (positives + 1) // 2
+        parts = [
+            (("concept", expression[1]), first),
+            (("concept", expression[2]), positives - first),
+        ]
+    else:
+        parts = [(tuple(expression), positives)]
+    indices: list[int] = []
+    for part, count in parts:
+        taken = set(indices)
+        with_it = [
+            i for i, scene in enumerate(block.scenes)
+            if i not in taken and expression_mask(part, scene).sum() >= min_pixels
+        ]  # fmt: skip
+        chosen = [int(i) for i in rng.permutation(with_it)[:count]]
+        for extra in range(count - len(chosen)):
+            # A rare expression: render the rest, and keep them in the pool for later units.
+            index = len(block.scenes)
+            block.scenes.append(
+                _render_positive(part, block.seed, index, settings.image_size, stamps, extra)
+            )
+            chosen.append(index)
+        indices += chosen
+    if len(parts) > 1:
+        indices = [indices[i] for i in rng.permutation(len(indices))]
+    ids = [block.first_id + i for i in indices]
+    scenes = [block.scenes[i] for i in indices]
     chosen = [int(i) for i in rng.permutation(without)[:negatives]]
     ids += [block.first_id + i for i in chosen]
     scenes += [block.scenes[i] for i in chosen]
