@@ -740,7 +740,8 @@ def beam_candidates(
     ``distinct`` (text -> key) keeps only the best candidate per key, e.g. the set of concepts
     a description names, so that the candidates are different hypotheses rather than
     paraphrases of one (a beam's top candidates mostly are). ``keep`` (text -> bool) drops
-    candidates before that, e.g. ill-formed ones, so a well-formed paraphrase stands in."""
+    candidates before that, e.g. ill-formed ones, so a well-formed paraphrase stands in; a
+    unit none of whose beam ``keep`` accepts keeps its best candidate (never no candidate)."""
 
     generation = {key: value for key, value in generation.items() if value is not None}
     with torch.inference_mode():
@@ -760,18 +761,24 @@ def beam_candidates(
     result = []
     for unit in range(units):
         scores = columns[schema.SCORE][unit]
+        order = torch.argsort(scores, descending=True, stable=True).tolist()
         ranked: dict[str, dict[str, Any]] = {}
-        for beam in torch.argsort(scores, descending=True, stable=True).tolist():
-            text = texts[unit * beams + beam]
-            key = distinct(text) if distinct is not None else text
-            if scores[beam] == float("-inf") or not text.strip() or key in ranked:
-                continue
-            if keep is not None and not keep(text):
-                continue
-            ranked[key] = {schema.DESCRIPTION: text} | {
-                name: None if values is None else float(values[unit, beam])
-                for name, values in columns.items()
-            }
+        for wanted in (keep, None):  # a beam keep rejects entirely: its best candidate
+            for beam in order:
+                text = texts[unit * beams + beam]
+                key = distinct(text) if distinct is not None else text
+                if scores[beam] == float("-inf") or not text.strip() or key in ranked:
+                    continue
+                if wanted is not None and not wanted(text):
+                    continue
+                ranked[key] = {schema.DESCRIPTION: text} | {
+                    name: None if values is None else float(values[unit, beam])
+                    for name, values in columns.items()
+                }
+                if wanted is None:
+                    break
+            if ranked or keep is None:
+                break
         result.append(list(ranked.values())[:top])
     return result
 
