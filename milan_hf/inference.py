@@ -497,7 +497,7 @@ def fluent_fallback(
     weight ``-FLUENCY_FUSION_WEIGHT``). On units the captioner is unsure of, the p(d|E) beam
     can lose its way into word salad while fluent strings of higher p(d|E) exist ("no clear
     concept" at -25 against the salad's -62 on one EfficientNet unit); the fused search finds
-    them. A readable result replaces the choice, scored as the run's PMI score
+    them. The best readable candidate of that search's final beam replaces the choice, scored as the run's PMI score
     ``log p(d|E) - λ·log p(d)``; otherwise the choice stands. Needs a prior."""
     if captioner.prior is None or output.prior_log_probs is None:
         return output
@@ -512,6 +512,8 @@ def fluent_fallback(
             exemplar_mask=None if exemplar_mask is None else exemplar_mask[index],
             **settings,
         )
+    # Its whole final beam, not only its top string: the best readable one of it.
+    fused = prefer_well_formed(fused, processor)
     weight = resolved_pmi_weight(captioner, generation)
     pad_id = processor.tokenizer.pad_token_id
     length = max(output.sequences.shape[1], fused.sequences.shape[1])
