@@ -732,6 +732,7 @@ def beam_candidates(
     top: int = DEFAULT_RERANK_TOP,
     distinct: Callable[[str], Any] | None = None,
     keep: Callable[[str], bool] | None = None,
+    keep_best: bool = False,
     **generation: Any,
 ) -> list[list[dict[str, Any]]]:
     """Per unit, the ``top`` distinct candidates of the PMI beam, best PMI score first: records
@@ -741,7 +742,8 @@ def beam_candidates(
     a description names, so that the candidates are different hypotheses rather than
     paraphrases of one (a beam's top candidates mostly are). ``keep`` (text -> bool) drops
     candidates before that, e.g. ill-formed ones, so a well-formed paraphrase stands in; a
-    unit none of whose beam ``keep`` accepts keeps its best candidate (never no candidate)."""
+    unit none of whose beam ``keep`` accepts has no candidate, or with ``keep_best`` its best
+    one (for callers with no describe choice of their own to fall back on)."""
 
     generation = {key: value for key, value in generation.items() if value is not None}
     with torch.inference_mode():
@@ -763,21 +765,21 @@ def beam_candidates(
         scores = columns[schema.SCORE][unit]
         order = torch.argsort(scores, descending=True, stable=True).tolist()
         ranked: dict[str, dict[str, Any]] = {}
-        for wanted in (keep, None):  # a beam keep rejects entirely: its best candidate
+        for fallback in (False, True) if keep_best and keep is not None else (False,):
             for beam in order:
                 text = texts[unit * beams + beam]
                 key = distinct(text) if distinct is not None else text
                 if scores[beam] == float("-inf") or not text.strip() or key in ranked:
                     continue
-                if wanted is not None and not wanted(text):
+                if keep is not None and not fallback and not keep(text):
                     continue
                 ranked[key] = {schema.DESCRIPTION: text} | {
                     name: None if values is None else float(values[unit, beam])
                     for name, values in columns.items()
                 }
-                if wanted is None:
+                if fallback:  # the best candidate only
                     break
-            if ranked or keep is None:
+            if ranked:
                 break
         result.append(list(ranked.values())[:top])
     return result

@@ -497,8 +497,9 @@ def fluent_fallback(
     weight ``-FLUENCY_FUSION_WEIGHT``). On units the captioner is unsure of, the p(d|E) beam
     can lose its way into word salad while fluent strings of higher p(d|E) exist ("no clear
     concept" at -25 against the salad's -62 on one EfficientNet unit); the fused search finds
-    them. The best readable candidate of that search's final beam replaces the choice, scored as the run's PMI score
-    ``log p(d|E) - λ·log p(d)``; otherwise the choice stands. Needs a prior."""
+    them. The best readable candidate of that search's final beam replaces the choice, scored
+    as the run's PMI score ``log p(d|E) - λ·log p(d)``; otherwise the choice stands. Needs a
+    prior."""
     if captioner.prior is None or output.prior_log_probs is None:
         return output
     rows = [unit for unit, ok in enumerate(readable_choices(output, processor)) if not ok]

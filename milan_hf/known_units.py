@@ -470,6 +470,7 @@ def _verify_units(
         beams = beam_candidates(
             encoded, captioner, processor, 10**6, hypothesis_key,
             lambda text: not phrasing.description_defects(text),  # as describe keeps them
+            keep_best=True,  # a unit whose whole beam is ill-formed still has a candidate
             no_repeat_ngram_size=3, num_beams=settings.get("num_beams"),
         )  # fmt: skip
         for offset, (record, whole_beam) in enumerate(zip(batch, beams)):

@@ -436,10 +436,12 @@ def test_description_scores_match_the_beam_for_a_beam_candidate():
                                     candidate[schema.DESCRIPTION], 0.5)  # fmt: skip
         for column in (schema.CAPTIONER_LOG_PROB, schema.PRIOR_LOG_PROB, schema.SCORE):
             assert record[column] == pytest.approx(candidate[column], abs=1e-3), column
-    # A beam whose every candidate is rejected still gives its best one: a unit is never
-    # left without a candidate to verify.
+    # A beam whose every candidate is rejected gives none, or with keep_best its best one.
     rejected = beam_candidates(encoded, captioner, processor, 3, keep=lambda text: False,
                                pmi_weight=0.5, num_beams=4)  # fmt: skip
+    assert rejected == [[], []]
+    rejected = beam_candidates(encoded, captioner, processor, 3, keep=lambda text: False,
+                               keep_best=True, pmi_weight=0.5, num_beams=4)  # fmt: skip
     assert [beam[:1] for beam in rejected] == [beam[:1] for beam in beams]
     assert all(len(beam) == 1 for beam in rejected)
 
