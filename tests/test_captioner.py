@@ -12,7 +12,7 @@ from transformers import AutoModel, pipeline
 import milan_hf.pipeline_milan  # noqa: F401  (registers the "neuron-description" task)
 from milan_hf.configuration_milan import MilanCaptionerConfig
 from milan_hf.image_processing_milan import MilanImageProcessor
-from milan_hf.inference import prefer_well_formed
+from milan_hf.inference import fluent_fallback, prefer_well_formed
 from milan_hf.modeling_milan import (
     MilanCaptionerModel,
     PriorLogitsProcessor,
@@ -217,8 +217,12 @@ def test_save_load_round_trip_identical_outputs_and_descriptions(tokenizer, tmp_
     describer = pipeline("neuron-description", model=str(tmp_path))
     results = describer(rows, batch_size=2, num_beams=5)
     # Text entry points keep the best defect-free candidate of the beam (an untrained
-    # captioner's empty string is a defect), the one step ids-only generate leaves out.
-    well_formed = processor.batch_decode(prefer_well_formed(before, processor).sequences)
+    # captioner's empty string is a defect) and search again where there is none, the steps
+    # ids-only generate leaves out.
+    encoded = model.encode_exemplars(inputs["pixel_values"], inputs["masks"])
+    readable = fluent_fallback(prefer_well_formed(before, processor), encoded, None, model,
+                               processor, {"num_beams": 5})  # fmt: skip
+    well_formed = processor.batch_decode(readable.sequences)
     assert [r["description"] for r in results] == well_formed
     assert results[1]["unit"] == 1 and results[1]["layer"] == "layer1"
     assert set(results[0]) >= {"score", "captioner_log_prob", "prior_log_prob"}
