@@ -51,6 +51,8 @@ from milan_hf.probe_world.synthetic_units import sample_expression
         ("no consistent object texture", "a no-concept wording the grammar never writes"),
         ("mixed regions with a common theme", "a no-concept wording the grammar never writes"),
         ("nothing located in particular located in the picture", "repeated word 'located'"),
+        ("mixed regions without the lower part", "says there is nothing, then places it"),
+        ("groups of the image", "a quantifier before an article"),
     ],
 )
 def test_defect_check_finds_each_defect(text, defect):

@@ -429,6 +429,9 @@ def description_defects(text: str) -> list[str]:
     for before, article in zip(words, words[1:]):
         if article in _ARTICLES and before in _NO_ARTICLE_AFTER:
             defects.append(f"'{before} {article}' (a quantifier before an article)")
+    for before, of, article in zip(words, words[1:], words[2:]):  # "groups of the image"
+        if of == "of" and article in _ARTICLES and f"{before} of" in _OF_QUANTIFIERS:
+            defects.append(f"'{before} of {article}' (a quantifier before an article)")
     colour = re.search(r"\bthe colour\b(?: (\w+))?", _canonical_spelling(lowered))
     if colour and colour.group(1) not in _COLOUR_NAMES:
         defects.append("'the colour' names no colour")
@@ -475,9 +478,11 @@ def _operands(text: str) -> list[str]:
 # "No concept" wording: a contradiction next to a named concept ("slanted lines and no clear
 # pattern").
 _NO_CONCEPT_WORDS = re.compile(
-    r"\b(?:no clear|no consistent|no single|a common theme|nothing|"
+    r"\b(?:no clear|no consistent|no single|a common theme|nothing|mixed regions|"
     r"unclear|random bits|assorted|different scenes|varied content)\b"
 )
+# Quantifiers ending in "of" count things: "clusters of dots", never "groups of the image".
+_OF_QUANTIFIERS = frozenset(q for q in QUANTIFIERS if q.endswith(" of"))
 # The no-concept wordings as ``description_defects`` compares them (words only).
 _NOTHING_WORDINGS = frozenset(re.sub(r"[^\w\s]", "", text) for text in NOTHING_PHRASES)
 # Quantifiers (and "other") take a bare noun: "many dots", never "many the centre".
