@@ -929,13 +929,14 @@ def verify_layer(
     # The concept survey needs the scenes (a diffusers stage keeps none); made when needed.
     keeps_scenes = getattr(verifier.text_to_image, "name", None) == PROBE_WORLD
     survey = None
-    if not settings.rerank_top and settings.filler_top and keeps_scenes:
-        # Filler units whose beam names nothing faithful: the survey's most driving concept
-        # is a candidate too, checked on fresh renders like the others.
+    if settings.filler_top and keeps_scenes:
+        # Filler units whose beam names nothing faithful (under rerank too): the survey's most
+        # driving concepts are candidates too, checked on fresh renders like the others.
         unresolved = [
             position for position in beamed
-            if replace_filler([c[schema.DESCRIPTION] for c in candidate_lists[position]],
-                              checked[position], is_filler) == 0
+            if is_filler(candidate_lists[position][0][schema.DESCRIPTION])
+            and replace_filler([c[schema.DESCRIPTION] for c in candidate_lists[position]],
+                               checked[position], is_filler) == 0
         ]  # fmt: skip
         if unresolved:
             encoded_row = {position: row for row, position in enumerate(beamed)}
@@ -960,7 +961,8 @@ def verify_layer(
     } if settings.rerank_top else {}  # fmt: skip
     composed: dict[int, tuple[str, Faithfulness]] = {}
     if settings.rerank_top and settings.compose:
-        survey = ConceptSurvey(verifier) if keeps_scenes else None
+        if survey is None and keeps_scenes:
+            survey = ConceptSurvey(verifier)
         if survey is not None:
             _prepare(survey.verifier, survey.wordings, f"verifying {layer}: concept survey",
                      progress)  # fmt: skip
@@ -991,10 +993,9 @@ def verify_layer(
             choice = (candidates[texts.index(text)] if text in texts else description_scores(
                 captioner, processor, encoded, position, text, pmi_weight))  # fmt: skip
         else:
-            if settings.rerank_top:
-                chosen = reranked[position]
-            else:
-                chosen = replace_filler(texts, checks, is_filler) if is_filler(texts[0]) else 0
+            chosen = reranked[position] if settings.rerank_top else 0
+            if is_filler(texts[chosen]):  # the filler test, whether or not reranked
+                chosen = replace_filler(texts, checks, is_filler) or chosen
             choice, check = candidates[chosen], checks[chosen]
         result[row] = {**record, PMI_DESCRIPTION: record[schema.DESCRIPTION],
                        **choice, **check.record()}  # fmt: skip
