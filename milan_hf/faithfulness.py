@@ -986,6 +986,12 @@ def verify_layer(
         record = dict(described[row])
         candidates, checks = candidate_lists[position], checked[position]
         texts = [c[schema.DESCRIPTION] for c in candidates]
+        if position in composed and is_filler(texts[0]) and not (
+            composed[position][1].verifiable and composed[position][1].auc >= LOW_FAITHFULNESS_AUC
+        ):
+            # A filler PMI choice is a tested claim ("nothing drives it"): only a concept that
+            # passes the filler test replaces it, never one merely less unfaithful than others.
+            del composed[position]
         if position in composed:
             text, check = composed[position]
             # A candidate keeps its beam scores; a hypothesis is scored here (composition runs
@@ -994,8 +1000,8 @@ def verify_layer(
                 captioner, processor, encoded, position, text, pmi_weight))  # fmt: skip
         else:
             chosen = reranked[position] if settings.rerank_top else 0
-            if is_filler(texts[chosen]):  # the filler test, whether or not reranked
-                chosen = replace_filler(texts, checks, is_filler) or chosen
+            if is_filler(texts[0]):  # the filler test, whether or not reranked
+                chosen = replace_filler(texts, checks, is_filler)
             choice, check = candidates[chosen], checks[chosen]
         result[row] = {**record, PMI_DESCRIPTION: record[schema.DESCRIPTION],
                        **choice, **check.record()}  # fmt: skip

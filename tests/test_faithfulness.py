@@ -300,6 +300,8 @@ def test_a_filler_description_of_a_red_unit_is_replaced_by_a_verified_concept(tm
     for unit, colour in ((0, "red"), (1, "blue")):
         record = verified[[r[schema.UNIT] for r in exemplars].index(unit)]
         assert colour in named_concepts(record[schema.DESCRIPTION]), record
+        # Replaced only by what passes the filler test, not by the least unfaithful rival.
+        assert record["faithfulness_auc"] >= 0.75
     off = VerificationSettings(num_images=8, image_size=48, filler_top=0)
     kept, _ = verify_layer(off, model, "colour", exemplars, described, captioner, processor, {})
     assert all(r[schema.DESCRIPTION] == "no clear pattern" for r in kept.values())
