@@ -764,26 +764,28 @@ def beam_candidates(
     result = []
     for unit in range(units):
         scores = columns[schema.SCORE][unit]
-        order = torch.argsort(scores, descending=True, stable=True).tolist()
         ranked: dict[str, dict[str, Any]] = {}
-        for fallback in (False, True) if keep_best and keep is not None else (False,):
-            for beam in order:
-                text = texts[unit * beams + beam]
-                key = distinct(text) if distinct is not None else text
-                if scores[beam] == float("-inf") or not text.strip() or key in ranked:
-                    continue
-                if keep is not None and not fallback and not keep(text):
-                    continue
-                ranked[key] = {schema.DESCRIPTION: text} | {
-                    name: None if values is None else float(values[unit, beam])
-                    for name, values in columns.items()
-                }
-                if fallback:  # the best candidate only
-                    break
-            if ranked:
-                break
+        usable = [
+            beam for beam in torch.argsort(scores, descending=True, stable=True).tolist()
+            if scores[beam] != float("-inf") and texts[unit * beams + beam].strip()
+        ]  # fmt: skip
+        for beam in usable:
+            text = texts[unit * beams + beam]
+            key = distinct(text) if distinct is not None else text
+            if key not in ranked and (keep is None or keep(text)):
+                ranked[key] = _beam_record(text, columns, unit, beam)
+        if not ranked and keep_best and usable:
+            text = texts[unit * beams + usable[0]]
+            ranked[text] = _beam_record(text, columns, unit, usable[0])
         result.append(list(ranked.values())[:top])
     return result
+
+
+def _beam_record(text: str, columns: dict[str, Any], unit: int, beam: int) -> dict[str, Any]:
+    return {schema.DESCRIPTION: text} | {
+        name: None if values is None else float(values[unit, beam])
+        for name, values in columns.items()
+    }
 
 
 def hypothesis_key(description: str) -> Any:
