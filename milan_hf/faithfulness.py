@@ -981,19 +981,17 @@ def verify_layer(
             found = composed_choice(verifier, unit, texts, checked[position],
                                     hypotheses=hypotheses[position],
                                     chosen=reranked[position])  # fmt: skip
-            if found is not None:
+            # A filler PMI choice is a tested claim ("nothing drives it"): only a concept that
+            # passes the filler test replaces it, never one merely less unfaithful than others.
+            if found is not None and (not is_filler(texts[0]) or (
+                found[1].verifiable and found[1].auc >= LOW_FAITHFULNESS_AUC
+            )):  # fmt: skip
                 composed[position] = found
     result = {}
     for position, row in enumerate(rows):
         record = dict(described[row])
         candidates, checks = candidate_lists[position], checked[position]
         texts = [c[schema.DESCRIPTION] for c in candidates]
-        if position in composed and is_filler(texts[0]) and not (
-            composed[position][1].verifiable and composed[position][1].auc >= LOW_FAITHFULNESS_AUC
-        ):
-            # A filler PMI choice is a tested claim ("nothing drives it"): only a concept that
-            # passes the filler test replaces it, never one merely less unfaithful than others.
-            del composed[position]
         if position in composed:
             text, check = composed[position]
             # A candidate keeps its beam scores; a hypothesis is scored here (composition runs
