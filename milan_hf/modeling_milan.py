@@ -625,18 +625,16 @@ class MilanExemplarEncoder(nn.Module):
         masks = masks.unsqueeze(1)
         pooled = []
         for feature_map in feature_maps:
-            stage_masks = F.interpolate(
+            resized = F.interpolate(
                 masks, size=feature_map.shape[-2:], mode="bilinear", antialias=True
             )
-            stage_masks = stage_masks / stage_masks.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-8)
+            stage_masks = resized / resized.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-8)
             pooled.append((feature_map[image_index] * stage_masks).sum(dim=(-1, -2)))
         if location is not None:
             pooled.append(location.to(pooled[0].dtype))
         if self.context_pooling or self.below_context:
             deepest = feature_maps[-1]
-            stage_masks = F.interpolate(
-                masks, size=deepest.shape[-2:], mode="bilinear", antialias=True
-            ).clamp(0.0, 1.0)
+            stage_masks = resized.clamp(0.0, 1.0)  # the masks at the deepest stage, unnormalised
             contexts = []
             if self.context_pooling:
                 # The rest of the image (all of it for an empty mask), where a relation's

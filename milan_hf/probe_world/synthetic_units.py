@@ -240,11 +240,12 @@ def _exemplar_scenes(
         parts = [(tuple(expression), positives)]
     indices: list[int] = []
     for part, count in parts:
-        taken = set(indices)
-        with_it = [
-            i for i, scene in enumerate(block.scenes)
-            if i not in taken and expression_mask(part, scene).sum() >= min_pixels
+        # One part: the whole expression, whose areas are measured above already.
+        part_areas = areas if len(parts) == 1 else [
+            int(expression_mask(part, scene).sum()) for scene in block.scenes
         ]  # fmt: skip
+        taken = set(indices)
+        with_it = [i for i, area in enumerate(part_areas) if area >= min_pixels and i not in taken]
         chosen = [int(i) for i in rng.permutation(with_it)[:count]]
         for extra in range(count - len(chosen)):
             # A rare expression: render the rest, and keep them in the pool for later units.
