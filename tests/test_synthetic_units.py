@@ -131,3 +131,26 @@ def test_or_units_show_each_operand_in_half_their_positives():
             assert sum(showing) >= positives // 2, (expression, operand)
             # Interleaved: the top exemplars are not all one operand.
             assert any(showing[: positives // 2 + 1])
+
+
+def test_units_are_the_same_in_another_process():
+    """Same seed, another PYTHONHASHSEED: the same units, descriptions included (a caption
+    tie broken by set order once changed them from one process to the next)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from milan_hf.probe_world.synthetic_units import *\n"
+        "s = SyntheticUnitSettings(image_size=96)\n"
+        "print(json.dumps([u['descriptions'] for u in iter_synthetic_units(1000000, 1, s)]))"
+    )
+    outputs = [
+        json.loads(subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout)
+        for seed in ("1", "2", "3")
+    ]  # fmt: skip
+    assert outputs[0] == outputs[1] == outputs[2]

@@ -306,7 +306,9 @@ def _dominant_caption(expression, scenes: Sequence[Scene], positives: int) -> li
     captions = [scene.captions[-1] for scene in scenes[:positives] if scene.captions]
     if not captions:
         return []
-    best = max(set(captions), key=captions.count)
+    # Ties to the first in sorted order: set order changes with PYTHONHASHSEED, and two
+    # processes streaming one seed must write the same descriptions.
+    best = max(sorted(set(captions)), key=captions.count)
     return [best] if captions.count(best) >= max(2, len(scenes) // 4) else []
 
 
