@@ -104,6 +104,8 @@ class _UnitEntry:
             "th": _finite_or_none(self.threshold),
             "a": [_finite_or_none(value) for value in self.activations],
         }
+        if self.description and _names_no_concept(self.description):
+            entry["f"] = 1
         if self.human_descriptions:
             entry["h"] = list(self.human_descriptions)
         if self.replaced_description is not None:
@@ -520,6 +522,14 @@ def _render_page(
             "__LAYER_COUNT__": str(len(layers)),
         },
     )
+
+
+def _names_no_concept(description: str) -> bool:
+    """Filler ("nothing in particular", "the upper part of the image"): the page says so, as a
+    region alone reads like a concept but names nothing the unit detects."""
+    from .probe_world.phrasing import names_nothing  # the grammar: only once a page is rendered
+
+    return names_nothing(description)
 
 
 def _low_faithfulness_auc() -> float:

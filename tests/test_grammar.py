@@ -16,6 +16,7 @@ from milan_hf.probe_world.phrasing import (
     is_filler,
     named_concepts,
     names_concept,
+    names_nothing,
     phrase,
 )
 from milan_hf.probe_world.synthetic_units import sample_expression
@@ -97,9 +98,9 @@ def test_grammar_writes_no_defects_over_thousands_of_samples():
             assert description_defects(text) == [], (expression, text)
             assert len(description_tokens(text)) <= MAX_DESCRIPTION_TOKENS
             assert expression_named(text, expression), (expression, text)
-            assert not is_filler(text), (expression, text)
+            assert not is_filler(text) and not names_nothing(text), (expression, text)
     for text in NOTHING_PHRASES:
-        assert description_defects(text) == [] and is_filler(text)
+        assert description_defects(text) == [] and is_filler(text) and names_nothing(text)
     assert count == 3600
     expected = {"and", "or", "above", C.COLOUR, C.SHAPE, C.TEXTURE, C.TEXT} | (
         {C.OBJECT} if stamps else set()
@@ -147,4 +148,25 @@ def test_expression_named_for_compositions():
     assert expression_named("nothing in particular", ("none",))
     assert not expression_named("red areas", ("none",))
     assert is_filler("things at the top") and not is_filler("birds at the top")
+
+
+def test_names_nothing_flags_a_region_alone_in_any_wording_and_no_outside_word():
+    """The report's "no concept named" mark: a place with area nouns and quantifiers reads
+    like a concept but is filler; a word the probe world lacks ("sky") is a concept."""
+    from milan_hf.probe_world.phrasing import AREAS, LOCATORS, QUANTIFIERS
+
+    regions = [noun for region in C.region_concepts() for noun in region.nouns]
+    count = 0
+    for quantifier in QUANTIFIERS:
+        for area in AREAS:
+            for locator in LOCATORS:
+                for region in regions:
+                    assert names_nothing(f"{quantifier} {area} {locator} {region}")
+                    count += 1
+    assert count > 5000
+    assert all(names_nothing(region) for region in regions)
+    assert names_nothing("parts of the left of the image")
+    for text in ("sky", "dog faces", "red areas on the left", "Stripes on top", "windows"):
+        assert not names_nothing(text), text
+    assert not names_nothing("")
     assert expression_text(("and", "red", "top")) == "red AND top"

@@ -224,10 +224,32 @@ def test_a_description_verification_replaced_says_what_pmi_chose(tmp_path):
     page = write_report(exemplars, descriptions, tmp_path / "out")
     units = embedded_index(page)["units"]
     assert [entry.get("p") for entry in units] == [
-        "red areas on the left", None, "no clear <i>pattern</i>"
+        "red areas on the left",
+        None,
+        "no clear <i>pattern</i>",
     ]
     assert "<i>pattern</i>" not in page.read_text()  # embedded as data, escaped
     assert "verification replaced the PMI choice" in page.read_text()  # the inlined script
+
+
+@needs_chromium
+def test_a_description_that_names_no_concept_is_marked_as_filler(tmp_path):
+    """A region alone ("the upper part of the image") reads like a concept: the card says it is
+    not one. A word outside the probe world ("sky") is not filler."""
+    exemplars = exemplar_set({"features.3": 3}, k=2)
+    descriptions = [
+        {"layer": "features.3", "unit": 0, "description": "the upper part of the image"},
+        {"layer": "features.3", "unit": 1, "description": "sky"},
+        {"layer": "features.3", "unit": 2, "description": "nothing in particular"},
+    ]
+    page = write_report(exemplars, descriptions, tmp_path / "out")
+    assert [entry.get("f") for entry in embedded_index(page)["units"]] == [1, None, 1]
+    dom = dump_dom(tmp_path, page.as_uri())
+    marked = re.findall(
+        r'<article class="unit no-concept" data-layer="[^"]*" data-unit="(\d+)"', dom
+    )
+    assert marked == ["0", "2"]
+    assert dom.count('<span class="badge no-concept">no concept named</span>') == 2
 
 
 def test_human_descriptions_are_shown_and_larger_images_are_scaled_to_their_masks(tmp_path):

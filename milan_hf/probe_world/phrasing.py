@@ -621,3 +621,28 @@ def is_filler(description: str, stamps: Sequence[C.Stamp] | None = None) -> bool
         return True
     named = named_concepts(description, stamps)
     return not any(C.concept_family(name) != C.REGION for name in named)
+
+
+def _filler_words() -> frozenset[str]:
+    """Words that name nothing a unit detects: places, area nouns, quantifiers, frames."""
+    texts = [*AREAS, *QUANTIFIERS, *LOCATORS, *FRAMES]  # no-concept wordings: matched whole
+    for region in C.region_concepts():
+        texts += [region.name, *region.nouns, *_REGION_WORDS.get(region.name, ())]
+    words = set(FUNCTION_WORDS) | {"image", "picture", "scene", "bits", "part", "things"}
+    for text in texts:
+        words.update(re.findall(r"[a-z]+", text.lower()))
+    return frozenset(words)
+
+
+_FILLER_WORDS = _filler_words()
+
+
+def names_nothing(description: str) -> bool:
+    """Whether a description is filler in any captioner's vocabulary: a no-concept wording, or
+    only places, area nouns and quantifiers ("the upper part of the image", "some regions at
+    the left"). Unlike ``is_filler`` it needs no probe-world concept index, so a word outside
+    the probe world ("sky", "dog faces") counts as a concept, as it does for a human reader."""
+    lowered = description.strip().lower()
+    if not lowered or lowered in NOTHING_PHRASES or _NO_CONCEPT_WORDS.search(lowered):
+        return bool(lowered)
+    return all(word in _FILLER_WORDS for word in re.findall(r"[a-z]+", lowered))

@@ -103,6 +103,11 @@
       head.appendChild(el("p", "description missing", "no description"));
     }
     if (unit.x) head.appendChild(el("span", "badge", "dead"));
+    // Filler: the description names no concept (a region alone, "nothing in particular").
+    if (unit.f) {
+      card.className += " no-concept";
+      head.appendChild(el("span", "badge no-concept", "no concept named"));
+    }
     // Verification replaced what PMI decoding chose: say what it was.
     if (unit.p) head.appendChild(el("span", "replaced", "verification replaced the PMI choice \u201c"
       + unit.p + "\u201d"));
